@@ -1,0 +1,98 @@
+"""``./outlink test``: the whole suite against SQLite and a private PostgreSQL, then fuzzing.
+
+The PostgreSQL server is a throwaway cluster in a temporary folder on a free loopback
+port, so the suite never depends on (or disturbs) a system database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
+FUZZ_SECONDS = int(os.environ.get("OUTLINK_FUZZ_SECONDS", "30"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(Path("/").glob(PG_BIN_GLOB.lstrip("/")))
+    return found[-1] if found else None
+
+
+@contextlib.contextmanager
+def private_postgres() -> Iterator[str | None]:
+    """Yield a SQLAlchemy URL of a fresh cluster, or None when PostgreSQL is not installed."""
+    if os.environ.get("OUTLINK_TEST_POSTGRES_URL"):
+        yield os.environ["OUTLINK_TEST_POSTGRES_URL"]
+        return
+    bindir = _pg_bin()
+    if bindir is None:
+        yield None
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="outlink-pg-"))
+    data, port = tmp / "data", _free_port()
+    # initdb refuses to run as root: run the server as the postgres system user then.
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("postgres")
+        os.chown(tmp, owner.pw_uid, owner.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "outlink", "--auth=trust", "-E", "UTF8"],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    opts = f"-h 127.0.0.1 -p {port} -k {tmp} -c fsync=off -c full_page_writes=off -c max_connections=200"
+    subprocess.run(
+        [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-w", "-l", str(tmp / "log"), "start"],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    try:
+        subprocess.run(
+            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "outlink", "outlink_test"],
+            check=True,
+        )
+        yield f"postgresql+psycopg://outlink@127.0.0.1:{port}/outlink_test"
+    finally:
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+            check=False, stdout=subprocess.DEVNULL,
+        )
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(pytest_args: list[str]) -> int:
+    """Lint, the test suite, then a bounded fuzzing run of the tunnel decoder."""
+    python = sys.executable
+    steps: list[list[str]] = [[python, "-m", "ruff", "check", "."]]
+    with private_postgres() as pg_url:
+        env = dict(os.environ)
+        if pg_url:
+            env["OUTLINK_TEST_POSTGRES_URL"] = pg_url
+        else:
+            print("outlink test: PostgreSQL not installed; PostgreSQL variants will be skipped")
+        for step in steps:
+            if subprocess.run(step, check=False).returncode != 0:
+                return 1
+        code = subprocess.run([python, "-m", "pytest", *pytest_args], env=env, check=False).returncode
+    if code != 0:
+        return code
+    fuzz = Path("fuzz/fuzz_decoder.py")
+    if fuzz.exists():
+        print(f"outlink test: fuzzing the tunnel decoder for {FUZZ_SECONDS} s")
+        code = subprocess.run(
+            [python, str(fuzz), f"-max_total_time={FUZZ_SECONDS}", "-print_final_stats=1"], check=False
+        ).returncode
+    return code
