@@ -3,8 +3,8 @@
 Every setting has a default that is safe on a developer machine (everything on
 127.0.0.1). Unknown keys are an error so that a typo cannot silently fall back to
 a default. Environment variables override the file: a top-level key ``db_url`` is
-``OUTLINK_RELAY_DB_URL``; a key in a table, e.g. ``[listen] port``, is
-``OUTLINK_RELAY_LISTEN_PORT``.
+``OUTLINK_RELAY_DB_URL`` (``relay_id`` is ``OUTLINK_RELAY_ID``); a key in a table,
+e.g. ``[listen] port``, is ``OUTLINK_RELAY_LISTEN_PORT``.
 """
 
 from __future__ import annotations
@@ -171,7 +171,8 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     for f in dataclasses.fields(RelayConfig):
         section_type = hints[f.name]
         if not dataclasses.is_dataclass(section_type):
-            name = ENV_PREFIX + f.name.upper()
+            # relay_id -> OUTLINK_RELAY_ID, db_url -> OUTLINK_RELAY_DB_URL
+            name = ENV_PREFIX + f.name.upper().removeprefix("RELAY_")
             if name in env:
                 data[f.name] = env[name]
             continue
