@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from pki.ca import CertificateAuthority
 from pki.identity import DeviceId, is_slug, new_device_id
+from pki.issue import DEFAULT_DEVICE_LIFETIME, issue_device_cert
 from pki.serials import serial_hex
 from store.models import Certificate, Customer, Device, Site
 
@@ -111,3 +114,30 @@ def list_devices(session: Session) -> list[DeviceRecord]:
         )
         for d, c, s in rows
     ]
+
+
+def certify_device(
+    session: Session,
+    ca: CertificateAuthority,
+    device: Device,
+    public_key: CertificatePublicKeyTypes,
+    *,
+    lifetime: timedelta = DEFAULT_DEVICE_LIFETIME,
+    now: datetime | None = None,
+) -> x509.Certificate:
+    """Issue and record a certificate for ``device`` as the database knows it.
+
+    Customer and site come from the device's rows, never from the requester:
+    enrolment and renewal both go through here.
+    """
+    cert = issue_device_cert(
+        ca,
+        public_key,
+        device_id=DeviceId(device.id),
+        customer=device.customer.slug,
+        site=device.site.slug,
+        lifetime=lifetime,
+        now=now,
+    )
+    record_certificate(session, cert, "device", device_id=device.id, now=now)
+    return cert
