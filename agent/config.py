@@ -62,13 +62,14 @@ class KeepaliveConfig:
 
 @dataclass(frozen=True)
 class AgentConfig:
-    """Everything `outlink-agent run` needs. Paths are absolute after `load_config`."""
+    """Everything `outlink-agent run` and `enroll` need. Paths are absolute after `load_config`."""
 
     relay_urls: tuple[str, ...] = ()
     # The pinned fleet CA: the ONLY trust anchor for the relay's certificate.
-    ca_file: str = "/etc/outlink/ca.crt"
-    cert_file: str = f"{DEFAULT_DATA_DIR}/agent.crt"
-    key_file: str = f"{DEFAULT_DATA_DIR}/agent.key"
+    ca_file: str = "/etc/outlink/ca.pem"
+    # device.key (0600) + device.pem written by `outlink-agent enroll` and renewed over
+    # the tunnel (layout: agent.identity).
+    identity_dir: str = f"{DEFAULT_DATA_DIR}/identity"
     data_dir: str = DEFAULT_DATA_DIR
     # "auto" (PAC if configured, else HTTPS_PROXY/NO_PROXY, else direct), "none", or an
     # explicit "http://[user:pass@]host:port".
@@ -120,8 +121,7 @@ def load_config(
     config = dataclasses.replace(
         config,
         ca_file=_absolute(config.ca_file, base_dir),
-        cert_file=_absolute(config.cert_file, base_dir),
-        key_file=_absolute(config.key_file, base_dir),
+        identity_dir=_absolute(config.identity_dir, base_dir),
         data_dir=_absolute(config.data_dir, base_dir),
         pac_file=_absolute(config.pac_file, base_dir) if config.pac_file else "",
     )
