@@ -1,0 +1,81 @@
+"""Fixtures for adapter tests: a real websockets server and client on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+
+from tests.conftest import UNIT
+from tunnel import SUBPROTOCOLS, Role, Settings
+from tunnel.aio import OpenHandler, Tunnel, select_subprotocol, websocket_options
+
+
+@dataclass
+class TunnelPair:
+    """A client Tunnel connected to a server Tunnel through a real WebSocket."""
+
+    client: Tunnel
+    server: Tunnel
+    port: int
+    runners: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def tunnel_pair(
+    *,
+    server_on_open: OpenHandler | None = None,
+    client_on_open: OpenHandler | None = None,
+    server_settings: Settings | None = None,
+    client_settings: Settings | None = None,
+    connect_port: int | None = None,
+    on_listen: object = None,
+) -> AsyncIterator[TunnelPair]:
+    """Serve one tunnel on 127.0.0.1 and connect a client tunnel to it.
+
+    ``on_listen(port) -> port`` may interpose something (a TCP relay) between them.
+    """
+    accepted: asyncio.Queue[Tunnel] = asyncio.Queue()
+
+    async def handler(ws: ServerConnection) -> None:
+        tunnel = Tunnel(
+            ws, role=Role.SERVER, settings=server_settings, on_open=server_on_open, name="server"
+        )
+        accepted.put_nowait(tunnel)
+        await tunnel.run()
+
+    async with serve(
+        handler,
+        "127.0.0.1",
+        0,
+        subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
+        select_subprotocol=select_subprotocol,
+        close_timeout=UNIT,
+        **websocket_options(),
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        if on_listen is not None:
+            port = await on_listen(port)  # type: ignore[operator]
+        async with connect(
+            f"ws://127.0.0.1:{port}/",
+            subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
+            close_timeout=UNIT,
+            **websocket_options(),
+        ) as ws:
+            client = Tunnel(
+                ws, role=Role.CLIENT, settings=client_settings, on_open=client_on_open,
+                name="client",
+            )
+            runner = asyncio.create_task(client.run())
+            server_tunnel = await asyncio.wait_for(accepted.get(), 5 * UNIT)
+            pair = TunnelPair(client, server_tunnel, port, [runner])
+            try:
+                yield pair
+            finally:
+                await asyncio.wait_for(client.close(), 5 * UNIT)
+                await asyncio.wait_for(runner, 5 * UNIT)
+                await asyncio.wait_for(server_tunnel.closed.wait(), 5 * UNIT)

@@ -1,0 +1,77 @@
+"""Which channel's DATA goes next: strict priority classes, round robin inside one.
+
+Priorities are local scheduling only; they are not sent on the wire. Control
+frames (OPEN, CREDIT, PING...) are not scheduled here: the connection writes them
+before any DATA.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import IntEnum
+from typing import Final
+
+from .channel import ChannelState
+
+
+class Priority(IntEnum):
+    """Lower value = sent first. A class starves the ones below it while it has data."""
+
+    CONTROL = 0
+    INPUT = 1
+    DESKTOP = 2
+    TELEMETRY = 3
+    BULK = 4
+
+
+DEFAULT_PRIORITIES: Final[dict[str, Priority]] = {
+    "control": Priority.CONTROL,
+    "rpc": Priority.CONTROL,
+    "input": Priority.INPUT,
+    "desktop": Priority.DESKTOP,
+    "telemetry": Priority.TELEMETRY,
+}
+
+
+def priority_for_kind(kind: str) -> Priority:
+    """The priority a channel of ``kind`` gets unless the application says otherwise."""
+    return DEFAULT_PRIORITIES.get(kind, Priority.BULK)
+
+
+class Scheduler:
+    """Ready channels per priority class.
+
+    A channel is queued at most once (``ChannelState.scheduled``); the connection
+    takes one chunk from it and requeues it at the back if it still has something
+    to send, which gives round robin by chunk within a class. Channels that died
+    while queued are skipped by the caller (lazy removal keeps reset O(1)).
+    Deques are created on first use: an idle connection pays for none.
+    """
+
+    __slots__ = ("_queues",)
+
+    def __init__(self) -> None:
+        self._queues: list[deque[ChannelState] | None] = [None] * len(Priority)
+
+    def push(self, channel: ChannelState) -> None:
+        if channel.scheduled:
+            return
+        channel.scheduled = True
+        queue = self._queues[channel.priority]
+        if queue is None:
+            queue = self._queues[channel.priority] = deque()
+        queue.append(channel)
+
+    def pop(self) -> ChannelState | None:
+        for queue in self._queues:
+            if queue:
+                channel = queue.popleft()
+                channel.scheduled = False
+                return channel
+        return None
+
+    def __bool__(self) -> bool:
+        return any(self._queues)
+
+    def clear(self) -> None:
+        self._queues = [None] * len(Priority)
