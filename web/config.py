@@ -1,0 +1,154 @@
+"""Portal settings: a TOML file, then ``OUTLINK_PORTAL_*`` variables, over safe defaults.
+
+Every setting lives in the ``[portal]`` table of the file under the field name
+below; ``OUTLINK_PORTAL_<FIELD>`` (upper case) overrides it. Secrets never live in
+the file or the repository: the Flask secret key is generated into the data
+directory on first run (mode 0600) and read from there afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pki.keys import PRIVATE_FILE_MODE
+
+ENV_PREFIX = "OUTLINK_PORTAL_"
+#: Where ``create_app()`` (gunicorn's entry point) finds the config file.
+CONFIG_ENV = "OUTLINK_PORTAL_CONFIG"
+SECRET_KEY_FILE = "secret_key"  # noqa: S105  (a file name, not a secret)
+#: 64 random bytes: well beyond what HMAC-SHA512 (itsdangerous) can use.
+SECRET_KEY_BYTES = 64
+
+
+@dataclass(slots=True)
+class PortalConfig:
+    """All portal settings with their defaults (development on one machine)."""
+
+    data_dir: Path = Path("var/portal")
+    database_url: str = "sqlite:///var/outlink.db"
+    bind: str = "127.0.0.1:8444"
+    #: The portal's TLS server cert/key; made from the staff CA by ``init`` when missing.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Names the generated server cert is valid for.
+    tls_names: list[str] = field(default_factory=lambda: ["localhost", "127.0.0.1"])
+    #: The staff CA (client certificates for staff login; signs the portal's server cert).
+    staff_ca_dir: Path | None = None
+    #: The portal's service identity towards relays (``/service``), from the fleet CA.
+    relay_ca: Path | None = None
+    relay_cert: Path | None = None
+    relay_key: Path | None = None
+    #: Used when no relay has registered its service URL in the database yet.
+    relay_url: str = ""
+    #: Seconds an RPC to a relay may take before the portal gives up (the DB is the truth).
+    relay_timeout: float = 3.0
+    session_idle_minutes: int = 30
+    session_absolute_hours: int = 12
+    #: Failed logins per account name before it is locked for ``lockout_minutes``.
+    login_max_failures: int = 5
+    #: Failed logins per source address before the address is locked.
+    login_max_failures_per_addr: int = 20
+    lockout_minutes: int = 15
+    #: Presence rows not refreshed for this long are shown offline (a crashed relay's rows).
+    presence_stale_seconds: int = 180
+    audit_retention_days: int = 365
+    page_size: int = 50
+    workers: int = 2
+    threads: int = 4
+    log_level: str = "INFO"
+    #: Client address source: False = the socket peer; True = X-Forwarded-For (behind a proxy).
+    trust_proxy: bool = False
+
+    def resolve(self, base: Path) -> PortalConfig:
+        """Make relative paths relative to ``base`` (the config file's folder)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path) and not value.is_absolute():
+                setattr(self, f.name, base / value)
+        if self.staff_ca_dir is None:
+            self.staff_ca_dir = self.data_dir / "staff-ca"
+        if self.tls_cert is None:
+            self.tls_cert = self.data_dir / "portal.pem"
+        if self.tls_key is None:
+            self.tls_key = self.data_dir / "portal.key"
+        return self
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    if isinstance(value, str) and not isinstance(default, str):
+        if isinstance(default, bool):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, list):
+            return [v.strip() for v in value.split(",") if v.strip()]
+    if name in _PATH_FIELDS and value is not None:
+        return Path(value)
+    return value
+
+
+_PATH_FIELDS = {
+    "data_dir", "tls_cert", "tls_key", "staff_ca_dir", "relay_ca", "relay_cert", "relay_key",
+}
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> PortalConfig:
+    """Defaults <- ``[portal]`` of ``path`` <- ``OUTLINK_PORTAL_*`` <- ``overrides``.
+
+    Unknown keys are an error (a typo must not silently keep a default).
+    """
+    environ = dict(os.environ) if environ is None else environ
+    values: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        with path.open("rb") as f:
+            values.update(tomllib.load(f).get("portal", {}))
+        base = path.parent.resolve()
+    names = {f.name: f for f in dataclasses.fields(PortalConfig)}
+    for name in names:
+        env_value = environ.get(ENV_PREFIX + name.upper())
+        if env_value is not None:
+            values[name] = env_value
+    values.update(overrides or {})
+    unknown = set(values) - set(names)
+    if unknown:
+        raise ValueError(f"unknown portal setting(s): {', '.join(sorted(unknown))}")
+    defaults = PortalConfig()
+    kwargs = {k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()}
+    return PortalConfig(**kwargs).resolve(base)
+
+
+def secret_key(data_dir: Path) -> str:
+    """The Flask secret key from ``data_dir``, generated (0600) on first use.
+
+    Written to a temp file and hard-linked into place, so concurrent workers starting
+    together all end up reading the one key that won, never a half-written file.
+    """
+    path = Path(data_dir) / SECRET_KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")
+        try:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(SECRET_KEY_BYTES))
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    return path.read_text().strip()

@@ -1,0 +1,68 @@
+"""The portal's forms (Flask-WTF: every one carries the session-bound CSRF token)."""
+
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from wtforms import (
+    BooleanField,
+    IntegerField,
+    PasswordField,
+    SelectField,
+    SelectMultipleField,
+    StringField,
+    TextAreaField,
+)
+from wtforms.validators import DataRequired, Length, NumberRange, Optional, Regexp
+
+from store.portal import USERNAME_MAX
+from web.passwords import MAX_LENGTH
+
+USERNAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
+
+
+class ActionForm(FlaskForm):
+    """A button that changes something: the form exists for its CSRF token."""
+
+
+class LoginForm(FlaskForm):
+    username = StringField("Username", validators=[DataRequired(), Length(max=USERNAME_MAX)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=MAX_LENGTH)])
+
+
+class TotpForm(FlaskForm):
+    code = StringField("Authentication code",
+                       validators=[DataRequired(), Regexp(r"^\s*\d{6}\s*$", message="Six digits")])
+
+
+class PasswordChangeForm(FlaskForm):
+    current = PasswordField("Current password",
+                            validators=[DataRequired(), Length(max=MAX_LENGTH)])
+    new = PasswordField("New password", validators=[DataRequired(), Length(max=MAX_LENGTH)])
+    confirm = PasswordField("Repeat new password",
+                            validators=[DataRequired(), Length(max=MAX_LENGTH)])
+
+
+class UserForm(FlaskForm):
+    """Create (username editable) or edit a user: role and scopes."""
+
+    username = StringField("Username", validators=[
+        DataRequired(), Length(min=2, max=USERNAME_MAX),
+        Regexp(USERNAME_RE, message="Lowercase letters, digits, '.', '_' and '-'"),
+    ])
+    display_name = StringField("Display name", validators=[Optional(), Length(max=200)])
+    role = SelectField("Role", validators=[DataRequired()])
+    all_scope = BooleanField("All customers (global scope)")
+    customers = SelectMultipleField("Customers", coerce=int, validate_choice=False)
+    sites = SelectMultipleField("Sites", coerce=int, validate_choice=False)
+    devices = TextAreaField("Device ids (one per line)", validators=[Length(max=20000)])
+
+
+class TokenForm(FlaskForm):
+    site = SelectField("Site", coerce=int, validate_choice=False)
+    hours = IntegerField("Valid for (hours)", default=1,
+                         validators=[DataRequired(), NumberRange(min=1, max=168)])
+    note = StringField("Note", validators=[Optional(), Length(max=200)])
+
+
+class RevokeForm(FlaskForm):
+    reason = StringField("Reason", validators=[DataRequired(), Length(max=500)])
