@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
+from agent.identity import IdentityFiles
 from pki.ca import CertificateAuthority, create_ca
 from pki.identity import DeviceId, new_device_id
 from pki.issue import issue_device_cert, issue_server_cert
@@ -33,8 +35,13 @@ class Fleet:
     wrong_host_cert: Path
     wrong_host_key: Path
 
-    def device_cert(self, name: str, **kwargs: object) -> tuple[Path, Path]:
-        """Issue another device certificate (e.g. expired) into `dir`."""
+    def identity_dir(self, name: str, **kwargs: object) -> Path:
+        """A fresh enrolled identity directory (agent.identity layout) for a new device.
+
+        `kwargs` go to `issue_device_cert` (e.g. `lifetime`, `not_before`).
+        """
+        directory = self.dir / name
+        directory.mkdir(mode=0o700)
         key = generate_key()
         cert = issue_device_cert(
             self.ca,
@@ -44,12 +51,14 @@ class Fleet:
             site="lab",
             **kwargs,  # type: ignore[arg-type]
         )
-        return _write(self.dir, name, cert, key)
+        files = IdentityFiles(directory)
+        write_private_key(files.key_file, key)
+        write_file_atomic(files.cert_file, cert.public_bytes(serialization.Encoding.PEM))
+        write_file_atomic(files.ca_file, self.ca.cert_pem)
+        return directory
 
 
 def _write(directory: Path, name: str, cert: object, key: object) -> tuple[Path, Path]:
-    from cryptography.hazmat.primitives import serialization
-
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     write_private_key(key_path, key)  # type: ignore[arg-type]
     write_file_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))  # type: ignore[attr-defined]
@@ -91,6 +100,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     return make_fleet(tmp_path_factory.mktemp("fleet"))
 
 
-def expired_kwargs() -> dict[str, object]:
-    """Arguments for `Fleet.device_cert` that produce a certificate expired yesterday."""
+def expired() -> dict[str, object]:
+    """`Fleet.identity_dir` arguments for a certificate that expired yesterday."""
     return {"not_before": datetime.now(UTC) - timedelta(days=100), "lifetime": timedelta(days=99)}
+
+
+def renewal_due() -> dict[str, object]:
+    """`Fleet.identity_dir` arguments for a valid certificate with < 1/3 of its life left."""
+    return {"not_before": datetime.now(UTC) - timedelta(days=70), "lifetime": timedelta(days=90)}
