@@ -67,7 +67,10 @@ async def tunnel_pair(
             **websocket_options(),
         ) as ws:
             client = Tunnel(
-                ws, role=Role.CLIENT, settings=client_settings, on_open=client_on_open,
+                ws,
+                role=Role.CLIENT,
+                settings=client_settings,
+                on_open=client_on_open,
                 name="client",
             )
             runner = asyncio.create_task(client.run())
