@@ -40,7 +40,9 @@ def find(run_dir: Path, name: str) -> psutil.Process | None:
     return None
 
 
-def start(run_dir: Path, log_dir: Path, name: str, argv: list[str], env: dict[str, str] | None = None) -> psutil.Process:
+def start(
+    run_dir: Path, log_dir: Path, name: str, argv: list[str], env: dict[str, str] | None = None
+) -> psutil.Process:
     """Start ``argv`` detached (own session), logging to ``log_dir/name.log``; idempotent."""
     existing = find(run_dir, name)
     if existing is not None:

@@ -51,24 +51,60 @@ def private_postgres() -> Iterator[str | None]:
         os.chown(tmp, owner.pw_uid, owner.pw_gid)
         prefix = ["runuser", "-u", "postgres", "--"]
     subprocess.run(
-        [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "outlink", "--auth=trust", "-E", "UTF8"],
-        check=True, stdout=subprocess.DEVNULL,
+        [
+            *prefix,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "outlink",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
-    opts = f"-h 127.0.0.1 -p {port} -k {tmp} -c fsync=off -c full_page_writes=off -c max_connections=200"
+    # A scratch cluster: durability settings off, loopback only, enough connections
+    # for the portal's pool plus the relay's in parallel tests.
+    opts = f"-h 127.0.0.1 -p {port} -k {tmp} -c fsync=off -c full_page_writes=off"
+    opts += " -c max_connections=200"
     subprocess.run(
-        [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-w", "-l", str(tmp / "log"), "start"],
-        check=True, stdout=subprocess.DEVNULL,
+        [
+            *prefix,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            opts,
+            "-w",
+            "-l",
+            str(tmp / "log"),
+            "start",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     try:
         subprocess.run(
-            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "outlink", "outlink_test"],
+            [
+                str(bindir / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "outlink",
+                "outlink_test",
+            ],
             check=True,
         )
         yield f"postgresql+psycopg://outlink@127.0.0.1:{port}/outlink_test"
     finally:
         subprocess.run(
             [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-            check=False, stdout=subprocess.DEVNULL,
+            check=False,
+            stdout=subprocess.DEVNULL,
         )
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -86,13 +122,16 @@ def run(pytest_args: list[str]) -> int:
         for step in steps:
             if subprocess.run(step, check=False).returncode != 0:
                 return 1
-        code = subprocess.run([python, "-m", "pytest", *pytest_args], env=env, check=False).returncode
+        code = subprocess.run(
+            [python, "-m", "pytest", *pytest_args], env=env, check=False
+        ).returncode
     if code != 0:
         return code
     fuzz = Path("fuzz/fuzz_decoder.py")
     if fuzz.exists():
         print(f"outlink test: fuzzing the tunnel decoder for {FUZZ_SECONDS} s")
         code = subprocess.run(
-            [python, str(fuzz), f"-max_total_time={FUZZ_SECONDS}", "-print_final_stats=1"], check=False
+            [python, str(fuzz), f"-max_total_time={FUZZ_SECONDS}", "-print_final_stats=1"],
+            check=False,
         ).returncode
     return code

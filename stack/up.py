@@ -1,0 +1,207 @@
+"""``./outlink up``: CA, relay, portal and one enrolled agent on this machine, under ``./var``.
+
+Every step first looks at what exists, so running it again starts only what is not
+running and never makes a second CA, admin or device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from stack import processes
+from stack.layout import Layout
+
+INITIAL_PASSWORD_FILE = "initial-admin-password"  # noqa: S105 (a file name, not a secret)
+READY_TIMEOUT_S = 30.0
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create ``path`` readable by its owner only (secrets and keys live in ./var)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _write_if_missing(path: Path, text: str) -> None:
+    """Configs are written once; the user's edits survive the next ``up``."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def setup_pki(lay: Layout) -> None:
+    """Fleet CA, the relay's server certificate and the portal's service certificate."""
+    from pki.cli import main as pki_main
+
+    for argv in (
+        ["init", "--dir", str(lay.pki)],
+        ["server-cert", "--dir", str(lay.pki), "--dns", lay.host, "--ip", "127.0.0.1"],
+        ["service-cert", "--dir", str(lay.pki), "--name", "portal"],
+    ):
+        if pki_main(argv) != 0:
+            raise SystemExit(f"outlink-pki {' '.join(argv)} failed")
+
+
+def write_configs(lay: Layout) -> None:
+    """TOML configs of the three processes, wired to each other and to ./var."""
+    _write_if_missing(
+        lay.relay_config,
+        f"""relay_id = "local"
+service_url = "wss://{lay.host}:{lay.relay_port}/service"
+db_url = "{lay.db_url}"
+
+[listen]
+host = "127.0.0.1"
+port = {lay.relay_port}
+
+[ops]
+host = "127.0.0.1"
+port = {lay.ops_port}
+
+[tls]
+cert = "{lay.pki / "relay.pem"}"
+key = "{lay.pki / "relay.key"}"
+ca = "{lay.pki / "ca.pem"}"
+""",
+    )
+    _write_if_missing(
+        lay.portal_config,
+        f"""data_dir = "{lay.portal_dir}"
+database_url = "{lay.db_url}"
+bind = "127.0.0.1:{lay.portal_port}"
+tls_cert = "{lay.portal_dir / "tls.pem"}"
+tls_key = "{lay.portal_dir / "tls.key"}"
+staff_ca_dir = "{lay.portal_dir / "staff-ca"}"
+relay_url = "wss://{lay.host}:{lay.relay_port}/service"
+relay_ca = "{lay.pki / "ca.pem"}"
+relay_cert = "{lay.pki / "portal.pem"}"
+relay_key = "{lay.pki / "portal.key"}"
+""",
+    )
+    _write_if_missing(
+        lay.agent_config,
+        f"""relay_urls = ["wss://{lay.host}:{lay.relay_port}/agent"]
+ca_file = "{lay.agent_dir / "identity" / "ca.pem"}"
+identity_dir = "{lay.agent_dir / "identity"}"
+data_dir = "{lay.agent_dir}"
+proxy = "none"
+""",
+    )
+
+
+def init_portal(lay: Layout) -> str | None:
+    """Migrate the DB and create the first admin; returns the initial password if known."""
+    from web.cli import init_portal as portal_init
+    from web.config import load_config
+
+    created = portal_init(load_config(lay.portal_config), out=lambda _line: None)
+    password_file = lay.portal_dir / INITIAL_PASSWORD_FILE
+    if created.get("admin_password"):
+        _write_private(password_file, created["admin_password"] + "\n")
+    return password_file.read_text().strip() if password_file.exists() else None
+
+
+def _ready(url: str, context: ssl.SSLContext | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:  # noqa: S310
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_relay(lay: Layout) -> None:
+    processes.start(
+        lay.run,
+        lay.logs,
+        "relay",
+        [sys.executable, "-m", "relay_server", "--config", str(lay.relay_config)],
+    )
+    processes.wait_until(
+        lambda: _ready(f"http://127.0.0.1:{lay.ops_port}/readyz"), READY_TIMEOUT_S, "relay"
+    )
+
+
+def start_portal(lay: Layout) -> None:
+    processes.start(
+        lay.run,
+        lay.logs,
+        "portal",
+        [sys.executable, "-m", "web", "serve", "--config", str(lay.portal_config)],
+    )
+    context = ssl.create_default_context(cafile=str(lay.portal_dir / "staff-ca" / "ca.pem"))
+    processes.wait_until(
+        lambda: _ready(f"{lay.portal_url}healthz", context), READY_TIMEOUT_S, "portal"
+    )
+
+
+def enroll_agent(lay: Layout) -> str:
+    """Enrol the local demo device once (token from the CLI, key made by the agent)."""
+    from agent.enroll import enroll
+    from agent.identity import load_identity
+    from pki.fleet import ensure_site
+    from pki.identity import IdentityError
+    from pki.tokens import create_token
+    from store.db import make_engine, session_scope
+
+    identity_dir = lay.agent_dir / "identity"
+    try:
+        return str(load_identity(identity_dir).identity.device_id)
+    except (FileNotFoundError, IdentityError):
+        pass
+    ca_copy = identity_dir / "ca.pem"
+    identity_dir.mkdir(parents=True, exist_ok=True)
+    ca_copy.write_bytes((lay.pki / "ca.pem").read_bytes())  # "copied to the device out of band"
+    engine = make_engine(lay.db_url)
+    with session_scope(engine) as session:
+        site = ensure_site(
+            session,
+            "demo-hospital",
+            "radiology",
+            customer_name="Demo Hospital",
+            site_name="Radiology",
+        )
+        secret = create_token(session, site, created_by="outlink up").secret
+    engine.dispose()
+    identity = asyncio.run(
+        enroll(
+            f"wss://{lay.host}:{lay.relay_port}/enroll",
+            ca_copy,
+            secret,
+            identity_dir,
+            hostname="demo-ct-01",
+        )
+    )
+    return str(identity.device_id)
+
+
+def start_agent(lay: Layout) -> None:
+    processes.start(
+        lay.run,
+        lay.logs,
+        "agent",
+        [sys.executable, "-m", "agent", "run", "--config", str(lay.agent_config)],
+    )
+
+
+def up(lay: Layout) -> int:
+    """Bring everything up and print where it is."""
+    lay.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    print(f"outlink: setting up in {lay.root}", flush=True)
+    setup_pki(lay)
+    write_configs(lay)
+    password = init_portal(lay)
+    start_relay(lay)
+    start_portal(lay)
+    device = enroll_agent(lay)
+    start_agent(lay)
+    from stack.status import print_status
+
+    print_status(lay, password=password, device=device)
+    return 0
