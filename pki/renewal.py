@@ -5,28 +5,31 @@ that is offline for a while still has weeks to come back). The relay answers
 from the *authenticated* peer identity of the tunnel: the new certificate names
 the same device, with customer/site from the database, and revoked devices get
 nothing.
+
+The agent imports this module for its side only, so the server side imports
+SQLAlchemy and the store inside its functions: the agent never loads them.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 from pki.ca import CertificateAuthority
-from pki.fleet import certify_device
 from pki.identity import DeviceIdentity
 from pki.issue import DEFAULT_DEVICE_LIFETIME, BadCSRError, load_csr
 from pki.keys import WeakKeyError
 from pki.serials import serial_hex
 from pki.wire import ErrorCode, Refused, decode_request, encode_issued, encode_refusal
-from store.db import session_scope
-from store.models import Certificate, Device
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,9 @@ def renew(
     Raises :class:`Refused` with ``revoked`` if the device or the presented
     certificate is revoked or unknown, ``bad_csr``/``key_too_weak`` for the CSR.
     """
+    from pki.fleet import certify_device
+    from store.models import Certificate, Device
+
     try:
         public_key = load_csr(csr_pem).public_key()
     except BadCSRError as exc:
@@ -106,6 +112,8 @@ def handle_renewal_request(
 
     Blocking (database + signing): call it via ``asyncio.to_thread``.
     """
+    from store.db import session_scope
+
     try:
         req = decode_request(request, need_token=False)
         with session_scope(sessions) as session:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from tests.conftest import UNIT
 from tests.pki_fixtures import CertFiles, FleetPKI
 
 TUNNEL_SUBPROTOCOL = "outlink.tunnel.v1"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class RecordingService(EnrollmentService):
@@ -237,4 +240,13 @@ async def test_wrong_subprotocol_is_closed(db_engine: Engine, fleet_pki: FleetPK
     assert info.value.rcvd is not None and info.value.rcvd.code == 1008
 
 
-Runner = Callable[[], Awaitable[None]]
+def test_agent_side_does_not_load_the_database_stack() -> None:
+    """The device runs enrolment and renewal without SQLAlchemy/Alembic (R32: stay light)."""
+    code = (
+        "import sys, agent.enroll, agent.identity, pki.renewal; "
+        "print(sorted(m for m in ('sqlalchemy', 'alembic', 'store') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    assert out.strip() == "[]"
