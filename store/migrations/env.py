@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from alembic import context
 from sqlalchemy import Connection
 
-import store.models
+import store
 from store.db import make_engine
+from store.models import Base
+
+# Every module of the store package may define tables on Base (fleet: models, portal: portal);
+# import them all so autogenerate sees the whole schema without this file listing them.
+for _module in pkgutil.iter_modules(store.__path__):
+    if not _module.ispkg:
+        importlib.import_module(f"store.{_module.name}")
 
 config = context.config
-target_metadata = store.models.Base.metadata
+target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:

@@ -31,6 +31,7 @@ from pki.wire import ENROLL_SUBPROTOCOL
 from relay_server.enrollment import EnrollmentService, serve_enrollment
 from store.db import session_scope
 from store.models import Device, EnrollmentToken
+from tests.agent.helpers import tinyproxy
 from tests.conftest import UNIT
 from tests.pki_fixtures import CertFiles, FleetPKI
 
@@ -175,6 +176,8 @@ async def test_agent_refuses_untrusted_endpoint_and_sends_nothing(
         assert relay.requests == []
         assert relay.service.received == []
     assert not (tmp_path / "id" / "device.pem").exists()
+    # The key was made and stored (0600) before the connection was attempted.
+    assert stat.S_IMODE((tmp_path / "id" / "device.key").stat().st_mode) == 0o600
     with session_scope(db_engine) as session:
         assert session.scalars(select(EnrollmentToken.used_at)).one() is None
 
@@ -250,3 +253,26 @@ def test_agent_side_does_not_load_the_database_stack() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout
     assert out.strip() == "[]"
+
+
+async def test_enrolment_through_an_authenticating_http_proxy(
+    db_engine: Engine, fleet_pki: FleetPKI, tmp_path: Path
+) -> None:
+    token = new_token(db_engine)
+    with tinyproxy(tmp_path) as proxy:
+        async with running_relay(db_engine, fleet_pki) as relay:
+            with pytest.raises(EnrollmentError) as info:
+                await enroll(
+                    relay.url(),
+                    fleet_pki.ca_file,
+                    token,
+                    tmp_path / "a",
+                    proxy=proxy.url(password="wrong"),
+                )
+            assert "wrong" not in str(info.value)
+            assert relay.requests == []
+            identity = await enroll(
+                relay.url(), fleet_pki.ca_file, token, tmp_path / "b", proxy=proxy.url()
+            )
+        assert proxy.connects() >= 1
+    assert load_identity(tmp_path / "b").identity == identity
