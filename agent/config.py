@@ -80,7 +80,7 @@ class AgentConfig:
     proxy_auth: str = ""
     # Opening handshake (TCP + proxy CONNECT + TLS + HTTP upgrade) must finish in this time.
     open_timeout: float = 15.0
-    # R32: the device's own work comes first.
+    # R32: the device's own work comes first. The niceness to run at (0..19).
     nice: int = 10
     log_level: str = "INFO"
     # "text" for a terminal, "json" for the journal / log shippers.
@@ -151,6 +151,8 @@ def _validate(config: AgentConfig) -> None:
         raise ConfigError("backoff: stable_after, herd_window and goaway_jitter must be >= 0")
     if config.keepalive.idle <= 0 or config.keepalive.timeout <= 0:
         raise ConfigError("keepalive: idle and timeout must be > 0")
+    if not 0 <= config.nice <= 19:
+        raise ConfigError("nice: must be 0..19")
     if config.open_timeout <= 0:
         raise ConfigError("open_timeout: must be > 0")
 
