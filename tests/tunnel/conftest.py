@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.typing import Subprotocol
 
 from tests.conftest import UNIT
 from tunnel import SUBPROTOCOLS, Role, Settings
@@ -52,7 +53,7 @@ async def tunnel_pair(
         handler,
         "127.0.0.1",
         0,
-        subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
+        subprotocols=[Subprotocol(p) for p in SUBPROTOCOLS],
         select_subprotocol=select_subprotocol,
         close_timeout=UNIT,
         **websocket_options(),
@@ -62,7 +63,7 @@ async def tunnel_pair(
             port = await on_listen(port)  # type: ignore[operator]
         async with connect(
             f"ws://127.0.0.1:{port}/",
-            subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
+            subprotocols=[Subprotocol(p) for p in SUBPROTOCOLS],
             close_timeout=UNIT,
             **websocket_options(),
         ) as ws:
@@ -82,3 +83,51 @@ async def tunnel_pair(
                 await asyncio.wait_for(client.close(), 5 * UNIT)
                 await asyncio.wait_for(runner, 5 * UNIT)
                 await asyncio.wait_for(server_tunnel.closed.wait(), 5 * UNIT)
+
+
+class BlackHoleRelay:
+    """A TCP relay between client and server that can silently stop forwarding.
+
+    After :meth:`drop`, bytes are read and discarded in both directions and no FIN or
+    RST is sent: the path looks alive to both TCP stacks but carries nothing, which is
+    what a NAT or firewall that forgot the flow does.
+    """
+
+    def __init__(self) -> None:
+        self.dropped = False
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self, target_port: int) -> int:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
+            self._writers += [writer, up_writer]
+            for src, dst in ((reader, up_writer), (up_reader, writer)):
+                task = asyncio.create_task(self._pipe(src, dst))
+                self._tasks.add(task)
+
+        self._server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await src.read(65536):
+                if not self.dropped:
+                    dst.write(data)
+                    await dst.drain()
+        if not self.dropped:
+            dst.close()
+
+    def drop(self) -> None:
+        self.dropped = True
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

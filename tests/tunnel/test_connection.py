@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from tests.tunnel.helpers import ConnectionPair
@@ -54,7 +56,7 @@ def open_from(pair: ConnectionPair, opener: str, kind: str = "telemetry", **kw: 
     return cid
 
 
-def messages(events: list[object]) -> list[bytes]:
+def messages(events: Sequence[object]) -> list[bytes]:
     return [e.data for e in events if isinstance(e, MessageReceived)]
 
 
