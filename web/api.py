@@ -83,7 +83,7 @@ def devices() -> ResponseReturnValue:
 def device(device_id: str) -> ResponseReturnValue:
     row = load_device(device_id)
     presence = db.session.execute(
-        scoped(Device, online_clause().label("online"), Presence.last_seen)
+        scoped(Device, online_clause().label("online"), Presence.last_seen).select_from(Device)
         .outerjoin(Presence, Presence.device_id == Device.id).where(Device.id == row.id)
     ).one()
     record("device.view", device_id=row.id, customer_id=row.customer_id, site_id=row.site_id,

@@ -1,0 +1,191 @@
+"""Every route, every role: the answers match the declared permission matrix.
+
+The matrix below is the specification. A route missing from it fails the test
+(so a new route cannot ship without a decision), and so does a view whose
+declaration differs from it. Each route is then called as anonymous and as each
+role, with real ids that are in the caller's scope, and the status is checked:
+anonymous -> sign-in (302 to /login for pages, 401 for API and POSTs); a role
+without the permission -> 403; a role with it -> neither 401 nor 403 nor 5xx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from pki.tokens import create_token
+from store.models import Site
+from store.portal import Permission, Role
+from tests.web.conftest import CSRF_RE, Fleet, make_user, new_client
+from web.authz import ACCESS_ATTR, Perm
+from web.db import db
+
+PUBLIC, AUTHENTICATED = "public", "authenticated"
+
+#: endpoint -> who may call it. The one place a route's access is decided for the tests.
+MATRIX: dict[str, str] = {
+    "static": PUBLIC,
+    "api.healthz": PUBLIC,
+    "auth.login": PUBLIC,
+    "auth.totp": PUBLIC,
+    "auth.certificate": PUBLIC,
+    "auth.logout": AUTHENTICATED,
+    "auth.logout_everywhere": AUTHENTICATED,
+    "auth.account": AUTHENTICATED,
+    "auth.password": AUTHENTICATED,
+    "auth.totp_setup": AUTHENTICATED,
+    "auth.totp_disable": AUTHENTICATED,
+    "api.whoami": AUTHENTICATED,
+    "fleet.overview": Perm.DEVICE_VIEW,
+    "fleet.customers": Perm.DEVICE_VIEW,
+    "fleet.customer": Perm.DEVICE_VIEW,
+    "fleet.site": Perm.DEVICE_VIEW,
+    "fleet.devices": Perm.DEVICE_VIEW,
+    "fleet.device": Perm.DEVICE_VIEW,
+    "fleet.revoke": Perm.DEVICES_REVOKE,
+    "api.presence": Perm.DEVICE_VIEW,
+    "api.devices": Perm.DEVICE_VIEW,
+    "api.device": Perm.DEVICE_VIEW,
+    "admin.users": Perm.USERS_MANAGE,
+    "admin.user_new": Perm.USERS_MANAGE,
+    "admin.user_edit": Perm.USERS_MANAGE,
+    "admin.user_disable": Perm.USERS_MANAGE,
+    "admin.user_enable": Perm.USERS_MANAGE,
+    "admin.user_reset_password": Perm.USERS_MANAGE,
+    "admin.user_reset_second_factor": Perm.USERS_MANAGE,
+    "admin.roles": Perm.USERS_MANAGE,
+    "admin.tokens": Perm.DEVICES_ENROLL,
+    "admin.token_revoke": Perm.DEVICES_ENROLL,
+    "audit.search": Perm.AUDIT_READ,
+    "audit.export_csv": Perm.AUDIT_READ,
+    "audit.export_json": Perm.AUDIT_READ,
+}
+
+#: The roles' permissions as specified (migration 0002 must seed exactly this).
+ROLE_PERMS: dict[str, set[str]] = {
+    "administrator": set(Perm),
+    "service_engineer": {
+        Perm.DEVICE_VIEW, Perm.TELEMETRY_VIEW, Perm.FILES_VIEW, Perm.DESKTOP_VIEW,
+        Perm.DESKTOP_CONTROL, Perm.DIAGNOSTICS_SHELL, Perm.UPDATES_PUSH, Perm.DEVICES_ENROLL,
+    },
+    "analyst": {Perm.DEVICE_VIEW, Perm.TELEMETRY_VIEW, Perm.FILES_VIEW, Perm.AUDIT_READ},
+    "site_contact": {Perm.DEVICE_VIEW, Perm.TELEMETRY_VIEW},
+}
+ROLE_OF = {"root": "administrator", "eng": "service_engineer", "ana": "analyst",
+           "contact": "site_contact"}
+
+
+def test_every_route_has_a_matrix_entry_and_the_same_declaration(app: Flask) -> None:
+    endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}
+    assert endpoints - set(MATRIX) == set(), "routes without a permission-matrix entry"
+    assert set(MATRIX) - endpoints == set(), "matrix entries without a route"
+    for endpoint, expected in MATRIX.items():
+        access = getattr(app.view_functions[endpoint], ACCESS_ATTR, None)
+        assert access is not None, f"{endpoint} has no access declaration"
+        assert access.label() == str(expected), endpoint
+
+
+def test_roles_in_database_match_the_specification(app: Flask) -> None:
+    with app.app_context():
+        assert set(db.session.scalars(select(Permission.name))) == {p.value for p in Perm}
+        roles = {r.name: {p.name for p in r.permissions}
+                 for r in db.session.scalars(select(Role))}
+    assert roles == {name: {str(p) for p in perms} for name, perms in ROLE_PERMS.items()}
+
+
+def test_undeclared_route_is_refused(app: Flask, client_for: Callable[[str], FlaskClient]) -> None:
+    """Deny by default: a route without a declaration answers 403 even to an admin."""
+    app.add_url_rule("/forgotten", "forgotten", lambda: "secret data")
+    response = client_for("root").get("/forgotten")
+    assert response.status_code == 403
+    assert b"secret data" not in response.data
+
+
+def _url_args(app: Flask, fleet: Fleet, users: dict[str, int]) -> dict[str, Any]:
+    with app.app_context():
+        site = db.session.get(Site, fleet.site_a1)
+        assert site is not None
+        token = create_token(db.session, site, created_by="root")
+        victim = make_user("victim", "analyst", customers=(fleet.customer_a,))
+        db.session.commit()
+    return {"device_id": fleet.device_a1, "customer_id": fleet.customer_a,
+            "site_id": fleet.site_a1, "user_id": victim, "token_id": token.id,
+            "filename": "portal.css"}
+
+
+def _allowed(role: str | None, rule: str) -> bool | None:
+    """True/False for a permission check; None for public."""
+    if rule == PUBLIC:
+        return None
+    if role is None:
+        return False
+    return rule == AUTHENTICATED or rule in ROLE_PERMS[role]
+
+
+def _login(app: Flask, username: str) -> FlaskClient:
+    client = new_client(app)
+    page = client.get("/login").get_data(as_text=True)
+    token = CSRF_RE.search(page)
+    assert token
+    response = client.post("/login", data={"csrf_token": token.group(1), "username": username,
+                                           "password": "correct horse battery"})
+    assert response.status_code == 302
+    return client
+
+
+def _post_token(client: FlaskClient) -> str:
+    page = client.get("/account" if client.get_cookie("__Host-outlink-session") else "/login")
+    match = CSRF_RE.search(page.get_data(as_text=True))
+    if match is None:  # anonymous on /account is redirected: take the login form's token
+        match = CSRF_RE.search(client.get("/login").get_data(as_text=True))
+    assert match
+    return match.group(1)
+
+
+@pytest.mark.parametrize("username", [None, "root", "eng", "ana", "contact"])
+def test_walk_every_route_as_every_role(
+    app: Flask, fleet: Fleet, users: dict[str, int], username: str | None
+) -> None:
+    args = _url_args(app, fleet, users)
+    role = ROLE_OF.get(username or "")
+    shared = _login(app, username) if username else new_client(app)
+    checked = 0
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        url_args = {name: args[name] for name in rule.arguments}
+        with app.test_request_context():
+            from flask import url_for
+
+            url = url_for(rule.endpoint, **url_args)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            allowed = _allowed(role, MATRIX[rule.endpoint])
+            if method == "GET":
+                response = shared.get(url)
+            else:  # state-changing: a fresh session each time (logout must not end the walk)
+                client = _login(app, username) if username else new_client(app)
+                response = client.post(url, data={"csrf_token": _post_token(client)})
+                if username:  # e.g. logout-everywhere ended every session of this user
+                    shared = _login(app, username)
+            status = response.status_code
+            response.close()
+            where = f"{method} {url} as {username or 'anonymous'}: {status}"
+            assert status < 500, where
+            if allowed is None:
+                continue
+            if allowed:
+                assert status not in (401, 403), where
+                if method == "GET" and rule.endpoint not in ("auth.totp",):
+                    assert status != 302 or "/login" not in response.headers["Location"], where
+            elif role is None:
+                if method == "GET" and not url.startswith("/api/"):
+                    assert status == 302 and "/login" in response.headers["Location"], where
+                else:
+                    assert status == 401, where
+            else:
+                assert status == 403, where
+            checked += 1
+    assert checked >= len(MATRIX) - 5
