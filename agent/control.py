@@ -190,7 +190,10 @@ class ControlChannel:
             msg = parse(data)
         except MessageError as exc:
             logger.warning("! control message refused: %s", exc.code)
-            await self._send(encode_error(exc.request_id, exc.code, exc.message))
+            # Answer only what had a usable id: an unanswerable message may itself be an
+            # error reply ("id": null), and answering those would ping-pong forever.
+            if exc.request_id is not None:
+                await self._send(encode_error(exc.request_id, exc.code, exc.message))
             return
         if isinstance(msg, Reply):
             future = self._pending.get(msg.id)

@@ -44,6 +44,10 @@ class Link:
     hello_received: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     replies: dict[int | str, asyncio.Future[Reply]] = field(default_factory=dict)
+    # Replies to requests the stub did not make through `instruct` (raw test messages).
+    unmatched: asyncio.Queue[Reply] = field(default_factory=asyncio.Queue)
+    # Messages from the agent the stub could not parse (e.g. an "id": null error).
+    unparseable: list[bytes] = field(default_factory=list)
 
 
 class StubRelay:
@@ -153,7 +157,9 @@ class StubRelay:
             try:
                 msg = parse(data)
             except MessageError as exc:
-                await link.control.send(encode_error(exc.request_id, exc.code, exc.message))
+                link.unparseable.append(data)
+                if exc.request_id is not None:
+                    await link.control.send(encode_error(exc.request_id, exc.code, exc.message))
                 continue
             if isinstance(msg, Hello):
                 link.hello = {"version": msg.version, "capabilities": list(msg.capabilities)}
@@ -183,3 +189,5 @@ class StubRelay:
                 future = link.replies.pop(msg.id, None)
                 if future is not None and not future.done():
                     future.set_result(msg)
+                else:
+                    link.unmatched.put_nowait(msg)
