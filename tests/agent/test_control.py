@@ -122,7 +122,7 @@ async def test_garbage_and_error_replies_are_not_answered(
 async def test_instruction_flood_is_answered_busy_not_queued(
     link: tuple[Link, StubRelay, asyncio.Event],
 ) -> None:
-    lk, relay, release = link
+    lk, _, release = link
     total = MAX_CONCURRENT_INSTRUCTIONS + 5
     for n in range(total):
         await raw(lk, {"id": 1000 + n, "op": "instruct", "instruction": {"action": "slow"}})
