@@ -47,11 +47,15 @@ class OpsConfig:
 
 @dataclass(frozen=True)
 class TLSConfig:
-    """PEM files made by `outlink-pki`: the relay's server certificate and the fleet CA."""
+    """Files made by `outlink-pki`: the relay's server certificate and the fleet CA."""
 
-    cert: str = "var/pki/relay.crt"
+    cert: str = "var/pki/relay.pem"
     key: str = "var/pki/relay.key"
-    ca: str = "var/pki/ca.crt"
+    ca: str = "var/pki/ca.pem"
+    # Directory of the fleet CA's certificate and key (`outlink-pki init --dir`), used to
+    # sign renewals and enrolments. Empty: this relay signs nothing (renew answers
+    # "unavailable", /enroll answers 503), so its host need not hold the CA key.
+    ca_dir: str = "var/pki"
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,9 @@ def test_toml_and_env_override(tmp_path: Path) -> None:
         ("[log]\nformat = 'xml'\n", {}, "log.format"),
     ],
 )
-def test_invalid_config_names_the_key(tmp_path: Path, toml: str, env: dict[str, str], message: str) -> None:
+def test_invalid_config_names_the_key(
+    tmp_path: Path, toml: str, env: dict[str, str], message: str
+) -> None:
     path = tmp_path / "relay.toml"
     path.write_text(toml)
     with pytest.raises(ConfigError, match=None) as info:
