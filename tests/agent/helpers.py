@@ -141,3 +141,55 @@ class RecordingTLSServer:
         finally:
             writer.close()
             self.finished.set()
+
+
+class Blackhole:
+    """A TCP forwarder that can start silently dropping everything on live connections.
+
+    `drop()` models a path that loses packets without FIN or RST (a dead NAT entry,
+    a pulled cable upstream): bytes are read and discarded, nothing is closed. New
+    connections after `drop()` are forwarded normally.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._dropping: set[asyncio.Event] = set()
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Blackhole:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        for writer in self._writers:
+            writer.close()
+        self._server.close()
+        await self._server.wait_closed()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def drop(self) -> None:
+        for event in self._dropping:
+            event.set()
+        self._dropping.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [writer, up_writer]
+        dropping = asyncio.Event()
+        self._dropping.add(dropping)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                if not dropping.is_set():
+                    dst.write(data)
+                    await dst.drain()
+
+        await asyncio.gather(
+            pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True
+        )

@@ -14,14 +14,14 @@ import pytest
 from cryptography import x509
 
 from agent import errors
-from agent.config import AgentConfig, BackoffConfig
+from agent.config import AgentConfig, BackoffConfig, KeepaliveConfig
 from agent.connection import ConnectionManager
 from agent.control import InstructionError, Registry
 from agent.identity import IdentityFiles
 from agent.status import read_status
 from pki.identity import identity_from_cert
 from tests.agent.conftest import Fleet, expired, renewal_due
-from tests.agent.helpers import RecordingTLSServer, free_port, tinyproxy
+from tests.agent.helpers import Blackhole, RecordingTLSServer, free_port, tinyproxy
 from tests.agent.relay_stub import StubRelay
 from tests.conftest import UNIT
 from tunnel import ErrorCode
@@ -321,3 +321,27 @@ async def test_certificate_renewal_over_the_control_channel(
     await relay.start()
     link2 = await relay.wait_link(1, 30 * UNIT)
     assert link2.identity.serial == new.serial
+
+
+async def test_silently_dropping_path_is_detected_and_redialled(
+    fleet: Fleet, tmp_path: Path, relay: StubRelay, run_agent: Callable[..., ConnectionManager]
+) -> None:
+    """No FIN, no RST: the tunnel keepalive (here 0.3 s idle + 0.5 s timeout; 15 + 20 s
+    in production, under the 40 s the issue allows) notices and the agent redials."""
+    async with Blackhole(relay.port) as path:
+        config = make_config(
+            fleet,
+            tmp_path,
+            [f"wss://localhost:{path.port}/agent"],
+            keepalive=KeepaliveConfig(idle=0.3 * UNIT, timeout=0.5 * UNIT),
+        )
+        manager = run_agent(config)
+        await relay.wait_link(0, T)
+        await asyncio.wait_for(manager.connected.wait(), T)
+        loop = asyncio.get_running_loop()
+        path.drop()
+        dropped_at = loop.time()
+        await relay.wait_link(1, T)
+        # Detection (<= 0.8 s) plus one failure window of the backoff (<= 1 s).
+        assert loop.time() - dropped_at < 0.8 * UNIT + 1.0 + 2 * UNIT
+        assert read_status(tmp_path / "data")["last_error"]["detail"] == "tunnel lost: TIMEOUT"
