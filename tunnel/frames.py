@@ -260,17 +260,17 @@ def _malformed(detail: str) -> FrameError:
     return FrameError(ErrorCode.PROTOCOL_ERROR, detail)
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _decode_meta(raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_META:
         raise _malformed("metadata too large")
     try:
-        meta = json.loads(raw.decode(), parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise _malformed("metadata is not JSON") from exc
+        meta = json.loads(raw.decode())
+        # Only accept what we could send on ourselves: a relay forwards metadata, and
+        # NaN, 1e999, lone surrogates or a re-encoding above MAX_META would fail there.
+        if isinstance(meta, dict):
+            encode_meta(meta)
+    except (ValueError, RecursionError) as exc:  # UnicodeError is a ValueError
+        raise _malformed("metadata is not valid JSON") from exc
     if not isinstance(meta, dict):
         raise _malformed("metadata is not a JSON object")
     return meta

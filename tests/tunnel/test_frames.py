@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import struct
 from typing import Any
 
@@ -91,6 +92,27 @@ def test_arbitrary_bytes_only_raise_frame_error(data: bytes) -> None:
         assert exc.code in (ErrorCode.PROTOCOL_ERROR, ErrorCode.FRAME_TOO_LARGE)
 
 
+json_texts = st.one_of(
+    st.builds(json.dumps, metas),
+    st.lists(
+        st.sampled_from(["1e2", "1e999", "-0.0", "NaN", '"\\ud800"', '"x"', "[]"]), max_size=900
+    ).map(lambda items: '{"a":[' + ",".join(items) + "]}"),
+    st.text(max_size=64).map(lambda t: '{"k":"' + t + '"}'),
+)
+
+
+@given(st.sampled_from([OpenFrame, AcceptFrame]), json_texts)
+def test_any_accepted_meta_can_be_sent_on(cls: type[OpenFrame], text: str) -> None:
+    """Metadata a relay receives, it can always forward: decoding never accepts
+    anything (NaN, 1e999, lone surrogates, a re-encoding above MAX_META) that
+    encoding would refuse."""
+    try:
+        frame = decode_frame(cls(1, 10, 10, {}).encode()[:-2] + text.encode(errors="surrogatepass"))
+    except FrameError:
+        return
+    assert decode_frame(frame.encode()) == frame
+
+
 @given(frames(), st.data())
 def test_mutated_frames_only_raise_frame_error(frame: Frame, data: st.DataObject) -> None:
     raw = bytearray(frame.encode())
@@ -132,6 +154,12 @@ def header(frame_type: int, flags: int = 0, channel: int = 1) -> bytes:
         (header(1) + struct.pack("!II", 10, 10) + b"[]", "meta not an object"),
         (header(1) + struct.pack("!II", 10, 10) + b"{", "meta not JSON"),
         (header(1) + struct.pack("!II", 10, 10) + b'{"a":NaN}', "meta with NaN"),
+        (header(1) + struct.pack("!II", 10, 10) + b'{"a":1e999}', "meta with inf"),
+        (header(1) + struct.pack("!II", 10, 10) + b'{"\\ud800":1}', "lone surrogate"),
+        (
+            header(1) + struct.pack("!II", 10, 10) + b'{"a":[' + b",".join([b"1e2"] * 1000) + b"]}",
+            "meta that re-encodes above MAX_META",
+        ),
         (header(1) + struct.pack("!II", 10, 10) + b"\xff", "meta not UTF-8"),
         (header(1) + struct.pack("!II", 10, 10) + b"[" * 4000, "meta nested deeply"),
         (header(1) + struct.pack("!II", 10, 10) + b" " * (MAX_META + 1), "meta too large"),

@@ -47,7 +47,7 @@ class TunnelMachine(RuleBasedStateMachine):
             for event in self.pair.take(conn):
                 if isinstance(event, ConnectionFailed):
                     assert event.code is not ErrorCode.INTERNAL_ERROR, event
-                if isinstance(event, ChannelReset):
+                if isinstance(event, ChannelReset) and not event.remote:
                     assert event.code is not ErrorCode.INTERNAL_ERROR, event
                 if isinstance(event, MessageReceived):
                     assert 0 < len(event.data) <= SMALL.max_message
