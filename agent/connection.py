@@ -136,9 +136,34 @@ class ConnectionManager:
                     self.waiting.clear()
                     if stopped:
                         break
-                delay = await self._round()
+                delay = await self._next_round()
         finally:
             self.status.stopped()
+
+    async def _next_round(self) -> float:
+        """Run one round; abandon it if `stop()` comes while still dialling.
+
+        A dial may take `open_timeout` (15 s) and a PAC download seconds: SIGTERM must
+        not wait for them. Once a tunnel exists, `_hold` closes it cleanly instead.
+        """
+        round_task = self._spawn(self._round(), "round")
+        stopper = self._spawn(self._stop.wait(), "stop-wait")
+        try:
+            await asyncio.wait([round_task, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if not round_task.done() and self._tunnel is None:
+                round_task.cancel()
+            delay: float = await round_task
+            return delay
+        except asyncio.CancelledError:
+            if self._stop.is_set() and round_task.cancelled():
+                return 0.0
+            raise
+        except Exception:
+            # A bug must not end the agent (R1): log it and retry like a network error.
+            logger.exception("! connection round failed unexpectedly")
+            return self.backoff.failed()
+        finally:
+            stopper.cancel()
 
     # -- one round over relays and proxies --------------------------------------------
 

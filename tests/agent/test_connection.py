@@ -345,3 +345,29 @@ async def test_silently_dropping_path_is_detected_and_redialled(
         # Detection (<= 0.8 s) plus one failure window of the backoff (<= 1 s).
         assert loop.time() - dropped_at < 0.8 * UNIT + 1.0 + 2 * UNIT
         assert read_status(tmp_path / "data")["last_error"]["detail"] == "tunnel lost: TIMEOUT"
+
+
+async def test_stop_during_a_hanging_dial_returns_at_once(fleet: Fleet, tmp_path: Path) -> None:
+    """A relay that accepts TCP and then says nothing: SIGTERM must not wait 15 s."""
+    writers: list[asyncio.StreamWriter] = []
+    accepted = asyncio.Event()
+
+    def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)  # the TCP connection is there; TLS will never answer
+        accepted.set()
+
+    silent = await asyncio.start_server(accept, "127.0.0.1", 0)
+    url = f"wss://localhost:{silent.sockets[0].getsockname()[1]}/agent"
+    config = dataclasses.replace(make_config(fleet, tmp_path, [url]), open_timeout=15.0)
+    manager = ConnectionManager(config, Registry(), rng=random.Random(1))
+    task = asyncio.create_task(manager.run())
+    try:
+        await asyncio.wait_for(accepted.wait(), T)
+        manager.stop()
+        await asyncio.wait_for(task, 1 * UNIT)
+        assert read_status(tmp_path / "data")["state"] == "stopped"
+    finally:
+        for writer in writers:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
