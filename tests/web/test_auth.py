@@ -1,0 +1,235 @@
+"""Sign-in, throttling and lockout, second factor, and server-side sessions that really end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pyotp
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select, update
+
+from store.portal import AuditEvent, LoginThrottle, Role, User, WebSession
+from tests.web.conftest import CSRF_RE, PASSWORD, csrf_token, login, make_user, new_client
+from web.db import db
+from web.sessions import COOKIE_NAME
+
+
+def _body(response: object) -> str:
+    text: str = response.get_data(as_text=True)  # type: ignore[attr-defined]
+    return CSRF_RE.sub("", text)
+
+
+def test_login_success_sets_a_secure_opaque_cookie(app: Flask, users: dict[str, int]) -> None:
+    client = new_client(app)
+    response = login(client, "eng")
+    assert response.status_code == 302 and response.headers["Location"] == "/"
+    cookie = response.headers["Set-Cookie"]
+    assert cookie.startswith(COOKIE_NAME + "=")
+    for flag in ("Secure", "HttpOnly", "SameSite=Strict", "Path=/"):
+        assert flag in cookie
+    token = client.get_cookie(COOKIE_NAME)
+    assert token is not None and len(token.value) >= 43
+    with app.app_context():  # the table holds a hash of the token, never the token
+        ids = set(db.session.scalars(select(WebSession.id)))
+    assert token.value not in ids
+    assert client.get("/").status_code == 200
+
+
+def test_wrong_password_unknown_user_and_locked_account_look_identical(
+    app: Flask, users: dict[str, int]
+) -> None:
+    app.config["OUTLINK"].login_max_failures = 3
+    client = new_client(app)
+    csrf_token(client)
+    timings: dict[str, float] = {}
+    answers = {}
+    for case, (name, password) in {
+        "wrong": ("eng", "not the password"),
+        "unknown": ("nobody-here", "not the password"),
+    }.items():
+        start = time.perf_counter()
+        response = login(client, name, password)
+        timings[case] = time.perf_counter() - start
+        answers[case] = (response.status_code, _body(response).replace(f'value="{name}"', "NAME"))
+    for _ in range(3):
+        login(client, "ana", "wrong again")
+    start = time.perf_counter()
+    response = login(client, "ana", PASSWORD)  # right password, but locked
+    timings["locked"] = time.perf_counter() - start
+    answers["locked"] = (response.status_code, _body(response).replace('value="ana"', "NAME"))
+    assert answers["wrong"] == answers["unknown"] == answers["locked"]
+    assert answers["wrong"][0] == 200 and "Invalid username or password." in answers["wrong"][1]
+    # Same timing class: every path runs one argon2 verification.
+    fastest, slowest = min(timings.values()), max(timings.values())
+    assert slowest < fastest * 4, timings
+    with app.app_context():
+        kinds = [(e.kind, e.outcome, e.details) for e in db.session.scalars(
+            select(AuditEvent).where(AuditEvent.kind.startswith("auth.")).order_by(AuditEvent.id))]
+    reasons = [d for k, o, d in kinds if k == "auth.login"]
+    assert any('"unknown_user"' in d for d in reasons)
+    assert any('"bad_password"' in d for d in reasons)
+    assert any('"locked"' in d for d in reasons)
+    assert ("auth.lockout", "failure") in [(k, o) for k, o, _ in kinds]
+
+
+def test_lockout_per_source_address_and_expiry(app: Flask, users: dict[str, int]) -> None:
+    config = app.config["OUTLINK"]
+    config.login_max_failures, config.login_max_failures_per_addr = 100, 4
+    client = new_client(app)
+    for i in range(4):  # different names, same address
+        login(client, f"guess{i}", "nope nope nope")
+    assert login(client, "eng").status_code == 200  # address locked: even eng is refused
+    with app.app_context():
+        row = db.session.get(LoginThrottle, ("addr", "127.0.0.1"))
+        assert row is not None and row.locked_until is not None
+        db.session.execute(update(LoginThrottle).values(
+            locked_until=datetime.now(UTC) - timedelta(seconds=1)))
+        db.session.commit()
+    assert login(client, "eng").status_code == 302  # the lock was temporary
+
+
+def test_disabled_user_cannot_sign_in(app: Flask, users: dict[str, int]) -> None:
+    with app.app_context():
+        db.session.execute(update(User).where(User.username == "eng").values(is_active=False))
+        db.session.commit()
+    response = login(new_client(app), "eng")
+    assert response.status_code == 200 and "Invalid username or password." in response.text
+
+
+def test_logout_ends_the_session_on_the_server(
+    app: Flask, client_for: Callable[[str], FlaskClient]
+) -> None:
+    client = client_for("eng")
+    stolen = client.get_cookie(COOKIE_NAME)
+    assert stolen is not None
+    response = client.post("/logout", data={"csrf_token": csrf_token(client, "/account")})
+    assert response.status_code == 302
+    replay = new_client(app)
+    replay.set_cookie(COOKIE_NAME, stolen.value, domain="localhost", secure=True)
+    response = replay.get("/devices")
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
+
+
+def test_logout_everywhere_and_password_change_end_other_sessions(
+    app: Flask, client_for: Callable[[str], FlaskClient]
+) -> None:
+    first, second, third = client_for("eng"), client_for("eng"), client_for("eng")
+    new_password = "a much better passphrase"
+    response = first.post("/account/password", data={
+        "csrf_token": csrf_token(first, "/account/password"), "current": PASSWORD,
+        "new": new_password, "confirm": new_password})
+    assert response.status_code == 302
+    assert first.get("/devices").status_code == 200  # the changer stays signed in
+    assert second.get("/devices").status_code == 302  # everyone else is out
+    assert login(new_client(app), "eng", new_password).status_code == 302
+    third = client_for_password(app, "eng", new_password)
+    third.post("/logout-everywhere", data={"csrf_token": csrf_token(third, "/account")})
+    assert first.get("/devices").status_code == 302
+    assert third.get("/devices").status_code == 302
+
+
+def client_for_password(app: Flask, username: str, password: str) -> FlaskClient:
+    client = new_client(app)
+    assert login(client, username, password).status_code == 302
+    return client
+
+
+def test_password_policy(app: Flask, client_for: Callable[[str], FlaskClient]) -> None:
+    client = client_for("eng")
+    for bad, why in [("short1", "at least 12"), ("password1234", "too common"),
+                     ("eng-is-my-password", "must not contain the username")]:
+        response = client.post("/account/password", data={
+            "csrf_token": csrf_token(client, "/account/password"), "current": PASSWORD,
+            "new": bad, "confirm": bad})
+        assert response.status_code == 200 and why in response.text, bad
+
+
+def test_disabled_or_demoted_user_loses_access_on_the_next_request(
+    app: Flask, client_for: Callable[[str], FlaskClient]
+) -> None:
+    ana, eng = client_for("ana"), client_for("eng")
+    assert ana.get("/audit").status_code == 200
+    with app.app_context():
+        contact_role = db.session.scalar(select(Role.id).where(Role.name == "site_contact"))
+        db.session.execute(update(User).where(User.username == "ana").values(role_id=contact_role))
+        db.session.execute(update(User).where(User.username == "eng").values(is_active=False))
+        db.session.commit()
+    assert ana.get("/audit").status_code == 403  # demoted: next request
+    response = eng.get("/devices")  # disabled: signed out on the next request
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
+    with app.app_context():
+        eng_id = db.session.scalar(select(User.id).where(User.username == "eng"))
+        assert db.session.scalar(select(func.count()).select_from(WebSession)
+                                 .where(WebSession.user_id == eng_id)) == 0
+
+
+def test_idle_and_absolute_timeouts(app: Flask, client_for: Callable[[str], FlaskClient]) -> None:
+    idle, absolute = client_for("eng"), client_for("ana")
+    now = datetime.now(UTC)
+    with app.app_context():
+        ids = dict(db.session.execute(select(User.username, User.id)).all())
+        db.session.execute(update(WebSession).where(WebSession.user_id == ids["eng"])
+                           .values(last_seen_at=now - timedelta(minutes=31)))
+        db.session.execute(update(WebSession).where(WebSession.user_id == ids["ana"])
+                           .values(expires_at=now - timedelta(seconds=1)))
+        db.session.commit()
+    for client in (idle, absolute):
+        response = client.get("/devices")
+        assert response.status_code == 302 and "/login" in response.headers["Location"]
+
+
+def test_must_change_password_gates_everything_else(app: Flask, users: dict[str, int]) -> None:
+    with app.app_context():
+        make_user("fresh", "analyst", all_scope=True, must_change=True)
+    client = new_client(app)
+    assert login(client, "fresh").headers["Location"] == "/account/password"
+    assert client.get("/devices").headers["Location"] == "/account/password"
+    assert client.get("/api/v1/devices").status_code == 403
+
+
+def test_totp_enrol_sign_in_and_no_replay(
+    app: Flask, client_for: Callable[[str], FlaskClient]
+) -> None:
+    client = client_for("eng")
+    page = client.get("/account/totp").get_data(as_text=True)
+    secret = page.split('<p class="secret mono">')[1].split("<")[0]
+    response = client.post("/account/totp", data={
+        "csrf_token": csrf_token(client, "/account/totp"), "code": pyotp.TOTP(secret).now()})
+    assert response.status_code == 302
+    fresh = new_client(app)
+    response = login(fresh, "eng")
+    assert response.headers["Location"] == "/login/totp"
+    assert fresh.get("/devices").status_code == 302  # password alone is not a session
+    wrong = fresh.post("/login/totp", data={"csrf_token": csrf_token(fresh, "/login/totp"),
+                                            "code": "000000"})
+    assert "Invalid code." in wrong.text
+    # The code used at enrolment is burnt: it cannot be replayed even within its window.
+    with app.app_context():
+        user = db.session.scalar(select(User).where(User.username == "eng"))
+        assert user is not None and user.totp_last_step is not None
+        db.session.execute(update(User).where(User.id == user.id)
+                           .values(totp_last_step=user.totp_last_step - 2))
+        db.session.commit()
+    code = pyotp.TOTP(secret).now()
+    ok = fresh.post("/login/totp", data={"csrf_token": csrf_token(fresh, "/login/totp"),
+                                         "code": code})
+    assert ok.status_code == 302 and fresh.get("/devices").status_code == 200
+    again = new_client(app)
+    login(again, "eng")
+    replay = again.post("/login/totp", data={"csrf_token": csrf_token(again, "/login/totp"),
+                                             "code": code})
+    assert "Invalid code." in replay.text
+
+
+def test_open_redirect_after_login_is_refused(app: Flask, users: dict[str, int]) -> None:
+    client = new_client(app)
+    token = csrf_token(client)
+    for target in ("https://evil.example/", "//evil.example/", "/\\evil.example"):
+        response = client.post("/login", data={"csrf_token": token, "username": "eng",
+                                               "password": PASSWORD, "next": target})
+        assert response.headers["Location"] == "/", target
+        client = new_client(app)
+        token = csrf_token(client)
