@@ -158,7 +158,7 @@ class ChannelState:
         # The peer's window arrives with its OPEN/ACCEPT; until then nothing may be sent.
         self.tx = SendCredit(0)
         self.peer_max_message = 0
-        self.tx_queue: deque[bytes] = deque()
+        self.tx_queue: deque[bytes] | None = None  # created on demand, dropped when empty
         self.tx_offset = 0
         self.tx_queued = 0
         self.close_pending = False

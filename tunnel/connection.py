@@ -77,16 +77,22 @@ class _Deadlines:
 
     An entry is live while ``channel.open_deadline`` still equals it; answered channels
     leave stale entries that are skipped, and compacted so the queue stays bounded.
+    The deque exists only while entries do: most connections are idle (see MEMORY).
     """
 
     __slots__ = ("_entries",)
 
     def __init__(self) -> None:
-        self._entries: deque[tuple[float, ChannelState]] = deque()
+        self._entries: deque[tuple[float, ChannelState]] | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries) if self._entries is not None else 0
 
     def push(self, deadline: float, channel: ChannelState) -> None:
         channel.open_deadline = deadline
         entries = self._entries
+        if entries is None:
+            entries = self._entries = deque()
         entries.append((deadline, channel))
         if len(entries) > 2 * MAX_CHANNELS:
             self._entries = deque(e for e in entries if e[1].open_deadline == e[0])
@@ -98,11 +104,13 @@ class _Deadlines:
             if channel.open_deadline == deadline:
                 return deadline
             entries.popleft()
+        self._entries = None
         return None
 
     def expired(self, now: float) -> list[ChannelState]:
         result = []
         while (deadline := self.peek()) is not None and deadline <= now:
+            assert self._entries is not None
             result.append(self._entries.popleft()[1])
         return result
 
@@ -163,9 +171,10 @@ class Connection:
         self._next_id = 1 if role is Role.CLIENT else 2
         self._peer_parity = 0 if role is Role.CLIENT else 1
         self._last_peer_id = 0
-        self._control: deque[tuple[bytes, KindStats]] = deque()
+        # Created on demand and dropped when drained: an idle connection holds no deque.
+        self._control: deque[tuple[bytes, KindStats]] | None = None
         self._control_bytes = 0
-        self._credits: deque[ChannelState] = deque()
+        self._credits: list[ChannelState] = []  # at most one entry per channel
         self._scheduler = Scheduler()
         self._queued = 0
         self._error: ErrorCode | None = None
@@ -318,7 +327,10 @@ class Connection:
             )
         if size == 0:
             raise ValueError("messages must not be empty")
-        channel.tx_queue.append(data)
+        queue = channel.tx_queue
+        if queue is None:
+            queue = channel.tx_queue = deque()
+        queue.append(data)
         channel.tx_queued += size
         self._queued += size
         if channel.tx.credit > 0:
@@ -378,7 +390,7 @@ class Connection:
             return
         self._error = code
         for channel in self._channels.values():
-            channel.tx_queue.clear()
+            channel.tx_queue = None
             channel.close_pending = False
             channel.state = State.CLOSED
         self._channels.clear()
@@ -386,7 +398,7 @@ class Connection:
         self._credits.clear()
         self._scheduler.clear()
         self._queued = 0
-        self._control.clear()
+        self._control = None
         self._control_bytes = 0
         self._queue_control(GoAwayFrame(code, 0, reason).encode(), self._conn_stats)
         logger.debug("[%s] > GOAWAY %s (terminating)", self.name, code.name)
@@ -473,8 +485,11 @@ class Connection:
         Order: control frames, then CREDIT, then one DATA chunk (<= MAX_CHUNK) from
         the highest-priority ready channel, round robin within a priority class.
         """
-        if self._control:
-            data, stats = self._control.popleft()
+        control = self._control
+        if control:
+            data, stats = control.popleft()
+            if not control:
+                self._control = None
             size = len(data)
             self._control_bytes -= size
             stats.frames_out += 1
@@ -482,7 +497,7 @@ class Connection:
             return data
         credits = self._credits
         while credits:
-            channel = credits.popleft()
+            channel = credits.pop(0)
             channel.credit_queued = False
             increment = channel.credit_to_send
             channel.credit_to_send = 0
@@ -508,6 +523,8 @@ class Connection:
             size = min(remaining, MAX_CHUNK, channel.tx.credit)
             if size == remaining:
                 queue.popleft()
+                if not queue:
+                    channel.tx_queue = None
                 channel.tx_offset = 0
                 flags = 0
             else:
@@ -568,13 +585,16 @@ class Connection:
         channel.state = State.CLOSED
         self._queued -= channel.tx_queued
         channel.tx_queued = 0
-        channel.tx_queue.clear()
+        channel.tx_queue = None
         channel.close_pending = False
         channel.rx_parts = []
         self._channels.pop(channel.id, None)
 
     def _queue_control(self, data: bytes, stats: KindStats) -> None:
-        self._control.append((data, stats))
+        control = self._control
+        if control is None:
+            control = self._control = deque()
+        control.append((data, stats))
         self._control_bytes += len(data)
 
     def _return_credit(self, channel: ChannelState) -> None:

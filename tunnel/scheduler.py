@@ -45,7 +45,7 @@ class Scheduler:
     takes one chunk from it and requeues it at the back if it still has something
     to send, which gives round robin by chunk within a class. Channels that died
     while queued are skipped by the caller (lazy removal keeps reset O(1)).
-    Deques are created on first use: an idle connection pays for none.
+    Deques exist only while non-empty: an idle connection pays for none.
     """
 
     __slots__ = ("_queues",)
@@ -63,9 +63,12 @@ class Scheduler:
         queue.append(channel)
 
     def pop(self) -> ChannelState | None:
-        for queue in self._queues:
+        queues = self._queues
+        for priority, queue in enumerate(queues):
             if queue:
                 channel = queue.popleft()
+                if not queue:
+                    queues[priority] = None
                 channel.scheduled = False
                 return channel
         return None

@@ -210,7 +210,7 @@ async def test_slow_consumer_does_not_stall_other_channels() -> None:
             assert not flooding.done()
             window = pair.server.settings.window
             assert bulk.queued_bytes <= pair.client.settings.send_high_water + 64 * 1024
-            assert sum(map(len, never_read[0]._inbox)) <= window
+            assert never_read[0].buffered_bytes <= window
         finally:
             flooding.cancel()
             await asyncio.gather(flooding, return_exceptions=True)
@@ -300,7 +300,7 @@ async def test_backpressure_bounds_memory() -> None:
         # Sender side: the channel backlog + one message; in flight: the window plus the
         # WebSocket/TCP buffers between the processes (a few hundred KiB on loopback).
         assert pair.client.queued_bytes <= settings.send_high_water + chunk
-        buffered = sum(map(len, remote._inbox))
+        buffered = remote.buffered_bytes
         assert buffered <= settings.window
         assert sent <= settings.send_high_water + settings.window + 4 * 1024 * 1024
         assert not sending.done()

@@ -457,7 +457,7 @@ def test_open_deadlines_stay_bounded_under_churn() -> None:
     conn = Connection(Role.CLIENT, now=0)
     for _ in range(10_000):
         conn.reset(conn.open("telemetry", now=0))
-    assert len(conn._opening._entries) <= 2 * MAX_CHANNELS + 1
+    assert len(conn._opening) <= 2 * MAX_CHANNELS + 1
     assert conn.next_deadline() == conn.settings.client_ping_idle
 
 

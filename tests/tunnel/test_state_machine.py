@@ -117,7 +117,7 @@ class TunnelMachine(RuleBasedStateMachine):
             assert conn.queued_bytes == sum(c.tx_queued for c in channels.values())
             assert conn._n_requested == sum(c.state is State.REQUESTED for c in channels.values())
             assert conn._n_requested <= SMALL.max_pending_opens
-            assert conn._control_bytes == sum(len(f) for f, _ in conn._control)
+            assert conn._control_bytes == sum(len(f) for f, _ in conn._control or ())
             for channel in channels.values():
                 rx = channel.rx
                 assert rx.available + rx.held + rx.unreturned == rx.window
@@ -125,7 +125,9 @@ class TunnelMachine(RuleBasedStateMachine):
                 assert channel.rx_size <= channel.max_message
                 assert 0 <= channel.tx.credit <= channel.tx.window
                 assert channel.state is not State.IDLE
-                assert channel.tx_queued == sum(map(len, channel.tx_queue)) - channel.tx_offset
+                assert (
+                    channel.tx_queued == sum(map(len, channel.tx_queue or ())) - channel.tx_offset
+                )
 
 
 def _small_channel(frame: Frame) -> Frame:

@@ -36,6 +36,7 @@ class Channel:
     """
 
     __slots__ = (
+        "_buffered",
         "_closed_waiter",
         "_eof",
         "_error",
@@ -69,7 +70,8 @@ class Channel:
         self.accept_meta = accept_meta
         """The ACCEPT metadata."""
         self.priority = priority
-        self._inbox: deque[bytes] = deque()
+        self._inbox: deque[bytes] | None = None  # created on demand, dropped when empty
+        self._buffered = 0
         self._recv_waiter: asyncio.Future[None] | None = None
         self._send_waiter: asyncio.Future[None] | None = None
         self._closed_waiter: asyncio.Future[None] | None = None
@@ -85,6 +87,11 @@ class Channel:
     def queued_bytes(self) -> int:
         """Bytes given to :meth:`send` and not yet framed."""
         return self._tunnel._conn.channel_queued(self.id)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received and not yet taken by :meth:`recv` (at most our window)."""
+        return self._buffered
 
     @property
     def eof_received(self) -> bool:
@@ -130,8 +137,13 @@ class Channel:
                 await waiter
             finally:
                 self._recv_waiter = None
-        data = self._inbox.popleft()
-        self._tunnel._consumed(self.id, len(data))
+        inbox = self._inbox
+        data = inbox.popleft()
+        if not inbox:
+            self._inbox = None
+        size = len(data)
+        self._buffered -= size
+        self._tunnel._consumed(self.id, size)
         return data
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -189,7 +201,11 @@ class Channel:
     # -- called by Tunnel while dispatching events (never awaits) ----------------------
 
     def _deliver(self, data: bytes) -> None:
-        self._inbox.append(data)
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = deque()
+        inbox.append(data)
+        self._buffered += len(data)
         waiter = self._recv_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -204,7 +220,8 @@ class Channel:
         if self._error is not None:
             return
         self._error = error
-        self._inbox.clear()
+        self._inbox = None
+        self._buffered = 0
         self._wake_receiver()
         self._wake_sender()
         self._finish()

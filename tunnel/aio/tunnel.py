@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 OpenHandler = Callable[[IncomingChannel], Awaitable[None]]
 
+_DEFAULT_SETTINGS: Final = Settings()
+
 
 class _PendingOpen:
     """An ``open_channel`` call waiting for the peer's answer."""
@@ -112,6 +114,34 @@ class Tunnel:
     holds the peer's GOAWAY (``retry_after_ms`` tells when to reconnect).
     """
 
+    __slots__ = (
+        "_abort_timer",
+        "_blocked",
+        "_channels",
+        "_close_error",
+        "_closed",
+        "_closing",
+        "_conn",
+        "_finished",
+        "_incoming",
+        "_loop",
+        "_on_open",
+        "_opening",
+        "_running",
+        "_tasks",
+        "_timer",
+        "_timer_at",
+        "_wake",
+        "_ws",
+        "close_code",
+        "close_reason",
+        "error_code",
+        "goaway",
+        "name",
+        "role",
+        "settings",
+    )
+
     def __init__(
         self,
         ws: WebSocket,
@@ -125,7 +155,7 @@ class Tunnel:
             raise ValueError(f"WebSocket subprotocol is {ws.subprotocol!r}, not a tunnel one")
         self._ws = ws
         self._loop = asyncio.get_running_loop()
-        self.settings = settings if settings is not None else Settings()
+        self.settings = settings if settings is not None else _DEFAULT_SETTINGS
         self.name = name
         self.role = role
         self._conn = Connection(role, self.settings, now=self._loop.time(), name=name)
@@ -142,8 +172,8 @@ class Tunnel:
         self._running = False
         self._closing = False
         self._close_error: TunnelClosedError | None = None
-        self.closed = asyncio.Event()
-        """Set once the tunnel is fully closed and :meth:`run` is returning."""
+        self._closed: asyncio.Event | None = None  # created on first use (idle cost)
+        self._finished = False
         self.error_code: ErrorCode | None = None
         self.close_code: int | None = None
         self.close_reason = ""
@@ -177,6 +207,15 @@ class Tunnel:
     def closing(self) -> bool:
         return self._closing
 
+    @property
+    def closed(self) -> asyncio.Event:
+        """Set once the tunnel is fully closed and :meth:`run` is returning."""
+        if self._closed is None:
+            self._closed = asyncio.Event()
+            if self._finished:
+                self._closed.set()
+        return self._closed
+
     # -- application API ----------------------------------------------------------------
 
     async def run(self) -> None:
@@ -200,7 +239,7 @@ class Tunnel:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.closed.set()
+            self._set_closed()
             logger.debug(
                 "[%s] = closed: %s, websocket %s %s",
                 self.name,
@@ -273,7 +312,7 @@ class Tunnel:
             await self.closed.wait()
         else:  # never ran: nobody else will close the WebSocket
             await self._close_websocket()
-            self.closed.set()
+            self._set_closed()
 
     # -- loops --------------------------------------------------------------------------
 
@@ -367,6 +406,11 @@ class Tunnel:
         logger.info(
             "[%s] = closing: %s (websocket %s)", self.name, self.error_code.name, self.close_code
         )
+
+    def _set_closed(self) -> None:
+        self._finished = True
+        if self._closed is not None:
+            self._closed.set()
 
     def _abort(self) -> None:
         """Drop the TCP connection without a closing handshake (dead or stuck peer)."""
