@@ -13,7 +13,8 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from flask import Flask, current_app
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from store.db import make_engine, make_sessionmaker, session_scope, upgrade
+from store.db import make_engine, session_scope, upgrade
 from store.portal import Role, User, append_audit, prune_chain, verify_chain
 from web import passwords
 from web.certauth import fingerprint
@@ -42,8 +43,15 @@ def _actor() -> str:
         return "cli"
 
 
-def _session(config: PortalConfig) -> AbstractContextManager[Session]:
-    return session_scope(make_sessionmaker(make_engine(config.database_url)))
+@contextmanager
+def _session(config: PortalConfig) -> Iterator[Session]:
+    """One committed unit of work on a short-lived engine (disposed afterwards)."""
+    engine = make_engine(config.database_url)
+    try:
+        with session_scope(engine) as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
 def create_admin(session: Session, username: str = FIRST_ADMIN,
@@ -182,7 +190,7 @@ def audit_group() -> None:
 def audit_verify(config_path: str | None) -> None:
     """Walk the hash chain; exit 1 and name the first broken row if it was tampered with."""
     config = _config(config_path)
-    with make_sessionmaker(make_engine(config.database_url))() as session:
+    with _session(config) as session:
         report = verify_chain(session)
     if report.ok:
         click.echo(f"audit chain OK: {report.checked} events; head {report.head_hash}")

@@ -27,7 +27,7 @@ from web import create_app
 from web.db import db
 from web.passwords import hash_password
 
-PASSWORD = "correct horse battery"  # noqa: S105
+PASSWORD = "correct horse battery"
 CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 ORIGIN = "https://localhost/"
 

@@ -4,8 +4,8 @@ whichever way the id reaches the server (path, query string, search, API, export
 from __future__ import annotations
 
 import json
-from urllib.parse import parse_qs, urlsplit
 from collections.abc import Callable
+from urllib.parse import parse_qs, urlsplit
 
 from flask import Flask
 from flask.testing import FlaskClient
