@@ -124,7 +124,7 @@ class ServiceClient:
         """A channel spliced by the relay onto a new `kind` channel on the device."""
         return await self.tunnel.open_channel(
             "bridge",
-            {"device": device, "kind": kind, "meta": meta or {}},
+            {"device": device, "channel_kind": kind, "meta": meta or {}},
             priority=priority if priority is not None else priority_for_kind(kind),
         )
 

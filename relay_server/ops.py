@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 if TYPE_CHECKING:
@@ -70,11 +71,10 @@ class OpsServer:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{problem}\n")
         if path == "/metrics":
             body = generate_latest(self._relay.metrics_registry)
-            response = connection.respond(http.HTTPStatus.OK, "")
-            response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-            response.headers["Content-Length"] = str(len(body))
-            response.body = body
-            return response
+            headers = Headers(
+                [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))]
+            )
+            return Response(http.HTTPStatus.OK, "OK", headers, body)
         return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
 
 

@@ -107,6 +107,14 @@ class PresenceWriter:
         """Write pending changes now (tests and shutdown)."""
         await self._flush()
 
+    async def touch_last_seen(self) -> None:
+        """Refresh last_seen of every device online on this relay (one UPDATE)."""
+        await asyncio.to_thread(self._touch_last_seen)
+
+    async def heartbeat(self) -> None:
+        """Refresh this relay's row in `relays`."""
+        await asyncio.to_thread(self._heartbeat)
+
     async def stop(self) -> None:
         """Flush, then mark every device of this relay offline (graceful shutdown)."""
         if self._task is not None:
@@ -135,10 +143,10 @@ class PresenceWriter:
                     await self._flush()
                 if now >= next_seen:
                     next_seen = now + self._last_seen_interval
-                    await asyncio.to_thread(self._touch_last_seen)
+                    await self.touch_last_seen()
                 if now >= next_beat:
                     next_beat = now + self._heartbeat_interval
-                    await asyncio.to_thread(self._heartbeat)
+                    await self.heartbeat()
                 self.last_ok = time.monotonic()
             except SQLAlchemyError as exc:
                 log.error("! presence database write failed (will retry): %s", exc)

@@ -14,9 +14,11 @@ Envelope: `relay_server.envelope`. Ops and their arguments:
   -> ``{"result": <the agent's answer>}``; errors ``offline``, ``timeout``,
   ``agent_error`` (the agent answered ok:false; its code is in ``agent_error``).
 
-A ``bridge`` channel's OPEN metadata is ``{"device": id, "kind": "desktop", "meta": {...}}``
-(`parse_bridge`); the relay opens a channel of ``kind`` on the device's tunnel with
-``meta`` plus ``"requested_by": <service name>``.
+A ``bridge`` channel's OPEN metadata is
+``{"device": id, "channel_kind": "desktop", "meta": {...}}`` (`parse_bridge`; the
+tunnel reserves ``kind`` for the channel's own kind, ``bridge``); the relay opens a
+channel of ``channel_kind`` on the device's tunnel with ``meta`` plus
+``"requested_by": <service name>``.
 """
 
 from __future__ import annotations
@@ -132,9 +134,9 @@ def parse_request(data: bytes | str) -> RpcRequest:
 def parse_bridge(meta: dict[str, Any]) -> Bridge:
     """Validate a bridge OPEN's metadata. Raises MessageError (code bad_request)."""
     req = Request(0, "bridge", meta)
-    kind = meta.get("kind")
+    kind = meta.get("channel_kind")
     if not isinstance(kind, str) or not BRIDGE_KIND.fullmatch(kind) or kind in RESERVED_KINDS:
-        raise MessageError(ERR_BAD_REQUEST, '"kind" must name an agent channel kind')
+        raise MessageError(ERR_BAD_REQUEST, '"channel_kind" must name an agent channel kind')
     inner = meta.get("meta", {})
     if not isinstance(inner, dict):
         raise MessageError(ERR_BAD_REQUEST, '"meta" must be an object')

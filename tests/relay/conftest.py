@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,13 +35,15 @@ from relay_server.config import (
     ShutdownConfig,
     TLSConfig,
 )
+from relay_server.envelope import MessageError, Reply, decode, encode_reply, encode_request
 from relay_server.eventloop import RelayEventLoop
 from relay_server.server import Relay
 from store.db import make_engine, session_scope, upgrade
 from tests.conftest import UNIT
-from tests.pki_fixtures import CertFiles, FleetPKI, fleet_pki  # noqa: F401  (fixture)
+from tests.pki_fixtures import CertFiles, FleetPKI
 from tunnel import SUBPROTOCOLS, Role, Settings
-from tunnel.aio import OpenHandler, Tunnel, websocket_options
+from tunnel.aio import Channel, ChannelError, OpenHandler, Tunnel, websocket_options
+from tunnel.frames import GoAwayFrame, decode_frame
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
@@ -84,6 +87,19 @@ def test_config(pki: FleetPKI, db_url: str, **sections: Any) -> RelayConfig:
 test_config.__test__ = False  # type: ignore[attr-defined]  # not a test
 
 
+def register_device(
+    pki: FleetPKI, engine: Engine, customer: str = "acme", site: str = "lab", **kwargs: Any
+) -> CertFiles:
+    """A device registered in the database, with a certificate on disk (`kwargs` go to
+    `FleetPKI.device_cert`: lifetime, not_before, foreign...)."""
+    with session_scope(engine) as session:
+        device_id = DeviceId(create_device(session, ensure_site(session, customer, site)).id)
+    cert = pki.device_cert(device_id, customer, site, **kwargs)
+    with session_scope(engine) as session:
+        record_certificate(session, cert.issued.cert, "device", device_id=device_id)
+    return cert
+
+
 @dataclass
 class Fleet:
     """The test fleet: PKI, database, and a running relay."""
@@ -98,13 +114,7 @@ class Fleet:
         return f"wss://127.0.0.1:{self.relay.port}"
 
     def device(self, customer: str = "acme", site: str = "lab", **kwargs: Any) -> CertFiles:
-        """A device registered in the database, with a certificate on disk."""
-        with session_scope(self.engine) as session:
-            device_id = DeviceId(create_device(session, ensure_site(session, customer, site)).id)
-        cert = self.pki.device_cert(device_id, customer, site, **kwargs)
-        with session_scope(self.engine) as session:
-            record_certificate(session, cert.issued.cert, "device", device_id=device_id)
-        return cert
+        return register_device(self.pki, self.engine, customer, site, **kwargs)
 
     def context(self, cert: CertFiles | None) -> ssl.SSLContext:
         return self.pki.client_context(cert)
@@ -179,10 +189,16 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5 * UNIT) -> 
 
 @contextlib.asynccontextmanager
 async def running_relay(
-    pki: FleetPKI, engine: Engine, config: RelayConfig | None = None, **sections: Any
+    pki: FleetPKI,
+    engine: Engine,
+    config: RelayConfig | None = None,
+    *,
+    signs: bool = True,
+    **sections: Any,
 ) -> AsyncIterator[Fleet]:
+    """A started relay (stopped gracefully on exit); `signs=False`: it holds no CA key."""
     config = config or test_config(pki, str(engine.url), **sections)
-    relay = Relay(config, engine=engine, ca=pki.ca)
+    relay = Relay(config, engine=engine, ca=pki.ca if signs else None)
     await relay.start()
     fleet = Fleet(pki, engine, relay)
     try:
@@ -193,6 +209,68 @@ async def running_relay(
 
 
 @pytest.fixture
-async def fleet(fleet_pki: FleetPKI, relay_db: Engine) -> AsyncIterator[Fleet]:  # noqa: F811
+async def fleet(fleet_pki: FleetPKI, relay_db: Engine) -> AsyncIterator[Fleet]:
     async with running_relay(fleet_pki, relay_db) as f:
         yield f
+
+
+class ControlPeer:
+    """The agent's end of a control channel, minimal: requests out, instruct answered.
+
+    `answer(instruction) -> bytes | None` builds the reply to an instruct (None: stay
+    silent); by default the agent echoes the instruction back as its result.
+    """
+
+    def __init__(self, channel: Channel, answer: Callable[[Any, dict[str, Any]], bytes | None]):
+        self.channel = channel
+        self._answer = answer
+        self._replies: dict[Any, asyncio.Future[Reply]] = {}
+        self._next = 1
+        self.instructions: list[dict[str, Any]] = []
+        self.unparsed: list[dict[str, Any]] = []
+        self._task = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(
+        cls,
+        tunnel: Tunnel,
+        answer: Callable[[Any, dict[str, Any]], bytes | None] | None = None,
+    ) -> ControlPeer:
+        channel = await tunnel.open_channel("control")
+        return cls(channel, answer or (lambda rid, ins: encode_reply(rid, result={"echo": ins})))
+
+    async def request(self, op: str, **args: Any) -> Reply:
+        rid = self._next
+        self._next += 1
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._replies[rid] = future
+        await self.channel.send(encode_request(rid, op, **args))
+        async with asyncio.timeout(5 * UNIT):
+            return await future
+
+    async def _read(self) -> None:
+        with contextlib.suppress(ChannelError):
+            async for data in self.channel:
+                try:
+                    msg = decode(data, 1 << 20)
+                except MessageError:  # {"id": null, ...}: an answer to unparseable input
+                    self.unparsed.append(json.loads(data))
+                    continue
+                if isinstance(msg, Reply):
+                    future = self._replies.pop(msg.id, None)
+                    if future is not None:
+                        future.set_result(msg)
+                else:
+                    self.instructions.append(msg.args["instruction"])
+                    reply = self._answer(msg.id, msg.args["instruction"])
+                    if reply is not None:
+                        await self.channel.send(reply)
+
+
+async def next_goaway(ws: ClientConnection) -> GoAwayFrame:
+    """Read raw tunnel frames from `ws` until a GOAWAY arrives (a raw agent's view)."""
+    async with asyncio.timeout(5 * UNIT):
+        while True:
+            frame = decode_frame(await ws.recv(decode=False))
+            if isinstance(frame, GoAwayFrame):
+                return frame
