@@ -2,8 +2,9 @@
 
 Parameters are OWASP's argon2id profile (m=19 MiB, t=2, p=1): memory-hard, ~65 ms on
 this 2-core machine, where argon2-cffi's default (RFC 9106 "second", m=64 MiB, p=4)
-costs ~600 ms per sign-in -- too slow for a login form that several workers serve. ``dummy_verify`` spends the same
-time for unknown users, so a login answer does not tell whether a name exists.
+costs ~600 ms per sign-in -- too slow for a login form that several workers serve.
+``dummy_verify`` spends the same time for unknown users, so a login answer does not
+tell whether a name exists.
 """
 
 from __future__ import annotations

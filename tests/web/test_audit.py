@@ -212,7 +212,7 @@ def test_exports_are_complete_defused_and_audited(
     rows = list(csv.DictReader(io.StringIO(
         root.get("/audit/export.csv?kind=relay.*").get_data(as_text=True))))
     assert len(rows) == 16
-    formula = [r for r in rows if r["kind"] == "relay.cert_refused"][0]
+    formula = next(r for r in rows if r["kind"] == "relay.cert_refused")
     assert formula["summary"].startswith("'=HYPERLINK")
     data = json.loads(root.get(f"/audit/export.json?device={fleet.device_a2}").get_data(
         as_text=True))
