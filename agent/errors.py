@@ -25,6 +25,7 @@ from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
     InvalidMessage,
+    InvalidProxy,
     InvalidProxyStatus,
     InvalidStatus,
     ProxyError,
@@ -54,6 +55,7 @@ RELAY_REFUSED = "relay_refused"
 PROTOCOL_MISMATCH = "protocol_mismatch"
 PROXY_AUTH_FAILED = "proxy_auth_failed"
 PROXY_REFUSED = "proxy_refused"
+PROXY_INVALID = "proxy_invalid"
 LOCAL_CREDENTIALS = "local_credentials"
 
 
@@ -117,6 +119,9 @@ def classify(exc: BaseException) -> Failure:
         return Failure(LOCAL_CREDENTIALS, True, str(exc))
     if isinstance(exc, ssl.SSLCertVerificationError):
         return _cert_failure(exc)
+    if isinstance(exc, InvalidProxy):
+        # str(exc) starts with the proxy URL, password included: use only the reason.
+        return Failure(PROXY_INVALID, True, f"proxy address not usable: {exc.msg}")
     if isinstance(exc, InvalidProxyStatus):
         return _proxy_status(exc.response.status_code)
     if isinstance(exc, ProxyError):

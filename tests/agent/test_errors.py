@@ -183,6 +183,15 @@ async def test_proxy_without_password_needs_a_human(fleet: Fleet, tmp_path: Path
         await server.wait_closed()
 
 
+async def test_unusable_proxy_address_needs_a_human_and_hides_the_password(fleet: Fleet) -> None:
+    url = f"wss://localhost:{free_port()}/agent"
+    exc = await attempt(fleet, url, proxy="http://agent:hunter2@127.0.0.1:1/some/path")
+    failure = classify(exc)
+    check(failure, errors.PROXY_INVALID, True)
+    assert "hunter2" in str(exc)  # what websockets would have logged
+    assert "hunter2" not in failure.detail
+
+
 def test_agent_side_conditions() -> None:
     check(classify(GoAway(1.5, "restart")), errors.GOING_AWAY, False)
     assert classify(GoAway(1.5)).retry_after == 1.5
