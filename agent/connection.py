@@ -27,7 +27,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,8 +86,6 @@ class ConnectionManager:
         notifier: Notifier | None = None,
         rng: random.Random | None = None,
         environ: Mapping[str, str] | None = None,
-        tunnel_settings: Settings | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not config.relay_urls:
             raise ValueError("no relay_urls configured")
@@ -105,10 +103,9 @@ class ConnectionManager:
             rng=rng,
         )
         self._environ = environ if environ is not None else {}
-        self._settings = tunnel_settings or Settings(
+        self._settings = Settings(
             client_ping_idle=config.keepalive.idle, client_ping_timeout=config.keepalive.timeout
         )
-        self._clock = clock
         self._stop = asyncio.Event()
         self._tunnel: Tunnel | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -265,7 +262,7 @@ class ConnectionManager:
         self, ws: ClientConnection, url: str, proxy: ProxyCandidate, identity: AgentIdentity
     ) -> float:
         """Run the tunnel until it ends or we stop; return the delay before the next round."""
-        started = self._clock()
+        started = time.monotonic()
         device_id = identity.identity.device_id
         tunnel = Tunnel(
             ws, role=Role.CLIENT, settings=self._settings, on_open=self._on_open, name=device_id
@@ -318,7 +315,7 @@ class ConnectionManager:
             for task in link_tasks:
                 task.cancel()
             await asyncio.gather(*link_tasks, return_exceptions=True)
-        return self._delay_after_link(tunnel, url, end, self._clock() - started)
+        return self._delay_after_link(tunnel, url, end, time.monotonic() - started)
 
     def _delay_after_link(
         self, tunnel: Tunnel, url: str, end: BaseException | None, uptime: float
