@@ -1,0 +1,357 @@
+"""How many idle agents one relay process holds, and what each one costs it.
+
+Everything is real: every simulated agent has its OWN device certificate and P-256 key
+issued by ``pki/`` (and its ``devices``/``certificates`` rows in the migrated database,
+so presence is tracked as for real agents), dials ``/agent`` over mutual TLS, runs a
+real tunnel with the DEFAULT settings (keepalive PING after 15 s of silence on the
+client, 20 s on the relay), opens its ``control`` channel and sends ``hello`` with the
+agent's own ``agent.control.ControlChannel``, then stays connected. The relay is ONE
+process started by its CLI with a TOML config (per-source admission limits off: every
+simulated agent comes from 127.0.0.1).
+
+The agents live in several client processes (each raises RLIMIT_NOFILE to the hard
+limit and holds a slice), so the client side is not the bottleneck. Measured:
+
+* ``agents``: tunnels the relay holds at the end of the idle window (its own gauge,
+  cross-checked with what the clients still hold);
+* ``rss_per_agent_kib``: (relay RSS with everyone connected - RSS before) / agents;
+* ``idle_cpu_pct``: relay CPU time (user+system, psutil) over the idle window / wall
+  time, in % of one core. The window covers at least one client keepalive period, so
+  every agent's PING/PONG falls in it;
+* ``handshakes_per_s``: agents connected (TLS + WebSocket + tunnel + hello answered)
+  per second while all clients dial at once, the clients sharing the 2 cores.
+
+Usage: ``python bench/relay_capacity.py [--quick|--full] [--agents N]``.
+Targets (``--full``): >= 10,000 agents, <= 64 KiB RSS each, <= 10 % of one core idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from harness import (
+    PYTHON,
+    BenchPKI,
+    RelayProcess,
+    child_processes,
+    client_tls,
+    create_database,
+    emit,
+    percentile,
+    progress,
+    raise_fd_limit,
+    read_json_line,
+    report,
+)
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
+
+from agent.control import ControlChannel, Registry
+from tunnel import SUBPROTOCOLS, Role
+from tunnel.aio import Tunnel, websocket_options
+
+TARGET_RSS_PER_AGENT_KIB = 64
+TARGET_IDLE_CPU_PCT = 10.0
+# Handshakes each client process has in flight at once. With 4 clients that is 128,
+# well inside the relay's listen backlog (1024), so no SYN is dropped and retried.
+CONNECT_CONCURRENCY = 32
+# One agent's whole connect (TLS, WebSocket, tunnel, hello) may take this long under load.
+CONNECT_TIMEOUT = 60.0
+# Children report progress every this many agents.
+PROGRESS_EVERY = 500
+# How long preparing (TLS contexts) and connecting may take in all, per 1,000 agents.
+PHASE_TIMEOUT_PER_1000 = 60.0
+# Relay RSS is read after this settling pause once everyone is connected, so the
+# presence flush (every 1 s) and the hellos' allocations are done.
+SETTLE = 2.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    agents: int
+    clients: int
+    window: float
+
+
+PROFILES = {
+    # 15 s, not 10: one client keepalive period, so every agent's PING is in the window.
+    "quick": Profile(agents=1000, clients=2, window=15.0),
+    "default": Profile(agents=5000, clients=4, window=30.0),
+    "full": Profile(agents=10_000, clients=4, window=30.0),
+}
+
+
+# -- the client processes --------------------------------------------------------------
+
+
+class SimulatedAgent:
+    """One agent: tunnel + control channel + hello, then idle with keepalives."""
+
+    def __init__(self, device_id: str, ssl: Any) -> None:
+        self.device_id = device_id
+        self.ssl = ssl
+        self.tunnel: Tunnel | None = None
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    async def connect(self, url: str) -> None:
+        ws = await connect(
+            url,
+            ssl=self.ssl,
+            subprotocols=[Subprotocol(p) for p in SUBPROTOCOLS],
+            open_timeout=CONNECT_TIMEOUT,
+            **websocket_options(),
+        )
+        tunnel = self.tunnel = Tunnel(ws, role=Role.CLIENT, name=self.device_id)
+        self.tasks.append(asyncio.create_task(tunnel.run()))
+        registry = Registry()
+        control = ControlChannel(await tunnel.open_channel("control"), registry)
+        self.tasks.append(asyncio.create_task(control.run()))
+        await control.request("hello", version="bench", capabilities=registry.capabilities)
+
+    @property
+    def alive(self) -> bool:
+        return self.tunnel is not None and not self.tunnel.closed.is_set()
+
+
+async def run_client(url: str, ca: Path, devices: list[tuple[str, str]]) -> None:
+    """Hold a slice of the agents: prepare, wait for "go" on stdin, connect, hold."""
+    raise_fd_limit()
+    agents = [SimulatedAgent(d, client_tls(ca, Path(pem))) for d, pem in devices]
+    report({"prepared": len(agents)})
+    loop = asyncio.get_running_loop()
+    stdin = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    await stdin.readline()  # "go"
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    done = 0
+
+    async def dial(agent: SimulatedAgent) -> None:
+        nonlocal done
+        async with gate:
+            t0 = time.perf_counter()
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await agent.connect(url)
+            except Exception as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                return
+            latencies.append(time.perf_counter() - t0)
+            done += 1
+            if done % PROGRESS_EVERY == 0:
+                report({"connected": done})
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(dial(a) for a in agents))
+    elapsed = time.perf_counter() - t0
+    report(
+        {
+            "ready": True,
+            "connected": len(latencies),
+            "errors": errors,
+            "seconds": elapsed,
+            "latencies": latencies,
+        }
+    )
+    await stdin.readline()  # "report": after the idle window
+    report({"alive": sum(a.alive for a in agents)})
+    await stdin.read()  # EOF: exit at once; the relay is stopped by the parent anyway
+    os._exit(0)
+
+
+# -- the parent ------------------------------------------------------------------------
+
+
+def metric(text: str, name: str) -> float:
+    """Sum of the samples of one metric in Prometheus text (0 if absent)."""
+    total = 0.0
+    for match in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE):
+        total += float(match.group(1))
+    return total
+
+
+def connection_frames(text: str) -> float:
+    """Frames the relay received on channel 0 (PING/PONG/GOAWAY) of agent tunnels."""
+    total = 0.0
+    pattern = r"^outlink_relay_frames_total\{([^}]*)\} (\S+)$"
+    for match in re.finditer(pattern, text, re.MULTILINE):
+        labels = match.group(1)
+        if 'kind="_connection"' in labels and 'direction="in"' in labels:
+            total += float(match.group(2))
+    return total
+
+
+def rss(proc: psutil.Process) -> int:
+    return int(proc.memory_info().rss)
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+async def send_line(proc: asyncio.subprocess.Process, line: str) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(line.encode() + b"\n")
+    await proc.stdin.drain()
+
+
+async def bench(profile: Profile, mode: str) -> dict[str, Any]:
+    raise_fd_limit()
+    n = profile.agents
+    with tempfile.TemporaryDirectory(prefix="outlink-bench-") as tmp, child_processes() as procs:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        pki = BenchPKI(work / "pki")
+        devices = pki.issue_devices(n)
+        progress(f"{n} device certificates (distinct keys) in {time.perf_counter() - t0:.1f} s")
+        db_url = f"sqlite:///{work / 'outlink.db'}"
+        create_database(db_url, devices)
+        progress(f"database migrated, {n} devices registered")
+        with RelayProcess(work, pki, db_url, max_connections=n + 1000) as relay:
+            relay_proc = psutil.Process(relay.pid)
+            slices = [devices[i :: profile.clients] for i in range(profile.clients)]
+            for i, part in enumerate(slices):
+                path = work / f"slice-{i}.json"
+                path.write_text(json.dumps([(d.device_id, str(d.pem_file)) for d in part]))
+                proc = await asyncio.create_subprocess_exec(
+                    PYTHON,
+                    __file__,
+                    *("--child", "--slice", str(path), "--url", relay.url("/agent")),
+                    *("--ca", str(pki.ca_file)),
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    limit=64 * 1024 * 1024,  # the final report carries every latency
+                )
+                procs.append(proc)
+            phase_timeout = PHASE_TIMEOUT_PER_1000 * max(1, n / 1000)
+            async with asyncio.timeout(phase_timeout):
+                for proc in procs:
+                    await read_json_line(proc)  # prepared
+            progress(f"{profile.clients} client processes prepared their TLS contexts")
+            rss_before = rss(relay_proc)
+            cpu_before_connect = cpu_seconds(relay_proc)
+            t_go = time.perf_counter()
+            for proc in procs:
+                await send_line(proc, "go")
+            finals: list[dict[str, Any]] = []
+
+            async def follow(proc: asyncio.subprocess.Process) -> None:
+                while True:
+                    message = await read_json_line(proc)
+                    if message.get("ready"):
+                        finals.append(message)
+                        return
+                    progress(f"client {proc.pid}: {message['connected']} connected")
+
+            async with asyncio.timeout(phase_timeout):
+                await asyncio.gather(*(follow(p) for p in procs))
+            connect_seconds = time.perf_counter() - t_go
+            connect_cpu = cpu_seconds(relay_proc) - cpu_before_connect
+            connected = sum(f["connected"] for f in finals)
+            errors: dict[str, int] = {}
+            for f in finals:
+                for name, count in f["errors"].items():
+                    errors[name] = errors.get(name, 0) + count
+            latencies = [x for f in finals for x in f["latencies"]]
+            progress(
+                f"{connected}/{n} agents connected in {connect_seconds:.1f} s "
+                f"({connected / connect_seconds:.0f}/s), errors {errors}"
+            )
+            await asyncio.sleep(SETTLE)  # let the presence flush run (measurement, not sync)
+            rss_after = rss(relay_proc)
+            before_metrics = relay.metrics()
+            progress(f"relay RSS {rss_before / 2**20:.1f} -> {rss_after / 2**20:.1f} MiB")
+            progress(f"idle window of {profile.window:.0f} s")
+            cpu0, w0 = cpu_seconds(relay_proc), time.perf_counter()
+            await asyncio.sleep(profile.window)  # the measurement window itself
+            cpu1, w1 = cpu_seconds(relay_proc), time.perf_counter()
+            rss_end = rss(relay_proc)
+            after_metrics = relay.metrics()
+            held = int(metric(after_metrics, "outlink_relay_agents_connected"))
+            for proc in procs:
+                await send_line(proc, "report")
+            alive = 0
+            for proc in procs:
+                alive += int((await read_json_line(proc))["alive"])
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.close()
+            idle_cpu = 100 * (cpu1 - cpu0) / (w1 - w0)
+            frames = connection_frames(after_metrics) - connection_frames(before_metrics)
+            progress(f"relay holds {held} agents (clients hold {alive}); idle CPU {idle_cpu:.2f} %")
+    agents = min(held, alive)
+    rss_per_agent = (rss_after - rss_before) / max(1, connected) / 1024
+    return {
+        "benchmark": "relay_capacity",
+        "mode": mode,
+        "agents_target": n,
+        "agents": agents,
+        "agents_connected": connected,
+        "connect_errors": errors,
+        "client_processes": profile.clients,
+        "distinct_keys": True,
+        "relay_rss_before_mib": round(rss_before / 2**20, 1),
+        "relay_rss_after_mib": round(rss_after / 2**20, 1),
+        "relay_rss_end_of_window_mib": round(rss_end / 2**20, 1),
+        "rss_per_agent_kib": round(rss_per_agent, 1),
+        "idle_window_s": round(w1 - w0, 1),
+        "idle_cpu_pct": round(idle_cpu, 2),
+        "keepalive_frames_in_per_s": round(frames / (w1 - w0), 1),
+        "handshakes_per_s": round(connected / connect_seconds, 1),
+        "connect_seconds": round(connect_seconds, 1),
+        "relay_cpu_pct_while_connecting": round(100 * connect_cpu / connect_seconds, 1),
+        "connect_latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+        "connect_latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        "targets": {
+            "agents": n,
+            "rss_per_agent_kib": TARGET_RSS_PER_AGENT_KIB,
+            "idle_cpu_pct": TARGET_IDLE_CPU_PCT,
+        },
+        "pass": {
+            "agents": agents >= n,
+            "rss_per_agent_kib": rss_per_agent <= TARGET_RSS_PER_AGENT_KIB,
+            "idle_cpu_pct": idle_cpu <= TARGET_IDLE_CPU_PCT,
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="1,000 agents, under a minute")
+    size.add_argument("--full", action="store_true", help="10,000 agents, 30 s idle window")
+    parser.add_argument("--agents", type=int, help="override the number of agents")
+    parser.add_argument("--window", type=float, help="override the idle window (seconds)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--slice", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--ca", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        devices = json.loads(Path(args.slice).read_text())
+        asyncio.run(run_client(args.url, Path(args.ca), devices))
+        return
+    mode = "quick" if args.quick else "full" if args.full else "default"
+    profile = PROFILES[mode]
+    if args.agents or args.window:
+        profile = Profile(
+            args.agents or profile.agents, profile.clients, args.window or profile.window
+        )
+    emit(asyncio.run(bench(profile, mode)))
+
+
+if __name__ == "__main__":
+    main()
