@@ -20,7 +20,9 @@ from typing import Any
 
 from flask import Flask, current_app
 from sqlalchemy import select
+from websockets.exceptions import WebSocketException
 
+from pki.tls import client_context
 from store.models import Presence, Relay
 from web.config import PortalConfig
 from web.db import db
@@ -45,19 +47,28 @@ class RelayOutcome:
 
 def service_client_call(url: str, op: str, args: dict[str, Any],
                         config: PortalConfig) -> dict[str, Any]:
-    """One RPC over a fresh ``/service`` connection with the portal's service certificate."""
-    from relay_server.client import ServiceClient  # the relay side owns the wire details
+    """One RPC over a fresh ``/service`` connection with the portal's service certificate.
+
+    Raises OSError/TimeoutError when the relay cannot be reached, ``RpcError`` (a
+    ValueError for the caller's purpose: the relay said no) when it refuses.
+    """
+    from relay_server.client import RpcError, ServiceClient  # the relay owns the wire
+    from tunnel import TunnelError
 
     if not (config.relay_ca and config.relay_cert and config.relay_key):
         raise OSError("no relay service certificate configured")
+    context = client_context(config.relay_ca, config.relay_cert, config.relay_key)
 
     async def call() -> dict[str, Any]:
-        async with ServiceClient.connect(url, ca=config.relay_ca, cert=config.relay_cert,
-                                         key=config.relay_key) as client:
-            reply: dict[str, Any] = await client.rpc(op, **args)
-            return reply
+        async with await ServiceClient.connect(url, context) as client:
+            return await client.rpc(op, **args)
 
-    return asyncio.run(asyncio.wait_for(call(), config.relay_timeout))
+    try:
+        return asyncio.run(asyncio.wait_for(call(), config.relay_timeout))
+    except RpcError as exc:
+        raise ValueError(exc.code) from None
+    except (WebSocketException, TunnelError) as exc:  # refused handshake, tunnel torn down
+        raise OSError(type(exc).__name__) from None
 
 
 class RelayLink:
