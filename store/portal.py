@@ -24,8 +24,10 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    RowMapping,
     String,
     Text,
+    delete,
     select,
     update,
 )
@@ -280,7 +282,7 @@ def _ts_text(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def event_hash(fields: Mapping[str, Any]) -> str:
+def event_hash(fields: Mapping[Any, Any]) -> str:
     """SHA-256 hex over the canonical JSON of the hashed fields (``ts`` as ISO UTC, µs)."""
     doc = {name: fields[name] for name in HASHED_FIELDS}
     doc["ts"] = _ts_text(doc["ts"])
@@ -374,7 +376,7 @@ class ChainReport:
 VERIFY_BATCH = 5000
 
 
-def _rows(session: Session, after_id: int) -> Iterator[Mapping[str, Any]]:
+def _rows(session: Session, after_id: int) -> Iterator[RowMapping]:
     table = AuditEvent.__table__
     while True:
         batch = session.execute(
@@ -438,10 +440,11 @@ def prune_chain(session: Session, before: datetime, *, actor: str | None = None)
     ).first()
     if last_old is None or last_old.id <= head.pruned_through:
         return 0
-    count = last_old.id - head.pruned_through
+    count = int(last_old.id - head.pruned_through)
     head.pruned_through, head.anchor_hash = last_old.id, last_old.hash
     session.flush()  # the delete trigger reads pruned_through
-    session.execute(table.delete().where(table.c.id <= last_old.id))
+    session.execute(delete(AuditEvent).where(AuditEvent.id <= last_old.id)
+                    .execution_options(synchronize_session=False))
     append_audit(
         session, PRUNED_KIND, actor=actor,
         summary=f"retention removed {count} events before {_ts_text(before)}",

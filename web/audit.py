@@ -118,7 +118,7 @@ def search() -> str:
         has_newer = before is not None
     customers = db.session.execute(
         scoped(Customer, Customer.id, Customer.name).order_by(Customer.name)).all()
-    names = dict(customers)
+    names: dict[int, str] = {c.id: c.name for c in customers}
     query = {k: v for k, v in filters.items() if v not in ("", None)}
     return render_template("audit/search.html", events=rows, filters=filters, query=query,
                            customers=customers, customer_names=names, kinds=KNOWN_KINDS,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask_wtf import FlaskForm
+from flask_wtf import FlaskForm as _FlaskForm
 from wtforms import (
     BooleanField,
     IntegerField,
@@ -16,6 +16,10 @@ from wtforms.validators import DataRequired, Length, NumberRange, Optional, Rege
 
 from store.portal import USERNAME_MAX
 from web.passwords import MAX_LENGTH
+
+
+class FlaskForm(_FlaskForm):  # type: ignore[misc]  # Flask-WTF ships no type hints
+    """The base of every portal form: Flask-WTF's, with its session-bound CSRF token."""
 
 USERNAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
 

@@ -98,7 +98,7 @@ def scoped(model: type[T], *columns: Any) -> Select[Any]:
 def get_or_404(model: type[T], ident: Any) -> T:
     """The in-scope row with primary key ``ident``, else 404 (missing and hidden look alike)."""
     pk = model.__mapper__.primary_key[0]
-    row = db.session.execute(scoped(model).where(pk == ident)).scalar_one_or_none()
+    row: T | None = db.session.execute(scoped(model).where(pk == ident)).scalar_one_or_none()
     if row is None:
         abort(404)
     return row
