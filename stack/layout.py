@@ -12,9 +12,9 @@ class Layout:
     """Paths and ports of a local stack; ``OUTLINK_HOME`` moves the folder."""
 
     root: Path
-    relay_port: int = int(os.environ.get("OUTLINK_RELAY_PORT", "8443"))
-    ops_port: int = int(os.environ.get("OUTLINK_OPS_PORT", "9100"))
-    portal_port: int = int(os.environ.get("OUTLINK_PORTAL_PORT", "8444"))
+    relay_port: int = int(os.environ.get("OUTLINK_STACK_RELAY_PORT", "8443"))
+    ops_port: int = int(os.environ.get("OUTLINK_STACK_OPS_PORT", "9100"))
+    portal_port: int = int(os.environ.get("OUTLINK_STACK_PORTAL_PORT", "8444"))
     host: str = "localhost"
 
     @classmethod

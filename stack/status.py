@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from stack import processes
 from stack.layout import Layout
@@ -11,42 +10,50 @@ from stack.layout import Layout
 SERVICES = ("relay", "portal", "agent")
 
 
-def _agent_state(lay: Layout) -> str:
+def agent_status(lay: Layout) -> dict[str, object]:
+    """The agent's own ``status.json`` (what it last knew of its link), or {}."""
     try:
         status = json.loads((lay.agent_dir / "status.json").read_text())
     except (OSError, ValueError):
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def _agent_state(status: dict[str, object]) -> str:
+    if not status:
         return "no status yet"
-    return (
-        "connected"
-        if status.get("connected")
-        else f"not connected ({status.get('last_error') or 'starting'})"
-    )
+    if status.get("connected"):
+        return "connected"
+    return f"not connected ({status.get('last_error') or 'starting'})"
 
 
-def print_status(lay: Layout, *, password: str | None = None, device: str | None = None) -> None:
+def print_status(lay: Layout, *, password: str | None = None) -> None:
     """Print URLs, credentials, processes and logs; safe to call at any time."""
+    agent = agent_status(lay)
     if password is None:
         pw_file = lay.portal_dir / "initial-admin-password"
         password = pw_file.read_text().strip() if pw_file.exists() else None
-    running = {name: processes.find(lay.run, name) for name in SERVICES}
-    state = {name: (f"running, pid {p.pid}" if p else "STOPPED") for name, p in running.items()}
-    staff_ca = Path(lay.portal_dir / "staff-ca" / "ca.pem")
+    state = {}
+    for name in SERVICES:
+        proc = processes.find(lay.run, name)
+        state[name] = f"running, pid {proc.pid}" if proc else "STOPPED"
+    device = agent.get("device_id", "(not enrolled)")
+    staff_ca = lay.portal_dir / "staff-ca" / "ca.pem"
+    ops = f"http://127.0.0.1:{lay.ops_port}"
     print(
         f"""
-Outlink is up.
+Outlink on this machine:
 
-  Portal   {lay.portal_url}
-           user: admin   password: {password or "(changed since first start)"}
-           The portal's certificate comes from this install's own CA; your browser will
-           warn once. To trust it instead, import {staff_ca}.
+  Portal  {lay.portal_url}   [{state["portal"]}]
+          user: admin   password: {password or "(changed since the first start)"}
+          Its certificate comes from this install's own CA, so the browser warns once;
+          to trust it instead, import {staff_ca}.
+  Relay   wss://{lay.host}:{lay.relay_port}  /agent /service /enroll   [{state["relay"]}]
+          {ops}/healthz   {ops}/readyz   {ops}/metrics
+  Agent   device {device}: {_agent_state(agent)}   [{state["agent"]}]
 
-  Relay    wss://{lay.host}:{lay.relay_port}  (/agent /service /enroll)     [{state["relay"]}]
-           health  http://127.0.0.1:{lay.ops_port}/healthz   metrics  http://127.0.0.1:{lay.ops_port}/metrics
-  Portal   https://127.0.0.1:{lay.portal_port}                                [{state["portal"]}]
-  Agent    device {device or "(see status)"}: {_agent_state(lay)}            [{state["agent"]}]
-
-  Data     {lay.root}   (database {lay.db_url}, fleet CA {lay.pki / "ca.pem"})
-  Logs     {lay.logs}/relay.log  portal.log  agent.log
+  Data    {lay.root}  (database {lay.db_url}; fleet CA {lay.pki / "ca.pem"})
+  Logs    {lay.logs}/relay.log, portal.log, agent.log
 
   ./outlink status   show this again
   ./outlink down     stop everything (data stays in {lay.root})
@@ -56,7 +63,7 @@ Outlink is up.
 
 
 def down(lay: Layout) -> int:
-    """Stop the agent first so the relay sees a clean goodbye, then relay and portal."""
+    """Stop the agent first so the relay sees a clean goodbye, then portal and relay."""
     for name in ("agent", "portal", "relay"):
         print(f"{name}: {'stopped' if processes.stop(lay.run, name) else 'was not running'}")
     return 0

@@ -69,11 +69,13 @@ port = {lay.ops_port}
 cert = "{lay.pki / "relay.pem"}"
 key = "{lay.pki / "relay.key"}"
 ca = "{lay.pki / "ca.pem"}"
+ca_dir = "{lay.pki}"
 """,
     )
     _write_if_missing(
         lay.portal_config,
-        f"""data_dir = "{lay.portal_dir}"
+        f"""[portal]
+data_dir = "{lay.portal_dir}"
 database_url = "{lay.db_url}"
 bind = "127.0.0.1:{lay.portal_port}"
 tls_cert = "{lay.portal_dir / "tls.pem"}"
@@ -141,7 +143,7 @@ def start_portal(lay: Layout) -> None:
     )
 
 
-def enroll_agent(lay: Layout) -> str:
+def enroll_agent(lay: Layout) -> None:
     """Enrol the local demo device once (token from the CLI, key made by the agent)."""
     from agent.enroll import enroll
     from agent.identity import load_identity
@@ -152,7 +154,8 @@ def enroll_agent(lay: Layout) -> str:
 
     identity_dir = lay.agent_dir / "identity"
     try:
-        return str(load_identity(identity_dir).identity.device_id)
+        load_identity(identity_dir)
+        return
     except (FileNotFoundError, IdentityError):
         pass
     ca_copy = identity_dir / "ca.pem"
@@ -169,7 +172,7 @@ def enroll_agent(lay: Layout) -> str:
         )
         secret = create_token(session, site, created_by="outlink up").secret
     engine.dispose()
-    identity = asyncio.run(
+    asyncio.run(
         enroll(
             f"wss://{lay.host}:{lay.relay_port}/enroll",
             ca_copy,
@@ -178,7 +181,6 @@ def enroll_agent(lay: Layout) -> str:
             hostname="demo-ct-01",
         )
     )
-    return str(identity.device_id)
 
 
 def start_agent(lay: Layout) -> None:
@@ -199,9 +201,15 @@ def up(lay: Layout) -> int:
     password = init_portal(lay)
     start_relay(lay)
     start_portal(lay)
-    device = enroll_agent(lay)
+    enroll_agent(lay)
     start_agent(lay)
-    from stack.status import print_status
+    from stack.status import agent_status, print_status
 
-    print_status(lay, password=password, device=device)
+    try:
+        processes.wait_until(
+            lambda: bool(agent_status(lay).get("connected")), READY_TIMEOUT_S, "agent link"
+        )
+    except TimeoutError as exc:
+        print(f"outlink: {exc}; see {lay.logs / 'agent.log'}")
+    print_status(lay, password=password)
     return 0
