@@ -231,6 +231,7 @@ class RelayProcess:
         *,
         log_level: str = "INFO",
         max_connections: int = 20000,
+        trace_dir: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.pki = pki
@@ -241,6 +242,7 @@ class RelayProcess:
         self.log_file = workdir / "relay.log"
         self.log_level = log_level
         self.max_connections = max_connections
+        self.trace_dir = trace_dir
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -284,10 +286,16 @@ format = "json"
     def start(self) -> None:
         """Start the relay and return once /readyz answers 200."""
         self.write_config()
+        argv = [PYTHON, "-m", "relay_server", "--config", str(self.config_file)]
+        env = dict(os.environ)
+        if self.trace_dir is not None:  # the same CLI under tracemalloc (diagnosis only)
+            argv[1:3] = [str(Path(__file__).with_name("traced_relay.py"))]
+            env["OUTLINK_BENCH_TRACE_DIR"] = str(self.trace_dir)
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
-                [PYTHON, "-m", "relay_server", "--config", str(self.config_file)],
+                argv,
                 cwd=ROOT,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

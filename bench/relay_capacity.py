@@ -32,9 +32,11 @@ import asyncio
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from typing import Any
 import psutil
 from harness import (
     PYTHON,
+    ROOT,
     BenchPKI,
     RelayProcess,
     child_processes,
@@ -75,6 +78,10 @@ PHASE_TIMEOUT_PER_1000 = 60.0
 # Relay RSS is read after this settling pause once everyone is connected, so the
 # presence flush (every 1 s) and the hellos' allocations are done.
 SETTLE = 2.0
+# Writing a tracemalloc snapshot of a relay holding 10,000 agents takes a while.
+SNAPSHOT_TIMEOUT = 120.0
+# Lines/frames listed in the tracemalloc breakdown.
+TRACE_TOP = 15
 
 
 @dataclass(frozen=True)
@@ -208,7 +215,69 @@ async def send_line(proc: asyncio.subprocess.Process, line: str) -> None:
     await proc.stdin.drain()
 
 
-async def bench(profile: Profile, mode: str) -> dict[str, Any]:
+async def snapshot(relay: RelayProcess, number: int) -> tracemalloc.Snapshot:
+    """Ask the traced relay for its ``number``-th tracemalloc snapshot and load it."""
+    assert relay.trace_dir is not None
+    path = relay.trace_dir / f"snapshot-{number}.tracemalloc"
+    os.kill(relay.pid, signal.SIGUSR1)
+    async with asyncio.timeout(SNAPSHOT_TIMEOUT):
+        # Another process writes it (under a temporary name, then renamed): poll.
+        while not path.exists():  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    return tracemalloc.Snapshot.load(str(path))
+
+
+def _is_project(filename: str) -> bool:
+    return "/site-packages/" not in filename and "/lib/python3" not in filename
+
+
+def _short(filename: str) -> str:
+    """A file name relative to the repository, site-packages or the stdlib."""
+    for marker in (
+        f"{ROOT}/",
+        "/site-packages/",
+        f"/lib/python{sys.version_info[0]}.{sys.version_info[1]}/",
+    ):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
+
+
+def memory_breakdown(
+    before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, agents: int
+) -> dict[str, Any]:
+    """Python heap growth per agent, by allocating line and by relay/tunnel frame."""
+    stats = after.compare_to(before, "traceback")
+    total = sum(s.size_diff for s in stats)
+    by_line: dict[str, int] = {}
+    by_file: dict[str, int] = {}
+    by_own_code: dict[str, int] = {}
+    for stat in stats:
+        frames = list(stat.traceback)  # oldest call first, the allocating line last
+        innermost = frames[-1] if frames else None
+        if innermost is not None:
+            key = f"{_short(innermost.filename)}:{innermost.lineno}"
+            by_line[key] = by_line.get(key, 0) + stat.size_diff
+            key = _short(innermost.filename)
+            by_file[key] = by_file.get(key, 0) + stat.size_diff
+        # The innermost frame in the project's own code (relay_server, tunnel, ...).
+        own = next((f for f in reversed(frames) if _is_project(f.filename)), None)
+        key = f"{_short(own.filename)}:{own.lineno}" if own is not None else "?"
+        by_own_code[key] = by_own_code.get(key, 0) + stat.size_diff
+
+    def top(table: dict[str, int]) -> dict[str, float]:
+        ranked = sorted(table.items(), key=lambda kv: -kv[1])[:TRACE_TOP]
+        return {k: round(v / agents / 1024, 2) for k, v in ranked}
+
+    return {
+        "python_heap_per_agent_kib": round(total / agents / 1024, 1),
+        "top_allocating_files_kib_per_agent": top(by_file),
+        "top_allocating_lines_kib_per_agent": top(by_line),
+        "top_project_frames_kib_per_agent": top(by_own_code),
+    }
+
+
+async def bench(profile: Profile, mode: str, trace_memory: bool) -> dict[str, Any]:
     raise_fd_limit()
     n = profile.agents
     with tempfile.TemporaryDirectory(prefix="outlink-bench-") as tmp, child_processes() as procs:
@@ -220,7 +289,12 @@ async def bench(profile: Profile, mode: str) -> dict[str, Any]:
         db_url = f"sqlite:///{work / 'outlink.db'}"
         create_database(db_url, devices)
         progress(f"database migrated, {n} devices registered")
-        with RelayProcess(work, pki, db_url, max_connections=n + 1000) as relay:
+        trace_dir = work / "traces" if trace_memory else None
+        if trace_dir is not None:
+            trace_dir.mkdir()
+        with RelayProcess(
+            work, pki, db_url, max_connections=n + 1000, trace_dir=trace_dir
+        ) as relay:
             relay_proc = psutil.Process(relay.pid)
             slices = [devices[i :: profile.clients] for i in range(profile.clients)]
             for i, part in enumerate(slices):
@@ -242,6 +316,7 @@ async def bench(profile: Profile, mode: str) -> dict[str, Any]:
                     await read_json_line(proc)  # prepared
             progress(f"{profile.clients} client processes prepared their TLS contexts")
             rss_before = rss(relay_proc)
+            traced_before = await snapshot(relay, 1) if trace_memory else None
             cpu_before_connect = cpu_seconds(relay_proc)
             t_go = time.perf_counter()
             for proc in procs:
@@ -272,6 +347,10 @@ async def bench(profile: Profile, mode: str) -> dict[str, Any]:
             )
             await asyncio.sleep(SETTLE)  # let the presence flush run (measurement, not sync)
             rss_after = rss(relay_proc)
+            breakdown = None
+            if traced_before is not None:
+                breakdown = memory_breakdown(traced_before, await snapshot(relay, 2), connected)
+                progress(f"tracemalloc: {json.dumps(breakdown, indent=1)}")
             before_metrics = relay.metrics()
             progress(f"relay RSS {rss_before / 2**20:.1f} -> {rss_after / 2**20:.1f} MiB")
             progress(f"idle window of {profile.window:.0f} s")
@@ -294,7 +373,7 @@ async def bench(profile: Profile, mode: str) -> dict[str, Any]:
             progress(f"relay holds {held} agents (clients hold {alive}); idle CPU {idle_cpu:.2f} %")
     agents = min(held, alive)
     rss_per_agent = (rss_after - rss_before) / max(1, connected) / 1024
-    return {
+    result = {
         "benchmark": "relay_capacity",
         "mode": mode,
         "agents_target": n,
@@ -326,6 +405,11 @@ async def bench(profile: Profile, mode: str) -> dict[str, Any]:
             "idle_cpu_pct": idle_cpu <= TARGET_IDLE_CPU_PCT,
         },
     }
+    if breakdown is not None:
+        # Tracing inflates every allocation: RSS and CPU figures of this run are not valid.
+        result["tracemalloc"] = breakdown
+        result["figures_valid"] = False
+    return result
 
 
 def main() -> None:
@@ -335,6 +419,12 @@ def main() -> None:
     size.add_argument("--full", action="store_true", help="10,000 agents, 30 s idle window")
     parser.add_argument("--agents", type=int, help="override the number of agents")
     parser.add_argument("--window", type=float, help="override the idle window (seconds)")
+    parser.add_argument(
+        "--trace-memory",
+        action="store_true",
+        help="diagnosis: run the relay under tracemalloc and report where memory goes "
+        "(RSS/CPU figures of such a run are not valid)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--slice", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -350,7 +440,7 @@ def main() -> None:
         profile = Profile(
             args.agents or profile.agents, profile.clients, args.window or profile.window
         )
-    emit(asyncio.run(bench(profile, mode)))
+    emit(asyncio.run(bench(profile, mode, args.trace_memory)))
 
 
 if __name__ == "__main__":
