@@ -1,0 +1,184 @@
+"""Change detection: which parts of the screen differ from the previous frame.
+
+Pure (bytes in, rectangles out). Frames are tightly packed 32-bit pixels (BGRA as
+``mss`` returns them, ``width * 4`` bytes per row). The screen is cut into square
+tiles (:data:`TILE`); a tile is dirty when any of its bytes changed, and dirty tiles
+are merged into few rectangles, so the encoder works on a handful of large images
+instead of hundreds of small ones.
+
+Comparison uses ``bytes`` slice equality, which CPython runs as ``memcmp``: the whole
+frame first (an idle screen costs one compare), then each band of tile rows, then
+each scanline of a changed band, and finally only the tiles of a changed scanline
+that are not known dirty yet. ``bench/desktop_codec.py`` measures this against
+``PIL.ImageChops.difference`` + ``getbbox`` per tile; the numbers and the choice are
+in ``docs/desktop-encoding.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from .geometry import Rect
+
+TILE: Final = 64
+"""Tile side in pixels. Small enough that a blinking caret or a typed character
+costs one 16 KiB tile, large enough that a full-screen change is ~500 tiles (the
+per-tile Python work stays a few milliseconds) and that merged rectangles stay few."""
+
+BYTES_PER_PIXEL: Final = 4
+
+
+def _grid(width: int, height: int, tile: int) -> tuple[int, int]:
+    if width <= 0 or height <= 0 or tile <= 0:
+        raise ValueError(f"bad geometry {width}x{height} tile {tile}")
+    return (width + tile - 1) // tile, (height + tile - 1) // tile
+
+
+def changed_tiles(
+    prev: bytes | bytearray, cur: bytes | bytearray, width: int, height: int, tile: int = TILE
+) -> bytearray:
+    """Row-major flags, one per tile (``cols * rows``): 1 where ``cur`` differs from ``prev``."""
+    cols, rows = _grid(width, height, tile)
+    stride = width * BYTES_PER_PIXEL
+    if len(prev) != stride * height or len(cur) != stride * height:
+        raise ValueError("frame buffers do not match the geometry")
+    flags = bytearray(cols * rows)
+    if prev == cur:
+        return flags
+    tile_bytes = tile * BYTES_PER_PIXEL
+    for row in range(rows):
+        band_start = row * tile * stride
+        band_end = min((row + 1) * tile, height) * stride
+        if prev[band_start:band_end] == cur[band_start:band_end]:
+            continue
+        base = row * cols
+        runs = [(0, cols)]  # maximal runs of columns of this band not known dirty yet
+        for line in range(band_start, band_end, stride):
+            found = 0
+            for c0, c1 in runs:
+                found += _bisect(prev, cur, line, line + stride, c0, c1, tile_bytes, flags, base)
+            if found:
+                runs = _clean_runs(flags, base, cols)
+                if not runs:
+                    break
+    return flags
+
+
+def _bisect(
+    prev: bytes | bytearray,
+    cur: bytes | bytearray,
+    line: int,
+    line_end: int,
+    c0: int,
+    c1: int,
+    tile_bytes: int,
+    flags: bytearray,
+    base: int,
+) -> int:
+    """Flag the dirty tiles among columns ``c0..c1`` of one scanline; return how many.
+
+    Halving keeps the common cases to a few ``memcmp`` calls: an equal span is one
+    compare, and one changed tile in a clean row costs ~log2(cols) compares instead
+    of one compare per column (a moving vertical line would otherwise cost
+    rows x cols slice compares).
+    """
+    start = line + c0 * tile_bytes
+    end = min(line + c1 * tile_bytes, line_end)
+    if prev[start:end] == cur[start:end]:
+        return 0
+    if c1 - c0 == 1:
+        flags[base + c0] = 1
+        return 1
+    mid = (c0 + c1) // 2
+    return _bisect(prev, cur, line, line_end, c0, mid, tile_bytes, flags, base) + _bisect(
+        prev, cur, line, line_end, mid, c1, tile_bytes, flags, base
+    )
+
+
+def _clean_runs(flags: bytearray, base: int, cols: int) -> list[tuple[int, int]]:
+    runs = []
+    col = 0
+    while col < cols:
+        if flags[base + col]:
+            col += 1
+            continue
+        start = col
+        while col < cols and not flags[base + col]:
+            col += 1
+        runs.append((start, col))
+    return runs
+
+
+def merge_tiles(flags: Sequence[int], width: int, height: int, tile: int = TILE) -> list[Rect]:
+    """Cover the set tiles with rectangles: horizontal runs per tile row, then runs
+    with the same columns in consecutive rows grow downwards. Clipped to the screen.
+
+    Exact at tile granularity (no clean tile is covered), and a full screen is one
+    rectangle. ``flags`` is row-major as :func:`changed_tiles` returns it.
+    """
+    cols, rows = _grid(width, height, tile)
+    if len(flags) != cols * rows:
+        raise ValueError("flags do not match the tile grid")
+    done: list[tuple[int, int, int, int]] = []  # (col0, col1, row0, row1)
+    growing: dict[tuple[int, int], int] = {}  # (col0, col1) -> first row
+    for row in range(rows + 1):
+        runs: list[tuple[int, int]] = []
+        if row < rows:
+            base = row * cols
+            col = 0
+            while col < cols:
+                if flags[base + col]:
+                    start = col
+                    while col < cols and flags[base + col]:
+                        col += 1
+                    runs.append((start, col))
+                col += 1
+        next_growing = {run: growing.pop(run, row) for run in runs}
+        done.extend((c0, c1, r0, row) for (c0, c1), r0 in growing.items())
+        growing = next_growing
+    rects = []
+    for c0, c1, r0, r1 in done:
+        x, y = c0 * tile, r0 * tile
+        rects.append(Rect(x, y, min(c1 * tile, width) - x, min(r1 * tile, height) - y))
+    rects.sort(key=lambda r: (r.y, r.x))
+    return rects
+
+
+def diff(
+    prev: bytes | bytearray, cur: bytes | bytearray, width: int, height: int, tile: int = TILE
+) -> list[Rect]:
+    """The changed regions between two frames of the same size; ``[]`` when identical."""
+    return merge_tiles(changed_tiles(prev, cur, width, height, tile), width, height, tile)
+
+
+class DamageTracker:
+    """Remembers the last frame it was given and reports what changed since.
+
+    The caller gives it only frames it is about to send, so changes that happened
+    while the channel was busy are compared against what the viewer last got: they
+    coalesce into one update instead of a queue of stale ones. The first frame, a
+    size change or :meth:`reset` yields the whole screen.
+    """
+
+    def __init__(self, tile: int = TILE) -> None:
+        self._tile = tile
+        self._prev: bytes | bytearray | None = None
+        self._size = (0, 0)
+
+    def reset(self) -> None:
+        """Forget the reference: the next update is a full frame (viewer asked to refresh)."""
+        self._prev = None
+
+    def update(self, pixels: bytes | bytearray, width: int, height: int) -> list[Rect]:
+        """Rectangles of ``pixels`` that differ from the previous update's.
+
+        Keeps a reference to ``pixels``: the caller must not modify the buffer
+        afterwards (``mss`` hands out a fresh buffer per grab).
+        """
+        prev, self._prev = self._prev, pixels
+        if prev is None or self._size != (width, height):
+            self._size = (width, height)
+            _grid(width, height, self._tile)
+            return [Rect(0, 0, width, height)]
+        return diff(prev, pixels, width, height, self._tile)
