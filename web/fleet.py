@@ -88,7 +88,8 @@ def filtered_devices(filters: dict[str, Any]) -> Select[Any]:
         like = "%" + _escape_like(filters["q"]) + "%"
         stmt = stmt.where(or_(
             Device.hostname.ilike(like, escape="\\"), Device.model.ilike(like, escape="\\"),
-            Device.id.like(filters["q"].lower() + "%"), Customer.name.ilike(like, escape="\\"),
+            Device.id.like(_escape_like(filters["q"].lower()) + "%", escape="\\"),
+            Customer.name.ilike(like, escape="\\"),
             Site.name.ilike(like, escape="\\"),
         ))
     if filters["customer"] is not None:
