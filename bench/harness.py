@@ -317,20 +317,10 @@ format = "json"
             return False
 
     def metrics(self) -> str:
-        """The relay's Prometheus text from its ops listener.
-
-        Read raw until the server closes: the relay's /metrics response carries two
-        Content-Length headers (0 and the real one), and urllib believes the first.
-        """
-        with socket.create_connection((HOST, self.ops_port), timeout=10) as sock:
-            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n")
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise RuntimeError(f"/metrics answered {head[:40]!r}")
-        return body.decode()
+        """The relay's Prometheus text (ops listener)."""
+        with urllib.request.urlopen(f"http://{HOST}:{self.ops_port}/metrics", timeout=10) as resp:
+            text: str = resp.read().decode()
+            return text
 
     def log_tail(self, lines: int = 20) -> str:
         try:
