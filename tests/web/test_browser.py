@@ -85,6 +85,7 @@ def test_admin_signs_in_and_sees_the_fleet(page: object, portal: ServedPortal) -
     page.click("nav >> text=Devices")  # type: ignore[attr-defined]
     expect(page.locator("table tbody tr")).to_have_count(24)
     page.select_option("select[name=status]", "online")  # type: ignore[attr-defined]
+    page.click("button:has-text('Filter')")  # type: ignore[attr-defined]  (if JS was not ready)
     expect(page.locator("table tbody tr")).to_have_count(12)
     shot(page, "03-devices-online")
     page.click("table tbody tr >> nth=0 >> a")  # type: ignore[attr-defined]
