@@ -39,14 +39,24 @@ ROLES = {
     "service_engineer": (
         "Services devices in scope",
         [
-            "device.view", "telemetry.view", "files.view", "desktop.view", "desktop.control",
-            "diagnostics.shell", "updates.push", "devices.enroll",
+            "device.view",
+            "telemetry.view",
+            "files.view",
+            "desktop.view",
+            "desktop.control",
+            "diagnostics.shell",
+            "updates.push",
+            "devices.enroll",
         ],
     ),
-    "analyst": ("Read-only: devices, telemetry, files and the audit trail in scope",
-                ["device.view", "telemetry.view", "files.view", "audit.read"]),
-    "site_contact": ("A customer's contact: sees the devices of their sites",
-                     ["device.view", "telemetry.view"]),
+    "analyst": (
+        "Read-only: devices, telemetry, files and the audit trail in scope",
+        ["device.view", "telemetry.view", "files.view", "audit.read"],
+    ),
+    "site_contact": (
+        "A customer's contact: sees the devices of their sites",
+        ["device.view", "telemetry.view"],
+    ),
 }
 
 
@@ -75,11 +85,14 @@ def _tables() -> None:
         "role_permissions",
         sa.Column("role_id", sa.Integer(), nullable=False),
         sa.Column("permission_id", sa.Integer(), nullable=False),
-        sa.ForeignKeyConstraint(["role_id"], ["roles.id"],
-                                name="fk_role_permissions_role_id_roles", ondelete="CASCADE"),
         sa.ForeignKeyConstraint(
-            ["permission_id"], ["permissions.id"],
-            name="fk_role_permissions_permission_id_permissions", ondelete="CASCADE",
+            ["role_id"], ["roles.id"], name="fk_role_permissions_role_id_roles", ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["permission_id"],
+            ["permissions.id"],
+            name="fk_role_permissions_permission_id_permissions",
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("role_id", "permission_id", name="pk_role_permissions"),
     )
@@ -100,8 +113,9 @@ def _tables() -> None:
         sa.Column("created_by", sa.String(64), nullable=True),
         _ts("password_changed_at"),
         _ts("last_login_at", nullable=True),
-        sa.ForeignKeyConstraint(["role_id"], ["roles.id"],
-                                name="fk_users_role_id_roles", ondelete="RESTRICT"),
+        sa.ForeignKeyConstraint(
+            ["role_id"], ["roles.id"], name="fk_users_role_id_roles", ondelete="RESTRICT"
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_users"),
         sa.UniqueConstraint("username", name="uq_users_username"),
         sa.UniqueConstraint("cert_fingerprint", name="uq_users_cert_fingerprint"),
@@ -119,14 +133,24 @@ def _tables() -> None:
             " + CASE WHEN device_id IS NULL THEN 0 ELSE 1 END) = 1",
             name="ck_user_scopes_exactly_one",
         ),
-        sa.ForeignKeyConstraint(["user_id"], ["users.id"],
-                                name="fk_user_scopes_user_id_users", ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["customer_id"], ["customers.id"],
-                                name="fk_user_scopes_customer_id_customers", ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["site_id"], ["sites.id"],
-                                name="fk_user_scopes_site_id_sites", ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["device_id"], ["devices.id"],
-                                name="fk_user_scopes_device_id_devices", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name="fk_user_scopes_user_id_users", ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["customer_id"],
+            ["customers.id"],
+            name="fk_user_scopes_customer_id_customers",
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["site_id"], ["sites.id"], name="fk_user_scopes_site_id_sites", ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["device_id"],
+            ["devices.id"],
+            name="fk_user_scopes_device_id_devices",
+            ondelete="CASCADE",
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_user_scopes"),
     )
     op.create_index("ix_user_scopes_user_id", "user_scopes", ["user_id"])
@@ -141,8 +165,9 @@ def _tables() -> None:
         _ts("expires_at"),
         sa.Column("source", sa.String(100), nullable=True),
         sa.Column("user_agent", sa.String(300), nullable=True),
-        sa.ForeignKeyConstraint(["user_id"], ["users.id"],
-                                name="fk_web_sessions_user_id_users", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name="fk_web_sessions_user_id_users", ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_web_sessions"),
     )
     op.create_index("ix_web_sessions_user_id", "web_sessions", ["user_id"])
@@ -176,15 +201,23 @@ def _tables() -> None:
             " 'cancelled')",
             name="ck_session_requests_state",
         ),
-        sa.ForeignKeyConstraint(["device_id"], ["devices.id"],
-                                name="fk_session_requests_device_id_devices", ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["requested_by"], ["users.id"],
-                                name="fk_session_requests_requested_by_users",
-                                ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(
+            ["device_id"],
+            ["devices.id"],
+            name="fk_session_requests_device_id_devices",
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["requested_by"],
+            ["users.id"],
+            name="fk_session_requests_requested_by_users",
+            ondelete="SET NULL",
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_session_requests"),
     )
-    op.create_index("ix_session_requests_device_created", "session_requests",
-                    ["device_id", "created_at"])
+    op.create_index(
+        "ix_session_requests_device_created", "session_requests", ["device_id", "created_at"]
+    )
     op.create_table(
         "audit_events",
         sa.Column("id", sa.BigInteger(), autoincrement=False, nullable=False),
@@ -249,27 +282,58 @@ POSTGRES_TRIGGERS = [
 
 
 def _seed() -> None:
-    permissions = sa.table("permissions", sa.column("id", sa.Integer),
-                           sa.column("name", sa.String), sa.column("description", sa.Text))
-    roles = sa.table("roles", sa.column("id", sa.Integer), sa.column("name", sa.String),
-                     sa.column("description", sa.Text))
-    role_permissions = sa.table("role_permissions", sa.column("role_id", sa.Integer),
-                                sa.column("permission_id", sa.Integer))
-    head = sa.table("audit_chain_head", sa.column("id", sa.Integer),
-                    sa.column("last_id", sa.BigInteger), sa.column("last_hash", sa.String),
-                    sa.column("pruned_through", sa.BigInteger),
-                    sa.column("anchor_hash", sa.String))
+    permissions = sa.table(
+        "permissions",
+        sa.column("id", sa.Integer),
+        sa.column("name", sa.String),
+        sa.column("description", sa.Text),
+    )
+    roles = sa.table(
+        "roles",
+        sa.column("id", sa.Integer),
+        sa.column("name", sa.String),
+        sa.column("description", sa.Text),
+    )
+    role_permissions = sa.table(
+        "role_permissions", sa.column("role_id", sa.Integer), sa.column("permission_id", sa.Integer)
+    )
+    head = sa.table(
+        "audit_chain_head",
+        sa.column("id", sa.Integer),
+        sa.column("last_id", sa.BigInteger),
+        sa.column("last_hash", sa.String),
+        sa.column("pruned_through", sa.BigInteger),
+        sa.column("anchor_hash", sa.String),
+    )
     perm_ids = {name: i for i, name in enumerate(PERMISSIONS, start=1)}
-    op.bulk_insert(permissions, [{"id": i, "name": n, "description": PERMISSIONS[n]}
-                                 for n, i in perm_ids.items()])
-    op.bulk_insert(roles, [{"id": i, "name": n, "description": ROLES[n][0]}
-                           for i, n in enumerate(ROLES, start=1)])
-    op.bulk_insert(role_permissions, [
-        {"role_id": i, "permission_id": perm_ids[p]}
-        for i, n in enumerate(ROLES, start=1) for p in ROLES[n][1]
-    ])
-    op.bulk_insert(head, [{"id": 1, "last_id": 0, "last_hash": GENESIS_HASH,
-                           "pruned_through": 0, "anchor_hash": GENESIS_HASH}])
+    op.bulk_insert(
+        permissions,
+        [{"id": i, "name": n, "description": PERMISSIONS[n]} for n, i in perm_ids.items()],
+    )
+    op.bulk_insert(
+        roles,
+        [{"id": i, "name": n, "description": ROLES[n][0]} for i, n in enumerate(ROLES, start=1)],
+    )
+    op.bulk_insert(
+        role_permissions,
+        [
+            {"role_id": i, "permission_id": perm_ids[p]}
+            for i, n in enumerate(ROLES, start=1)
+            for p in ROLES[n][1]
+        ],
+    )
+    op.bulk_insert(
+        head,
+        [
+            {
+                "id": 1,
+                "last_id": 0,
+                "last_hash": GENESIS_HASH,
+                "pruned_through": 0,
+                "anchor_hash": GENESIS_HASH,
+            }
+        ],
+    )
 
 
 def upgrade() -> None:
@@ -277,10 +341,13 @@ def upgrade() -> None:
     _seed()
     dialect = op.get_bind().dialect.name
     if dialect == "postgresql":  # explicit ids above did not advance the serial sequences
-        op.execute("SELECT setval(pg_get_serial_sequence('roles', 'id'),"
-                   " (SELECT max(id) FROM roles))")
-        op.execute("SELECT setval(pg_get_serial_sequence('permissions', 'id'),"
-                   " (SELECT max(id) FROM permissions))")
+        op.execute(
+            "SELECT setval(pg_get_serial_sequence('roles', 'id'), (SELECT max(id) FROM roles))"
+        )
+        op.execute(
+            "SELECT setval(pg_get_serial_sequence('permissions', 'id'),"
+            " (SELECT max(id) FROM permissions))"
+        )
     for statement in {"sqlite": SQLITE_TRIGGERS, "postgresql": POSTGRES_TRIGGERS}.get(dialect, []):
         op.execute(statement)
 
@@ -290,7 +357,16 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER IF EXISTS audit_events_no_truncate ON audit_events")
         op.execute("DROP TRIGGER IF EXISTS audit_events_guard ON audit_events")
         op.execute("DROP FUNCTION IF EXISTS audit_events_guard()")
-    for table in ("audit_chain_head", "audit_events", "session_requests", "login_throttle",
-                  "web_sessions", "user_scopes", "users", "role_permissions", "permissions",
-                  "roles"):
+    for table in (
+        "audit_chain_head",
+        "audit_events",
+        "session_requests",
+        "login_throttle",
+        "web_sessions",
+        "user_scopes",
+        "users",
+        "role_permissions",
+        "permissions",
+        "roles",
+    ):
         op.drop_table(table)
