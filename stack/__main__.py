@@ -23,11 +23,18 @@ def main(argv: list[str]) -> int:
 
         print_status(lay)
         return 0
+    if command == "add-device" and rest:
+        from stack.devices import add_device
+
+        return add_device(lay, rest[0], rest[1] if len(rest) > 1 else None)
     if command == "test":
         from stack.testrun import run
 
         return run(rest)
-    print("usage: python -m stack up|down|status|test [pytest args]", file=sys.stderr)
+    print(
+        "usage: python -m stack up|down|status|add-device TOKEN [NAME]|test [pytest args]",
+        file=sys.stderr,
+    )
     return 2
 
 

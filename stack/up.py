@@ -6,7 +6,6 @@ running and never makes a second CA, admin or device.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import ssl
 import sys
@@ -14,8 +13,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from stack import processes
+from stack import devices, processes
 from stack.layout import Layout
+from stack.status import print_status
 
 INITIAL_PASSWORD_FILE = "initial-admin-password"  # noqa: S105 (a file name, not a secret)
 READY_TIMEOUT_S = 30.0
@@ -87,15 +87,6 @@ relay_cert = "{lay.pki / "portal.pem"}"
 relay_key = "{lay.pki / "portal.key"}"
 """,
     )
-    _write_if_missing(
-        lay.agent_config,
-        f"""relay_urls = ["wss://{lay.host}:{lay.relay_port}/agent"]
-ca_file = "{lay.agent_dir / "identity" / "ca.pem"}"
-identity_dir = "{lay.agent_dir / "identity"}"
-data_dir = "{lay.agent_dir}"
-proxy = "none"
-""",
-    )
 
 
 def init_portal(lay: Layout) -> str | None:
@@ -143,55 +134,6 @@ def start_portal(lay: Layout) -> None:
     )
 
 
-def enroll_agent(lay: Layout) -> None:
-    """Enrol the local demo device once (token from the CLI, key made by the agent)."""
-    from agent.enroll import enroll
-    from agent.identity import load_identity
-    from pki.fleet import ensure_site
-    from pki.identity import IdentityError
-    from pki.tokens import create_token
-    from store.db import make_engine, session_scope
-
-    identity_dir = lay.agent_dir / "identity"
-    try:
-        load_identity(identity_dir)
-        return
-    except (FileNotFoundError, IdentityError):
-        pass
-    ca_copy = identity_dir / "ca.pem"
-    identity_dir.mkdir(parents=True, exist_ok=True)
-    ca_copy.write_bytes((lay.pki / "ca.pem").read_bytes())  # "copied to the device out of band"
-    engine = make_engine(lay.db_url)
-    with session_scope(engine) as session:
-        site = ensure_site(
-            session,
-            "demo-hospital",
-            "radiology",
-            customer_name="Demo Hospital",
-            site_name="Radiology",
-        )
-        secret = create_token(session, site, created_by="outlink up").secret
-    engine.dispose()
-    asyncio.run(
-        enroll(
-            f"wss://{lay.host}:{lay.relay_port}/enroll",
-            ca_copy,
-            secret,
-            identity_dir,
-            hostname="demo-ct-01",
-        )
-    )
-
-
-def start_agent(lay: Layout) -> None:
-    processes.start(
-        lay.run,
-        lay.logs,
-        "agent",
-        [sys.executable, "-m", "agent", "run", "--config", str(lay.agent_config)],
-    )
-
-
 def up(lay: Layout) -> int:
     """Bring everything up and print where it is."""
     lay.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -201,15 +143,10 @@ def up(lay: Layout) -> int:
     password = init_portal(lay)
     start_relay(lay)
     start_portal(lay)
-    enroll_agent(lay)
-    start_agent(lay)
-    from stack.status import agent_status, print_status
-
-    try:
-        processes.wait_until(
-            lambda: bool(agent_status(lay).get("connected")), READY_TIMEOUT_S, "agent link"
-        )
-    except TimeoutError as exc:
-        print(f"outlink: {exc}; see {lay.logs / 'agent.log'}")
+    demo = devices.DemoDevice(lay, "agent", lay.agent_dir, hostname="demo-ct-01")
+    if not demo.enrolled():
+        demo.enroll(devices.demo_token(lay))
+    demo.start()
+    demo.wait_connected(READY_TIMEOUT_S)
     print_status(lay, password=password)
     return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from store.db import make_engine, session_scope
 from store.models import Device, Presence
@@ -44,7 +44,19 @@ def _pids(home: Path) -> dict[str, int]:
     return {p.stem: int(p.read_text()) for p in (home / "run").glob("*.pid")}
 
 
-def test_up_twice_then_down(tmp_path: Path) -> None:
+def _wait_online(engine: Engine, want: int) -> tuple[int, int]:
+    """(devices, online) once ``want`` are online; the relay writes presence in batches."""
+    deadline = time.monotonic() + 10 * UNIT
+    while True:
+        with session_scope(engine) as session:
+            online = session.scalar(select(func.count()).where(Presence.online.is_(True)))
+            devices = session.scalar(select(func.count(Device.id)))
+        if online == want or time.monotonic() > deadline:
+            return int(devices or 0), int(online or 0)
+        time.sleep(0.1)
+
+
+def test_up_add_device_up_again_down(tmp_path: Path) -> None:
     home = tmp_path / "var"
     env = {
         **os.environ,
@@ -71,21 +83,27 @@ def test_up_twice_then_down(tmp_path: Path) -> None:
         # The relay publishes the agent's presence in the shared database (batched, so
         # poll the other process's writes until they show).
         engine = make_engine(f"sqlite:///{home / 'outlink.db'}")
-        deadline = time.monotonic() + 10 * UNIT
-        while True:
-            with session_scope(engine) as session:
-                online = session.scalar(select(func.count()).where(Presence.online.is_(True)))
-                devices = session.scalar(select(func.count(Device.id)))
-            if online == 1 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert (devices, online) == (1, 1)
+        assert _wait_online(engine, 1) == (1, 1)
 
+        # A second device enrolled with a one-time token, as the README shows.
+        db_url = f"sqlite:///{home / 'outlink.db'}"
+        token = subprocess.run(
+            [sys.executable, "-m", "pki", "token", "create", "--db", db_url,
+             "--customer", "acme", "--site", "lab"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        added = _stack(home, env, "add-device", token, "ct-02")
+        assert added.returncode == 0, added.stdout + added.stderr
+        assert _wait_online(engine, 2) == (2, 2)
+        reused = _stack(home, env, "add-device", token, "ct-03")
+        assert reused.returncode != 0, "a token works once"
+
+        pids = _pids(home)
         second = _stack(home, env, "up")
         assert second.returncode == 0, second.stdout + second.stderr
         assert _pids(home) == pids, "a second `up` must not restart or duplicate processes"
         with session_scope(engine) as session:
-            assert session.scalar(select(func.count(Device.id))) == 1
+            assert session.scalar(select(func.count(Device.id))) == 2
         engine.dispose()
     finally:
         down = _stack(home, env, "down")
