@@ -61,6 +61,7 @@ RELAY_READY_TIMEOUT = 30.0
 STOP_GRACE = 10.0
 
 _T0 = time.monotonic()
+_LOAD_AT_START = os.getloadavg()[0]
 
 
 def progress(message: str) -> None:
@@ -69,7 +70,16 @@ def progress(message: str) -> None:
 
 
 def emit(result: dict[str, Any]) -> None:
-    """Print the benchmark's figures as one JSON object: the last line of stdout."""
+    """Print the benchmark's figures as one JSON object: the last line of stdout.
+
+    ``machine`` says how busy the machine was (1-minute load average at start and end,
+    our own processes included): figures from a loaded 2-core machine are not comparable.
+    """
+    result["machine"] = {
+        "cpus": os.cpu_count(),
+        "load_avg_1m_start": round(_LOAD_AT_START, 2),
+        "load_avg_1m_end": round(os.getloadavg()[0], 2),
+    }
     print(json.dumps(result, sort_keys=True), flush=True)
 
 
