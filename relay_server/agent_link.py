@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
@@ -48,6 +49,10 @@ log = logging.getLogger(__name__)
 MAX_PENDING_INSTRUCTIONS = 16
 
 
+#: Serves one agent-opened channel of a kind the relay's features handle (telemetry, logs).
+AgentChannelHandler = Callable[["AgentLink", IncomingChannel], Awaitable[None]]
+
+
 class AgentUnavailable(Exception):
     """The agent has no control channel (yet, or any more)."""
 
@@ -61,6 +66,8 @@ class ControlContext:
     presence: PresenceWriter
     stats: RelayStats
     ca: CertificateAuthority | None  # None: this relay does not sign renewals
+    # Agent-opened channel kinds other than control, by kind; features add theirs at startup.
+    channels: dict[str, AgentChannelHandler] = field(default_factory=dict)
 
 
 class AgentLink(Link):
@@ -97,9 +104,13 @@ class AgentLink(Link):
     # -- incoming channels -----------------------------------------------------------
 
     async def on_open(self, request: IncomingChannel) -> None:
-        """Tunnel `on_open` handler: the relay serves only the control channel itself."""
+        """Tunnel `on_open` handler: control here, other kinds by `ControlContext.channels`."""
         if request.kind != "control":
-            request.refuse(ErrorCode.REFUSED, "channel kind not served by the relay")
+            handler = self._context.channels.get(request.kind)
+            if handler is None:
+                request.refuse(ErrorCode.REFUSED, "channel kind not served by the relay")
+                return
+            await handler(self, request)
             return
         if self.control is not None:
             request.refuse(ErrorCode.BAD_REQUEST, "a control channel is already open")
