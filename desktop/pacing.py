@@ -92,8 +92,11 @@ class Pacer:
     def captured(self, start: float, cpu_seconds: float, changed: bool) -> None:
         """Record a capture that started at ``start`` and cost ``cpu_seconds`` (capture,
         diff, encode); ``changed`` = it found something to send."""
+        if self._last_start is None:
+            self._cpu = cpu_seconds  # start from a measurement, not from zero
+        else:
+            self._cpu += CPU_SMOOTHING * (cpu_seconds - self._cpu)
         self._last_start = start
-        self._cpu += CPU_SMOOTHING * (cpu_seconds - self._cpu)
         if changed:
             self._last_change = start
 
