@@ -1,0 +1,310 @@
+"""The device side of a desktop stream: capture -> damage -> encode -> pace -> send.
+
+The streamer knows nothing about tunnels or sessions: it takes a ``send(bytes)``
+coroutine function and a ``ready()`` coroutine function that returns once the channel
+can take another update without it queueing behind an unsent one (for a tunnel
+channel: its send backlog has drained). Everything blocking -- the grab, the diff,
+the encoders, the cursor query -- runs on one worker thread, always the same one
+(``mss`` and python-xlib connections are not for sharing between threads), and the
+event loop only waits, paces and sends. A thread rather than a process because the
+heavy parts (MIT-SHM copy, ``memcmp``, libjpeg-turbo, libwebp) release the GIL, and a
+process would have to ship every 4 MB frame or own the X connection itself; the
+measurement is in ``docs/desktop-encoding.md``.
+
+Each pass: wait for ``ready()``; wait for the pacer (fps cap, CPU budget, idle
+backoff) unless poked; grab the watched monitor; diff against the last frame *sent*;
+encode and send the changed rectangles as one update, then the cursor position or
+shape if they changed. An unchanged screen sends nothing at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from . import wire
+from .capture import Monitor, ScreenSource
+from .cursor import CursorSource
+from .damage import DamageTracker
+from .encode import QUALITY_DEFAULT, Encoder, QualityController
+from .geometry import Rect
+from .pacing import LinkEstimator, Pacer, PacerSettings
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[bytes], Awaitable[None]]
+Ready = Callable[[], Awaitable[None]]
+
+_I16 = (-0x8000, 0x7FFF)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamerSettings:
+    """The device's configuration of a stream (R32 limits live in ``pacer``).
+
+    ``monitor`` ``None`` = the primary monitor (or the first). ``quality`` fixes the
+    JPEG quality; ``None`` adapts it so updates fit ``target_bps`` and what the link
+    is measured to carry, whichever is lower.
+    """
+
+    pacer: PacerSettings = field(default_factory=PacerSettings)
+    monitor: int | None = None
+    quality: int | None = None
+    target_bps: float | None = None
+
+
+@dataclass(slots=True)
+class StreamerStats:
+    """Counters for the status bar, the audit record (byte counts) and the benchmark."""
+
+    captures: int = 0
+    updates: int = 0
+    messages: int = 0
+    bytes_sent: int = 0
+    cpu_seconds: float = 0.0
+    quality: int = QUALITY_DEFAULT
+    link_bps: float | None = None
+
+
+@dataclass(slots=True)
+class _Pass:
+    """What one worker pass produced."""
+
+    messages: list[bytes]
+    cpu: float
+    update_bytes: int
+    had_photo: bool
+    changed: bool
+
+
+class Streamer:
+    """Streams one screen to one viewer; see the module docstring.
+
+    ``source`` and ``cursor`` are used from the streamer's worker thread only, while
+    :meth:`run` runs; the caller closes them after it returned. Call the control
+    methods (:meth:`poke`, :meth:`request_refresh`, :meth:`select_monitor`,
+    :meth:`apply`) from the event loop.
+    """
+
+    def __init__(
+        self,
+        source: ScreenSource,
+        send: Send,
+        ready: Ready,
+        *,
+        cursor: CursorSource | None = None,
+        settings: StreamerSettings | None = None,
+    ) -> None:
+        self._source = source
+        self._send = send
+        self._ready = ready
+        self._cursor = cursor
+        self.settings = settings or StreamerSettings()
+        self.stats = StreamerStats()
+        self._pacer = Pacer(self.settings.pacer, time.monotonic())
+        self._link = LinkEstimator()
+        self._quality = QualityController(self.settings.quality or QUALITY_DEFAULT)
+        self._fixed_quality = self.settings.quality
+        self._wake = asyncio.Event()
+        self._monitors: list[Monitor] = []
+        self._index = 0
+        self._refresh = False
+        # Worker-thread state: touched only inside _step.
+        self._tracker = DamageTracker()
+        self._encoder = Encoder()
+        self._seq = 0
+        self._streamed_index = -1
+        self._cursor_sent: tuple[int, int] | None = None
+        self._shape_sent = 0
+
+    # -- control (event loop) --------------------------------------------------------
+
+    @property
+    def monitor(self) -> Monitor | None:
+        """The monitor being streamed (input coordinates are relative to it)."""
+        return self._monitors[self._index] if self._monitors else None
+
+    @property
+    def max_fps(self) -> float:
+        """The frame-rate cap in force (the device's, or a viewer's lower wish)."""
+        return self._pacer.max_fps
+
+    def poke(self) -> None:
+        """The screen is about to change (input was injected): capture at full rate now."""
+        self._pacer.poke(time.monotonic())
+        self._wake.set()
+
+    def request_refresh(self) -> None:
+        """Send the whole screen next (the viewer lost its picture)."""
+        self._refresh = True
+        self.poke()
+
+    def select_monitor(self, index: int) -> bool:
+        """Stream monitor ``index`` from the next update on; ``False`` if there is none."""
+        if not 0 <= index < len(self._monitors):
+            return False
+        self._index = index
+        self.poke()
+        return True
+
+    def apply(self, wish: wire.StreamSettings) -> None:
+        """A viewer's settings, within the device's caps."""
+        self._pacer.limit_fps(wish.max_fps)
+        self._fixed_quality = wish.quality or self.settings.quality
+        self.poke()
+
+    # -- the loop --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Stream until cancelled or until ``send``/``ready``/the source fail (the
+        exception propagates; the caller ends the session)."""
+        loop = asyncio.get_running_loop()
+        pool = ThreadPoolExecutor(1, thread_name_prefix="desktop-capture")
+        try:
+            self._monitors = await loop.run_in_executor(pool, self._source.monitors)
+            self._index = self._initial_monitor()
+            await self._emit([self._monitor_list()])
+            pending = 0  # bytes of the last update, until the channel drained it
+            sent_at = loop.time()
+            while True:
+                await self._ready()
+                if pending:
+                    self._link.record(pending, loop.time() - sent_at)
+                    pending = 0
+                await self._pace()
+                start = time.monotonic()
+                index, refresh, quality = self._index, self._refresh, self._current_quality()
+                self._refresh = False
+                result = await loop.run_in_executor(pool, self._step, index, refresh, quality)
+                self._account(start, result)
+                if result.messages:
+                    sent_at = loop.time()
+                    await self._emit(result.messages)
+                    pending = result.update_bytes
+        finally:
+            # Let an encode in flight finish off the loop before the caller closes the
+            # source it is using; never block the loop on it.
+            await asyncio.shield(loop.run_in_executor(None, pool.shutdown))
+
+    async def _pace(self) -> None:
+        while True:
+            now = time.monotonic()
+            due = self._pacer.next_capture(now)
+            if due <= now:
+                return
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(due - now):
+                    await self._wake.wait()
+            except TimeoutError:
+                return
+            if self._refresh:
+                return
+
+    async def _emit(self, messages: list[bytes]) -> None:
+        for message in messages:
+            await self._send(message)
+            self.stats.messages += 1
+            self.stats.bytes_sent += len(message)
+
+    def _account(self, start: float, result: _Pass) -> None:
+        self._pacer.captured(start, result.cpu, result.changed)
+        stats = self.stats
+        stats.captures += 1
+        stats.cpu_seconds += result.cpu
+        if result.update_bytes:
+            stats.updates += 1
+        stats.link_bps = self._link.bps
+        if self._fixed_quality is None:
+            target = min((b for b in (self.settings.target_bps, self._link.bps) if b), default=None)
+            if target:
+                budget = target / 8 * self._pacer.active_interval
+                self._quality.update(result.update_bytes, budget, result.had_photo)
+        stats.quality = self._current_quality()
+
+    def _current_quality(self) -> int:
+        return self._fixed_quality or self._quality.quality
+
+    def _initial_monitor(self) -> int:
+        wanted = self.settings.monitor
+        if wanted is not None and 0 <= wanted < len(self._monitors):
+            return wanted
+        primary = [m.index for m in self._monitors[1:] if m.primary]
+        return primary[0] if primary else min(1, len(self._monitors) - 1)
+
+    def _monitor_list(self) -> bytes:
+        entries = tuple(
+            wire.MonitorEntry(m.left, m.top, m.width, m.height, m.primary)
+            for m in self._monitors[: wire.MAX_MONITORS]
+        )
+        return wire.MonitorList(entries, self._index).encode()
+
+    # -- the worker thread -----------------------------------------------------------
+
+    def _step(self, index: int, refresh: bool, quality: int) -> _Pass:
+        """One capture pass on the worker thread; returns the messages to send."""
+        cpu_start = time.thread_time()
+        if refresh or index != self._streamed_index:
+            self._tracker.reset()
+            self._streamed_index = index
+            self._cursor_sent = None
+        frame = self._source.grab(index)
+        rects = self._tracker.update(frame.pixels, frame.width, frame.height)
+        messages: list[bytes] = []
+        had_photo = False
+        update_bytes = 0
+        if rects:
+            self._encoder.quality = quality
+            encoded = self._encoder.encode(frame.pixels, frame.width, frame.height, rects)
+            had_photo = any(r.codec is wire.Codec.JPEG for r in encoded)
+            self._seq = (self._seq + 1) & 0xFFFF_FFFF
+            full = rects == [Rect(0, 0, frame.width, frame.height)]
+            messages = wire.frame_messages(
+                self._seq, index, frame.width, frame.height, encoded, full
+            )
+            update_bytes = sum(len(m) for m in messages)
+            logger.debug(
+                "> update %d: %d rects, %d bytes, q=%d",
+                self._seq,
+                len(encoded),
+                update_bytes,
+                quality,
+            )
+        if self._cursor is not None:
+            messages.extend(self._cursor_messages(frame.monitor))
+        return _Pass(
+            messages=messages,
+            cpu=time.thread_time() - cpu_start,
+            update_bytes=update_bytes,
+            had_photo=had_photo,
+            changed=bool(messages),
+        )
+
+    def _cursor_messages(self, monitor: Monitor) -> list[bytes]:
+        assert self._cursor is not None
+        state = self._cursor.poll()
+        out = []
+        if state.serial and state.serial != self._shape_sent:
+            self._shape_sent = state.serial
+            image = self._cursor.image()
+            if image is not None:
+                shape = wire.CursorShape(
+                    image.serial, image.hot_x, image.hot_y, image.width, image.height, image.rgba
+                )
+                try:
+                    out.append(shape.encode())
+                except ValueError:  # e.g. larger than MAX_CURSOR_SIDE: the viewer keeps its own
+                    logger.debug("! cursor %dx%d not sent", image.width, image.height)
+        lo, hi = _I16
+        position = (
+            max(lo, min(hi, state.x - monitor.left)),
+            max(lo, min(hi, state.y - monitor.top)),
+        )
+        if position != self._cursor_sent:
+            out.append(wire.CursorPosition(*position).encode())
+            self._cursor_sent = position
+        return out
