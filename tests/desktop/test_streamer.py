@@ -1,0 +1,288 @@
+"""The streamer end to end on the real X server: what a viewer paints is the screen,
+an idle screen sends nothing, and a slow viewer gets fewer, fresher updates with never
+more than one queued."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+from PIL import Image
+
+from desktop import wire
+from desktop.capture import Frame, Monitor, MssSource
+from desktop.cursor import XCursorSource
+from desktop.encode import paint, region_image
+from desktop.geometry import Rect
+from desktop.pacing import PacerSettings
+from desktop.streamer import Streamer, StreamerSettings
+from tests.conftest import UNIT
+
+from .conftest import App
+
+FAST = StreamerSettings(pacer=PacerSettings(max_fps=60, idle_fps=60, cpu_budget=1.0))
+"""Tests poll at full rate so that 'N captures happened' comes quickly."""
+
+
+class CountingSource:
+    """The real source, counting grabs so a test can wait for "N more captures"."""
+
+    def __init__(self, display: str) -> None:
+        self.inner = MssSource(display)
+        self.grabs = 0
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[int, threading.Event]] = []
+
+    def monitors(self) -> list[Monitor]:
+        return self.inner.monitors()
+
+    def grab(self, index: int) -> Frame:
+        frame = self.inner.grab(index)
+        with self._lock:
+            self.grabs += 1
+            for target, event in self._waiters:
+                if self.grabs >= target:
+                    event.set()
+        return frame
+
+    async def more_grabs(self, n: int) -> None:
+        event = threading.Event()
+        with self._lock:
+            self._waiters.append((self.grabs + n, event))
+        assert await asyncio.to_thread(event.wait, 10 * UNIT), "the streamer stopped capturing"
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass
+class Viewer:
+    """Decodes what the streamer sends and paints it, like the browser viewer will."""
+
+    canvas: Image.Image | None = None
+    monitors: wire.MonitorList | None = None
+    updates: list[list[wire.FrameUpdate]] = field(default_factory=list)
+    cursor: list[wire.DeviceMessage] = field(default_factory=list)
+    _parts: list[wire.FrameUpdate] = field(default_factory=list)
+
+    def take(self, data: bytes) -> None:
+        message = wire.decode_device_message(data)
+        if isinstance(message, wire.MonitorList):
+            self.monitors = message
+        elif isinstance(message, wire.FrameUpdate):
+            if self.canvas is None or self.canvas.size != (message.width, message.height):
+                assert message.full, "the first update of a screen size must be full"
+                self.canvas = Image.new("RGB", (message.width, message.height))
+            paint(self.canvas, message.rects)
+            self._parts.append(message)
+            if message.final:
+                self.updates.append(self._parts)
+                self._parts = []
+        else:
+            self.cursor.append(message)
+
+
+def screen(display: str) -> Image.Image:
+    with contextlib.closing(MssSource(display)) as source:
+        frame = source.grab(1)
+    return region_image(frame.pixels, frame.width, Rect(0, 0, frame.width, frame.height))
+
+
+@contextlib.asynccontextmanager
+async def streaming(
+    source: CountingSource,
+    send: Callable[[bytes], object],
+    ready: Callable[[], object],
+    display: str,
+    settings: StreamerSettings = FAST,
+) -> AsyncIterator[Streamer]:
+    cursor = XCursorSource(display)
+    streamer = Streamer(source, send, ready, cursor=cursor, settings=settings)  # type: ignore[arg-type]
+    task = asyncio.create_task(streamer.run())
+    try:
+        yield streamer
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        source.close()
+        cursor.close()
+
+
+async def test_viewer_paints_exactly_the_screen_and_then_only_changes(
+    xdisplay: str, app: App
+) -> None:
+    viewer = Viewer()
+    got_update = asyncio.Event()
+
+    async def send(data: bytes) -> None:
+        viewer.take(data)
+        if viewer.updates:
+            got_update.set()
+
+    async def ready() -> None:
+        pass
+
+    source = CountingSource(xdisplay)
+    async with streaming(source, send, ready, xdisplay) as streamer:
+        await asyncio.wait_for(got_update.wait(), 10 * UNIT)
+        assert viewer.monitors is not None and viewer.monitors.current == 1
+        assert streamer.monitor is not None and streamer.monitor.index == 1
+        first = viewer.updates[0]
+        assert first[-1].full and first[-1].final
+        assert viewer.canvas is not None and viewer.canvas.tobytes() == screen(xdisplay).tobytes()
+        assert any(isinstance(m, wire.CursorPosition) for m in viewer.cursor)
+        assert any(isinstance(m, wire.CursorShape) for m in viewer.cursor)
+
+        got_update.clear()
+        viewer.updates.clear()
+        await asyncio.to_thread(app.fill, 650, 460, 30, 30, "#abcdef")  # inside tile (10, 7)
+        await asyncio.wait_for(got_update.wait(), 10 * UNIT)
+        rects = [r.rect for part in viewer.updates[0] for r in part.rects]
+        # The classifier may cut the dirty tile in pieces, but it is exactly that tile.
+        assert all(r.x >= 640 and r.right <= 704 and r.y >= 448 and r.bottom <= 512 for r in rects)
+        assert sum(r.area for r in rects) == 64 * 64
+        assert not viewer.updates[0][-1].full
+        assert viewer.canvas.tobytes() == screen(xdisplay).tobytes()
+
+        # A refresh request resends everything.
+        got_update.clear()
+        viewer.updates.clear()
+        streamer.request_refresh()
+        await asyncio.wait_for(got_update.wait(), 10 * UNIT)
+        assert viewer.updates[0][-1].full
+
+
+async def test_idle_screen_sends_nothing(xdisplay: str, app: App) -> None:
+    sent: list[bytes] = []
+    first = asyncio.Event()
+
+    async def send(data: bytes) -> None:
+        sent.append(data)
+        if isinstance(wire.decode_device_message(data), wire.FrameUpdate):
+            first.set()
+
+    async def ready() -> None:
+        pass
+
+    source = CountingSource(xdisplay)
+    async with streaming(source, send, ready, xdisplay) as streamer:
+        await asyncio.wait_for(first.wait(), 10 * UNIT)
+        await source.more_grabs(2)  # the initial update and cursor are out
+        before = len(sent)
+        await source.more_grabs(20)
+        assert len(sent) == before
+        assert streamer.stats.captures >= 20
+
+
+async def test_slow_viewer_gets_fewer_fresher_updates_never_a_queue(
+    xdisplay: str, app: App
+) -> None:
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    drained = asyncio.Event()
+    drained.set()
+    viewer = Viewer()
+    worst_backlog = 0  # distinct updates waiting in the queue when a new message is sent
+    backlog_seqs: list[int] = []
+
+    async def send(data: bytes) -> None:
+        nonlocal worst_backlog
+        message = wire.decode_device_message(data)
+        if isinstance(message, wire.FrameUpdate):
+            backlog_seqs.append(message.seq)
+            worst_backlog = max(worst_backlog, len(set(backlog_seqs)))
+        queue.put_nowait(data)
+        drained.clear()
+
+    async def ready() -> None:
+        await drained.wait()
+
+    async def slow_consumer() -> None:
+        while True:
+            data = await queue.get()
+            await asyncio.sleep(0.15 * UNIT)  # the slow link/browser, not synchronisation
+            viewer.take(data)
+            if viewer.canvas is not None and viewer.canvas.getpixel((80, 650)) == final:
+                shows_final.set()
+            message = wire.decode_device_message(data)
+            if isinstance(message, wire.FrameUpdate) and message.seq in backlog_seqs:
+                backlog_seqs.remove(message.seq)
+            if queue.empty():
+                drained.set()
+
+    colours = [f"#{i:02x}{255 - i:02x}40" for i in range(0, 256, 4)]
+    final = tuple(int(colours[-1][i : i + 2], 16) for i in (1, 3, 5))
+    shows_final = asyncio.Event()
+    fills = 0
+
+    def change_screen() -> None:
+        nonlocal fills
+        for colour in colours:
+            app.fill(64, 640, 64, 64, colour)
+            fills += 1
+
+    source = CountingSource(xdisplay)
+    consumer = asyncio.create_task(slow_consumer())
+    try:
+        async with streaming(source, send, ready, xdisplay) as streamer:
+            await asyncio.to_thread(change_screen)
+            shows_final.clear()  # only a paint after the last change counts
+            if viewer.canvas is not None and viewer.canvas.getpixel((80, 650)) == final:
+                shows_final.set()
+            await asyncio.wait_for(shows_final.wait(), 10 * UNIT)
+            assert worst_backlog <= 1
+            updates = streamer.stats.updates
+    finally:
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+    assert fills == len(colours)
+    # The screen changed 64 times; the slow viewer got far fewer, coalesced updates,
+    # and the last one it painted is the screen's final state.
+    assert updates < len(colours) / 2
+
+
+async def test_monitor_selection(xdisplay: str, app: App) -> None:
+    viewer = Viewer()
+    got_update = asyncio.Event()
+
+    async def send(data: bytes) -> None:
+        viewer.take(data)
+        if viewer.updates:
+            got_update.set()
+
+    async def ready() -> None:
+        pass
+
+    source = CountingSource(xdisplay)
+    async with streaming(source, send, ready, xdisplay) as streamer:
+        await asyncio.wait_for(got_update.wait(), 10 * UNIT)
+        assert not streamer.select_monitor(9)
+        got_update.clear()
+        viewer.updates.clear()
+        assert streamer.select_monitor(0)
+        await asyncio.wait_for(got_update.wait(), 10 * UNIT)
+        assert viewer.updates[0][0].monitor == 0 and viewer.updates[0][-1].full
+
+
+@pytest.mark.parametrize("quality", [25, 90])
+async def test_viewer_settings_fix_quality_and_cap_fps(
+    xdisplay: str, app: App, quality: int
+) -> None:
+    async def send(data: bytes) -> None:
+        pass
+
+    async def ready() -> None:
+        pass
+
+    source = CountingSource(xdisplay)
+    settings = StreamerSettings(pacer=PacerSettings(max_fps=20))
+    async with streaming(source, send, ready, xdisplay, settings) as streamer:
+        streamer.apply(wire.StreamSettings(max_fps=60, quality=quality))
+        await source.more_grabs(2)
+        assert streamer.stats.quality == quality
+        assert streamer.max_fps == 20
