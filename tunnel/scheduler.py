@@ -48,10 +48,11 @@ class Scheduler:
     Deques exist only while non-empty: an idle connection pays for none.
     """
 
-    __slots__ = ("_queues",)
+    __slots__ = ("_queues", "_ready")
 
     def __init__(self) -> None:
         self._queues: list[deque[ChannelState] | None] = [None] * len(Priority)
+        self._ready = 0  # channels queued, all classes: an empty pop() costs one test
 
     def push(self, channel: ChannelState) -> None:
         if channel.scheduled:
@@ -61,8 +62,12 @@ class Scheduler:
         if queue is None:
             queue = self._queues[channel.priority] = deque()
         queue.append(channel)
+        self._ready += 1
 
     def pop(self) -> ChannelState | None:
+        if not self._ready:
+            return None
+        self._ready -= 1
         queues = self._queues
         for priority, queue in enumerate(queues):
             if queue:
@@ -74,7 +79,8 @@ class Scheduler:
         return None
 
     def __bool__(self) -> bool:
-        return any(self._queues)
+        return self._ready > 0
 
     def clear(self) -> None:
         self._queues = [None] * len(Priority)
+        self._ready = 0

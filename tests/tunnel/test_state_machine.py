@@ -118,6 +118,9 @@ class TunnelMachine(RuleBasedStateMachine):
             assert conn._n_requested == sum(c.state is State.REQUESTED for c in channels.values())
             assert conn._n_requested <= SMALL.max_pending_opens
             assert conn._control_bytes == sum(len(f) for f, _ in conn._control or ())
+            queued = [q for q in conn._scheduler._queues if q is not None]
+            assert all(queued)  # empty classes hold no deque
+            assert conn._scheduler._ready == sum(map(len, queued))
             for channel in channels.values():
                 rx = channel.rx
                 assert rx.available + rx.held + rx.unreturned == rx.window
