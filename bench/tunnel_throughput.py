@@ -15,7 +15,8 @@ Processes (the same for ours and the baseline): relay in its own process, the SE
    ``bench/passthrough_relay.py`` (plain websockets, same TLS) forwards each message of
    the sender's WebSocket to the reader's (``await send``). ``ratio`` = ours/baseline,
    the MINIMUM over sizes (each size's ratio and the geometric mean are reported too).
-   Best of ``rounds`` runs per system and size.
+   Each round runs both back to back (ABBA order); a size's ratio is the median of its
+   rounds' ratios, its bytes/s the median runs: robust against other load on the machine.
 2. Round trip of a small message on an ``input`` bridge (INPUT priority, the highest a
    bridge may have: ``control``/``rpc`` are the relay's own) echoed by the agent, with no
    load and while a ``files`` bridge on the same tunnels is saturated with 256 KiB
@@ -32,6 +33,7 @@ import argparse
 import asyncio
 import json
 import math
+import statistics
 import struct
 import sys
 import tempfile
@@ -84,14 +86,15 @@ TARGET_CONTROL_P99_MS = 20.0
 @dataclass(frozen=True)
 class Profile:
     seconds: float  # per throughput run
-    rounds: int  # throughput runs per system and size; the best counts
-    samples: int  # round trips per latency measurement
+    rounds: int  # paired runs (ours, baseline) per size; the median ratio counts
+    samples: int  # round trips per latency measurement...
+    rtt_seconds: float  # ...unless this much time has passed (the baseline's are slow)
 
 
 PROFILES = {
-    "quick": Profile(seconds=1.5, rounds=2, samples=300),
-    "default": Profile(seconds=5.0, rounds=2, samples=600),
-    "full": Profile(seconds=10.0, rounds=3, samples=1500),
+    "quick": Profile(seconds=1.0, rounds=3, samples=300, rtt_seconds=5.0),
+    "default": Profile(seconds=3.0, rounds=5, samples=1000, rtt_seconds=20.0),
+    "full": Profile(seconds=5.0, rounds=7, samples=3000, rtt_seconds=60.0),
 }
 
 
@@ -312,10 +315,16 @@ class BaselineReader:
         await future
 
 
-async def sample_rtts(probe: Callable[[int], Awaitable[None]], samples: int) -> list[float]:
-    """``samples`` sequential round trips (ms), paced by SAMPLE_INTERVAL."""
-    rtts = []
+async def sample_rtts(
+    probe: Callable[[int], Awaitable[None]], samples: int, max_seconds: float
+) -> list[float]:
+    """Up to ``samples`` sequential round trips (ms) in ``max_seconds``, paced by
+    SAMPLE_INTERVAL."""
+    rtts: list[float] = []
+    deadline = time.perf_counter() + max_seconds
     for seq in range(samples):
+        if rtts and time.perf_counter() > deadline:
+            break
         t0 = time.perf_counter()
         await probe(seq)
         rtts.append((time.perf_counter() - t0) * 1000)
@@ -325,6 +334,7 @@ async def sample_rtts(probe: Callable[[int], Awaitable[None]], samples: int) -> 
 
 def summary(rtts: list[float]) -> dict[str, float]:
     return {
+        "samples": len(rtts),
         "p50_ms": round(percentile(rtts, 0.50), 3),
         "p99_ms": round(percentile(rtts, 0.99), 3),
         "max_ms": round(max(rtts), 3),
@@ -332,7 +342,7 @@ def summary(rtts: list[float]) -> dict[str, float]:
 
 
 async def ours_rtt(
-    client: ServiceClient, device: str, samples: int, loaded: bool
+    client: ServiceClient, device: str, profile: Profile, loaded: bool
 ) -> dict[str, Any]:
     control = await client.open_bridge(device, CONTROL_KIND, {})
 
@@ -356,7 +366,7 @@ async def ours_rtt(
         await meter.loaded.wait()
     t0 = time.perf_counter()
     counted0 = meter.total
-    rtts = await sample_rtts(probe, samples)
+    rtts = await sample_rtts(probe, profile.samples, profile.rtt_seconds)
     elapsed = time.perf_counter() - t0
     result: dict[str, Any] = summary(rtts)
     if bulk is not None and drain is not None:
@@ -368,14 +378,14 @@ async def ours_rtt(
     return result
 
 
-async def baseline_rtt(reader: BaselineReader, samples: int, loaded: bool) -> dict[str, Any]:
+async def baseline_rtt(reader: BaselineReader, profile: Profile, loaded: bool) -> dict[str, Any]:
     reader.meter = Meter(0.0)
     if loaded:
         await reader.bulk(BULK_SIZE, 3600)
         await reader.meter.loaded.wait()
     t0 = time.perf_counter()
     counted0 = reader.meter.total
-    rtts = await sample_rtts(reader.round_trip, samples)
+    rtts = await sample_rtts(reader.round_trip, profile.samples, profile.rtt_seconds)
     elapsed = time.perf_counter() - t0
     result: dict[str, Any] = summary(rtts)
     if loaded:
@@ -464,25 +474,35 @@ async def bench(profile: Profile, mode: str) -> dict[str, Any]:
 
                 sizes: dict[str, Any] = {}
                 for size in SIZES:
-                    best: dict[str, tuple[float, dict[str, float]]] = {}
+                    runs: dict[str, list[tuple[float, dict[str, float]]]] = {
+                        "ours": [],
+                        "baseline": [],
+                    }
                     for round_no in range(profile.rounds):
-                        for system, cpu in (("ours", ours_cpu), ("baseline", base_cpu)):
+                        # ABBA order: a load that drifts during the round hits both alike.
+                        order = ("ours", "baseline") if round_no % 2 == 0 else ("baseline", "ours")
+                        for system in order:
+                            cpu = ours_cpu if system == "ours" else base_cpu
                             cpu.start()
                             rate = await throughput(system, size)
                             usage = cpu.stop()
+                            runs[system].append((rate, usage))
                             progress(
                                 f"{system:8} {size:>7} B messages, round {round_no + 1}: "
                                 f"{rate / 1e6:8.1f} MB/s  cpu% {usage}"
                             )
-                            if system not in best or rate > best[system][0]:
-                                best[system] = (rate, usage)
-                    ours, baseline = best["ours"], best["baseline"]
+                    pair_ratios = [
+                        o[0] / b[0] for o, b in zip(runs["ours"], runs["baseline"], strict=True)
+                    ]
+                    ours = sorted(runs["ours"], key=lambda r: r[0])[len(runs["ours"]) // 2]
+                    base = sorted(runs["baseline"], key=lambda r: r[0])[len(runs["baseline"]) // 2]
                     sizes[str(size)] = {
                         "ours_bytes_per_s": round(ours[0]),
-                        "baseline_bytes_per_s": round(baseline[0]),
-                        "ratio": round(ours[0] / baseline[0], 3),
+                        "baseline_bytes_per_s": round(base[0]),
+                        "ratio": round(statistics.median(pair_ratios), 3),
+                        "round_ratios": [round(r, 3) for r in pair_ratios],
                         "ours_cpu_pct": ours[1],
-                        "baseline_cpu_pct": baseline[1],
+                        "baseline_cpu_pct": base[1],
                     }
                 ratios = [s["ratio"] for s in sizes.values()]
                 # The tunnel cuts every message into MAX_CHUNK frames: the baseline with
@@ -490,16 +510,16 @@ async def bench(profile: Profile, mode: str) -> dict[str, Any]:
                 chunk_rate = await reader.throughput(MAX_CHUNK, profile.seconds)
                 progress(f"baseline {MAX_CHUNK:>7} B messages: {chunk_rate / 1e6:8.1f} MB/s")
                 progress("round trips: ours idle")
-                idle = await ours_rtt(client, device.device_id, profile.samples, loaded=False)
+                idle = await ours_rtt(client, device.device_id, profile, loaded=False)
                 progress(f"  {idle}; ours under bulk load")
                 ours_cpu.start()
-                loaded = await ours_rtt(client, device.device_id, profile.samples, loaded=True)
+                loaded = await ours_rtt(client, device.device_id, profile, loaded=True)
                 loaded["cpu_pct"] = ours_cpu.stop()
                 progress(f"  {loaded}; baseline idle")
-                base_idle = await baseline_rtt(reader, profile.samples, loaded=False)
+                base_idle = await baseline_rtt(reader, profile, loaded=False)
                 progress(f"  {base_idle}; baseline behind bulk (head-of-line)")
                 base_cpu.start()
-                base_loaded = await baseline_rtt(reader, profile.samples, loaded=True)
+                base_loaded = await baseline_rtt(reader, profile, loaded=True)
                 base_loaded["cpu_pct"] = base_cpu.stop()
                 progress(f"  {base_loaded}")
             finally:
@@ -514,13 +534,13 @@ async def bench(profile: Profile, mode: str) -> dict[str, Any]:
         "rounds": profile.rounds,
         "sizes": sizes,
         "ratio": min(ratios),
-        "ratio_method": "min over message sizes (best-of-rounds bytes/s, ours/baseline)",
+        "ratio_method": "min over message sizes of the median over rounds of ours/baseline "
+        "(each round: one run of each, back to back)",
         "ratio_geomean": round(math.prod(ratios) ** (1 / len(ratios)), 3),
         "baseline_max_chunk_bytes_per_s": round(chunk_rate),
         "control_kind": CONTROL_KIND,
         "bulk_kind": BULK_KIND,
         "bulk_message_bytes": BULK_SIZE,
-        "rtt_samples": profile.samples,
         "control_p50_ms": loaded["p50_ms"],
         "control_p99_ms": loaded["p99_ms"],
         "control_under_load": loaded,
