@@ -1,4 +1,4 @@
-"""An event loop whose server-side TLS connections share one receive buffer.
+"""An event loop whose TLS connections share one receive buffer and keep less state.
 
 asyncio's `SSLProtocol` gives every TLS connection its own 256 KiB receive buffer
 (`bytearray(256 * 1024)`, zero-filled, so it is resident): 10,000 idle agents would
@@ -11,6 +11,9 @@ buffer per loop serves every connection safely. This module makes the relay's lo
 create TLS transports with such a protocol. It touches one private hook of
 `asyncio.selector_events` (`_make_ssl_transport`); if that hook ever changes shape,
 `RelayEventLoop` falls back to the stock behaviour (correct, just hungrier).
+
+It also stops each connection from keeping its decoded peer certificate: the relay
+reads it once per handshake, so it is decoded on request instead.
 """
 
 from __future__ import annotations
@@ -43,6 +46,18 @@ class SharedBufferSSLProtocol(sslproto.SSLProtocol):
 
     def get_buffer(self, n: int) -> memoryview:
         return self._ssl_buffer_view
+
+    def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
+        super()._on_handshake_complete(handshake_exc)
+        # The decoded peer certificate (~2 KiB of dicts and tuples) is read once, in
+        # process_request; build it on demand instead of keeping it per connection.
+        self._extra.pop("peercert", None)
+
+    def _get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peercert":
+            sslobj = self._extra.get("ssl_object")
+            return sslobj.getpeercert() if sslobj is not None else default
+        return super()._get_extra_info(name, default)
 
 
 class RelayEventLoop(asyncio.SelectorEventLoop):

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHeader
 from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
@@ -359,6 +360,11 @@ class Relay:
             name=link.device_id if isinstance(link, AgentLink) else f"service:{link.name}",
         )
         link.tunnel = tunnel
+        # The handshake's headers (~3 KiB) are not needed any more; 10,000 idle tunnels
+        # should not keep them. (websockets needs the request object itself.)
+        for message in (link.ws.request, link.ws.response):
+            if message is not None:
+                message.headers = Headers()
         if self._stopping:
             await tunnel.close(ErrorCode.GOING_AWAY, "relay shutting down")
             return
