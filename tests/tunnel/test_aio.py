@@ -13,7 +13,7 @@ from websockets.typing import Subprotocol
 
 from tests.conftest import UNIT
 from tests.tunnel.conftest import BlackHoleRelay, tunnel_pair
-from tunnel import SUBPROTOCOLS, ErrorCode, Settings
+from tunnel import SUBPROTOCOLS, Connection, ErrorCode, Settings
 from tunnel.aio import (
     Channel,
     ChannelRefusedError,
@@ -433,3 +433,55 @@ def test_tunnel_requires_the_tunnel_subprotocol() -> None:
 
     with pytest.raises(ValueError):
         Tunnel(FakeWebSocket(), role=Role.SERVER)  # type: ignore[arg-type]
+
+
+async def test_concurrent_senders_on_one_channel_under_backpressure() -> None:
+    accepted: asyncio.Queue[Channel] = asyncio.Queue()
+    settings = Settings(window=128 * 1024, max_message=128 * 1024, send_high_water=64 * 1024)
+
+    async def handler(request: IncomingChannel) -> None:
+        accepted.put_nowait(request.accept())
+
+    async with tunnel_pair(
+        server_on_open=handler, server_settings=settings, client_settings=settings
+    ) as pair:
+        channel = await asyncio.wait_for(pair.client.open_channel("files"), T)
+        remote = await asyncio.wait_for(accepted.get(), T)
+
+        async def sender(task: int) -> None:
+            for seq in range(20):
+                await channel.send(bytes([task, seq]) * 16 * 1024)
+
+        senders = [asyncio.create_task(sender(task)) for task in range(5)]
+        await wait_until(lambda: bool(pair.client._blocked))
+        senders[2].cancel()  # one sender gives up while waiting for room
+        received: dict[int, list[int]] = {task: [] for task in range(5)}
+        while not all(s.done() for s in senders) or remote.buffered_bytes:
+            message = await asyncio.wait_for(remote.recv(), T)
+            assert len(message) == 32 * 1024 and message == message[:2] * 16 * 1024
+            received[message[0]].append(message[1])
+        assert senders[2].cancelled()
+        for task, seqs in received.items():
+            expected = list(range(20)) if task != 2 else list(range(len(seqs)))
+            assert seqs == expected, task
+        assert len(received[2]) < 20
+
+
+async def test_a_writer_bug_closes_the_tunnel(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with tunnel_pair(server_on_open=echo) as pair:
+        channel = await asyncio.wait_for(pair.client.open_channel("control"), T)
+
+        real = Connection.next_frame
+
+        def broken(self: Connection) -> bytes | None:
+            if self is pair.client._conn:
+                raise RuntimeError("bug")
+            return real(self)
+
+        monkeypatch.setattr(Connection, "next_frame", broken)
+        await channel.send(b"x")
+        await asyncio.wait_for(pair.client.closed.wait(), T)
+        assert pair.client.error_code is ErrorCode.INTERNAL_ERROR
+        assert "writer failed" in caplog.text

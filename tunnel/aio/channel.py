@@ -44,7 +44,7 @@ class Channel:
         "_inbox",
         "_local_closed",
         "_recv_waiter",
-        "_send_waiter",
+        "_send_waiters",
         "_tunnel",
         "accept_meta",
         "id",
@@ -73,7 +73,7 @@ class Channel:
         self._inbox: deque[bytes] | None = None  # created on demand, dropped when empty
         self._buffered = 0
         self._recv_waiter: asyncio.Future[None] | None = None
-        self._send_waiter: asyncio.Future[None] | None = None
+        self._send_waiters: list[asyncio.Future[None]] | None = None
         self._closed_waiter: asyncio.Future[None] | None = None
         self._eof = False
         self._local_closed = False
@@ -100,8 +100,10 @@ class Channel:
     async def send(self, data: bytes) -> None:
         """Send one message (1 byte up to the peer's max_message).
 
-        Waits while the channel's backlog is above the high-water mark. Raises
-        ``LocalProtocolError`` after :meth:`close` or for an oversize message.
+        Waits while the channel's backlog is above the high-water mark. Several tasks
+        may send on one channel; each message is sent whole, in the order the sends
+        got past the wait. Raises ``LocalProtocolError`` after :meth:`close` or for an
+        oversize message.
         """
         tunnel = self._tunnel
         conn = tunnel._conn
@@ -111,15 +113,20 @@ class Channel:
                 raise self._error.with_traceback(None)
             if conn.channel_queued(self.id) <= high:
                 break
-            if self._send_waiter is not None:
-                raise RuntimeError("another coroutine is already waiting in send()")
-            waiter = self._send_waiter = tunnel._loop.create_future()
-            tunnel._blocked.add(self)
+            waiter = tunnel._loop.create_future()
+            if self._send_waiters is None:
+                self._send_waiters = []
+                tunnel._blocked.add(self)
+            self._send_waiters.append(waiter)
             try:
                 await waiter
             finally:
-                self._send_waiter = None
-                tunnel._blocked.discard(self)
+                waiters = self._send_waiters
+                if waiters is not None and waiter in waiters:  # cancelled while waiting
+                    waiters.remove(waiter)
+                    if not waiters:
+                        self._send_waiters = None
+                        tunnel._blocked.discard(self)
         conn.send_message(self.id, data if type(data) is bytes else bytes(data))
         tunnel._kick()
 
@@ -223,13 +230,17 @@ class Channel:
         self._inbox = None
         self._buffered = 0
         self._wake_receiver()
-        self._wake_sender()
+        self._wake_senders()
         self._finish()
 
-    def _wake_sender(self) -> None:
-        waiter = self._send_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def _wake_senders(self) -> None:
+        waiters = self._send_waiters
+        if waiters is not None:
+            self._send_waiters = None
+            self._tunnel._blocked.discard(self)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _wake_receiver(self) -> None:
         waiter = self._recv_waiter

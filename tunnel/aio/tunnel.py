@@ -18,7 +18,6 @@ from typing import Any, Final
 from websockets.asyncio.connection import Connection as WebSocket
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
-from websockets.protocol import State as WebSocketState
 
 from ..connection import Connection
 from ..errors import ErrorCode, LocalProtocolError, TunnelError
@@ -230,9 +229,8 @@ class Tunnel:
         finally:
             if not self._closing:  # cancelled, or the reader failed unexpectedly
                 self._begin_close(ErrorCode.CANCELLED, abort=True)
-            elif self._ws.state is not WebSocketState.CLOSED:
-                self._abort()  # run() is leaving: nothing may be left half-open
             self._kick()
+            # The writer finishes the closing handshake; the abort timer bounds it.
             await asyncio.gather(writer, return_exceptions=True)
             self._cancel_timers()
             tasks = [task for task in self._tasks if not task.done()]
@@ -362,6 +360,10 @@ class Tunnel:
                 if self._blocked:
                     self._release_senders()
         except ConnectionClosed:
+            return
+        except Exception:  # a bug: never leave a tunnel that silently stopped writing
+            logger.exception("[%s] ! writer failed", self.name)
+            self._begin_close(ErrorCode.INTERNAL_ERROR, abort=True)
             return
         await self._close_websocket()
 
@@ -560,8 +562,7 @@ class Tunnel:
         conn = self._conn
         for channel in list(self._blocked):
             if conn.channel_queued(channel.id) <= low:
-                self._blocked.discard(channel)
-                channel._wake_sender()
+                channel._wake_senders()
 
     def _kick(self) -> None:
         """Wake the writer if it sleeps."""
