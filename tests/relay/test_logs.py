@@ -1,0 +1,53 @@
+"""Structured logs: one JSON object per line, with the bound connection context."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from relay_server import logs
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    handler = logs.configure("DEBUG", "json", stream)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+async def test_json_lines_carry_context(captured: io.StringIO) -> None:
+    log = logging.getLogger("relay_server.test")
+
+    async def connection() -> None:
+        logs.bind(device="dev-1", peer="10.0.0.1:5000")
+        log.info("= connected")
+
+        async def child() -> None:  # tasks inherit the bound context
+            with logs.context(channel=3):
+                log.warning("! channel failed: %s", "RESET")
+
+        await asyncio.create_task(child())
+
+    await asyncio.create_task(connection())  # as the server runs each handler
+    log.info("outside", extra={"port": 8443})
+    lines = [json.loads(line) for line in captured.getvalue().splitlines()]
+    lines = [line for line in lines if line["logger"] == "relay_server.test"]
+    assert [line["message"] for line in lines] == [
+        "= connected",
+        "! channel failed: RESET",
+        "outside",
+    ]
+    assert lines[0]["device"] == "dev-1" and lines[0]["peer"] == "10.0.0.1:5000"
+    assert lines[1]["channel"] == 3 and lines[1]["device"] == "dev-1"
+    assert lines[1]["level"] == "WARNING" and lines[1]["logger"] == "relay_server.test"
+    assert "device" not in lines[2] and lines[2]["port"] == 8443
+    assert all("time" in line for line in lines)
