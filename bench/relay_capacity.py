@@ -345,6 +345,10 @@ async def bench(profile: Profile, mode: str, trace_memory: bool) -> dict[str, An
                 f"{connected}/{n} agents connected in {connect_seconds:.1f} s "
                 f"({connected / connect_seconds:.0f}/s), errors {errors}"
             )
+            if errors:
+                progress(f"relay log tail:\n{relay.log_tail()}")
+            if not connected:
+                raise RuntimeError("no agent could connect")
             await asyncio.sleep(SETTLE)  # let the presence flush run (measurement, not sync)
             rss_after = rss(relay_proc)
             breakdown = None

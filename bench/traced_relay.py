@@ -3,7 +3,9 @@
 Diagnosis only (``relay_capacity.py --trace-memory``); tracing makes every allocation
 slower and bigger, so RSS figures from such a run mean nothing. Runs exactly
 ``relay_server.cli.main()``; on SIGUSR1 it writes a snapshot to
-``$OUTLINK_BENCH_TRACE_DIR/snapshot-<n>.tracemalloc`` (``n`` counts from 1).
+``$OUTLINK_BENCH_TRACE_DIR/snapshot-<n>.tracemalloc`` (``n`` counts from 1). Tracing
+starts at the FIRST signal (tracing imports and migrations would take minutes), so the
+diff of two snapshots is what was allocated in between and is still alive.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ _count = 0
 
 def _dump(_signum: int, _frame: FrameType | None) -> None:
     global _count
+    if not tracemalloc.is_tracing():
+        tracemalloc.start(TRACE_FRAMES)
     _count += 1
     directory = Path(os.environ[TRACE_DIR_ENV])
     partial = directory / f".snapshot-{_count}.tmp"
@@ -32,7 +36,6 @@ def _dump(_signum: int, _frame: FrameType | None) -> None:
 
 
 def main() -> int:
-    tracemalloc.start(TRACE_FRAMES)
     signal.signal(signal.SIGUSR1, _dump)
     root = Path(__file__).resolve().parent.parent
     sys.path.insert(0, str(root))
