@@ -66,10 +66,5 @@ class Settings:
     def ping_timeout(self, role: Role) -> float:
         return self.client_ping_timeout if role is Role.CLIENT else self.server_ping_timeout
 
-    def scaled(self, factor: float) -> Settings:
-        """A copy with every duration multiplied by ``factor`` (tests shrink time)."""
-        changes = {name: getattr(self, name) * factor for name in _DURATIONS}
-        return dataclasses.replace(self, **changes)
-
 
 _DURATIONS = tuple(f.name for f in dataclasses.fields(Settings) if f.type == "float")
