@@ -39,6 +39,7 @@ from tunnel import ErrorCode
 from tunnel.aio import Channel, ChannelError, IncomingChannel
 
 if TYPE_CHECKING:
+    from relay_server.audit import AuditLog
     from relay_server.metrics import RelayStats
     from relay_server.presence import PresenceWriter
 
@@ -65,6 +66,7 @@ class ControlContext:
     engine: Engine
     presence: PresenceWriter
     stats: RelayStats
+    audit: AuditLog
     ca: CertificateAuthority | None  # None: this relay does not sign renewals
     # Agent-opened channel kinds other than control, by kind; features add theirs at startup.
     channels: dict[str, AgentChannelHandler] = field(default_factory=dict)
@@ -172,17 +174,30 @@ class AgentLink(Link):
         except Refused as refusal:
             stats.control[("renew", refusal.code)] += 1
             log.info("! renewal refused: %s", refusal.code)
+            self._audit_renewal("failure", error=refusal.code)
             return encode_error(msg.id, refusal.code, refusal.message)
         except Exception:
             stats.control[("renew", ERR_INTERNAL)] += 1
             log.exception("! renewal failed")
             return encode_error(msg.id, ERR_INTERNAL, "renewal failed; try later")
         stats.control[("renew", "ok")] += 1
+        self._audit_renewal("success")
         return encode_reply(
             msg.id,
             device_id=self.device_id,
             certificate=cert.decode("ascii"),
             ca_certificate=ca.cert_pem.decode("ascii"),
+        )
+
+    def _audit_renewal(self, outcome: str, **details: str) -> None:
+        self._context.audit.record(
+            "relay.certificate_renewal",
+            "certificate renewal over the tunnel",
+            outcome=outcome,
+            device_id=self.device_id,
+            source=self.peer,
+            serial=self.serial,
+            **details,
         )
 
     def _sign(self, engine: Engine, ca: CertificateAuthority, csr_pem: bytes) -> bytes:

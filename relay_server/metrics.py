@@ -264,6 +264,16 @@ class RelayCollector(Collector):
             "Presence changes waiting for the next batched database write.",
             relay.presence.pending(),
         )
+        yield GaugeMetricFamily(
+            "outlink_relay_audit_pending",
+            "Relay security events waiting to be written to the audit trail.",
+            relay.audit.pending(),
+        )
+        yield CounterMetricFamily(
+            "outlink_relay_audit_dropped",
+            "Relay security events dropped because the audit backlog was full.",
+            relay.audit.dropped,
+        )
         yield CounterMetricFamily(
             "outlink_relay_presence_flushes",
             "Batched presence writes to the database.",

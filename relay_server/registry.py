@@ -18,6 +18,7 @@ from relay_server.tasks import TaskSet
 from tunnel import ErrorCode
 
 if TYPE_CHECKING:
+    from relay_server.audit import AuditLog
     from relay_server.metrics import RelayStats
     from relay_server.presence import PresenceWriter
     from relay_server.revocation import RevocationCache
@@ -28,10 +29,13 @@ log = logging.getLogger(__name__)
 class Registry:
     """Connected agents (one per device id) and service links."""
 
-    def __init__(self, presence: PresenceWriter, stats: RelayStats, tasks: TaskSet) -> None:
+    def __init__(
+        self, presence: PresenceWriter, stats: RelayStats, tasks: TaskSet, audit: AuditLog
+    ) -> None:
         self._presence = presence
         self._stats = stats
         self._tasks = tasks
+        self._audit = audit
         self.agents: dict[str, AgentLink] = {}
         self.services: set[Link] = set()
 
@@ -43,6 +47,13 @@ class Registry:
         if old is not None:
             self._stats.replaced += 1
             log.info("= replacing connection from %s (new one from %s)", old.peer, link.peer)
+            self._audit.record(
+                "relay.tunnel_replaced",
+                "device connected again; older tunnel closed",
+                device_id=link.device_id,
+                source=link.peer,
+                old_peer=old.peer,
+            )
             self._close(old, ErrorCode.REPLACED, "replaced by a newer connection")
 
     def remove_agent(self, link: AgentLink) -> None:
@@ -61,6 +72,13 @@ class Registry:
             self._stats.revoked_closed += 1
             with logs.context(peer=link.peer, serial=link.serial):
                 log.warning("= closing tunnel: certificate or device revoked")
+            self._audit.record(
+                "relay.tunnel_revoked",
+                "tunnel closed: certificate or device revoked",
+                device_id=getattr(link.identity, "device_id", None),
+                source=link.peer,
+                serial=link.serial,
+            )
             self._close(link, ErrorCode.REVOKED, "certificate revoked")
         return len(doomed)
 

@@ -42,6 +42,7 @@ from pki.tls import server_context
 from pki.wire import ENROLL_SUBPROTOCOL
 from relay_server import logs
 from relay_server.agent_link import AgentLink, ControlContext
+from relay_server.audit import AuditLog
 from relay_server.config import RelayConfig
 from relay_server.enrollment import EnrollmentService, serve_enrollment
 from relay_server.limits import SourceLimiter
@@ -152,11 +153,14 @@ class Relay:
             last_seen_interval=config.presence.last_seen_interval,
             heartbeat_interval=config.presence.heartbeat_interval,
         )
-        self.registry = Registry(self.presence, self.stats, self.tasks)
+        self.audit = AuditLog(self.engine, config.relay_id)
+        self.registry = Registry(self.presence, self.stats, self.tasks, self.audit)
         self.revocation = RevocationCache(
             self.engine, config.revocation.refresh_interval, self.registry.enforce_revocations
         )
-        self.control = ControlContext(config.relay_id, self.engine, self.presence, self.stats, ca)
+        self.control = ControlContext(
+            config.relay_id, self.engine, self.presence, self.stats, self.audit, ca
+        )
         self.enrollment = EnrollmentService(self.engine, ca) if ca is not None else None
         self.metrics_registry = make_registry(self)
         self._connection_class = type("RelayConnection", (RelayConnection,), {"relay": self})
@@ -172,6 +176,7 @@ class Relay:
         config = self.config
         await self.presence.start()
         await self.revocation.start()
+        await self.audit.start()
         self._server = await serve(
             self._handle,
             config.listen.host,
@@ -241,6 +246,7 @@ class Relay:
         await self.tasks.cancel_all()
         await self.revocation.stop()
         await self.presence.stop()
+        await self.audit.stop()
         if self._ops is not None:
             await self._ops.stop()
         if self._owns_engine:

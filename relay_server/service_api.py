@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from pki.identity import ServiceIdentity
@@ -35,6 +36,7 @@ from relay_server.metrics import kind_label
 from relay_server.splice import splice
 from tunnel import ErrorCode
 from tunnel.aio import (
+    Channel,
     ChannelError,
     ChannelRefusedError,
     ChannelResetError,
@@ -146,6 +148,14 @@ class ServiceLink(Link):
             if agent is None:
                 return {"disconnected": False}
             log.info("= %s disconnects device %s", self.name, req.device)
+            relay.audit.record(
+                "relay.device_disconnected",
+                f"tunnel closed at the request of {self.name}",
+                device_id=req.device,
+                source=self.peer,
+                requested_by=self.name,
+                retry_after_ms=req.retry_after_ms,
+            )
             relay.tasks.spawn(
                 agent.retire(req.retry_after_ms, "disconnected", relay.config.shutdown.grace),
                 name=f"disconnect {req.device}",
@@ -157,7 +167,32 @@ class ServiceLink(Link):
             revoked = req.device is not None and req.device in relay.revocation.devices
             log.info("= %s asked for a revocation reload (device %s)", self.name, req.device)
             return {"revoked": revoked, "closed": had and revoked}
-        agent = agents.get(req.device)
+        return await self._instruct(req)
+
+    async def _instruct(self, req: rpc.Instruct) -> dict[str, Any]:
+        action = str(req.instruction.get("action"))[:64]
+        try:
+            result = await self._deliver(req)
+        except MessageError as exc:
+            self._audit_instruct(req, action, "failure", error=exc.code)
+            raise
+        self._audit_instruct(req, action, "success")
+        return result
+
+    def _audit_instruct(self, req: rpc.Instruct, action: str, outcome: str, **details: str) -> None:
+        self._relay.audit.record(
+            "relay.instruct",
+            f"instruction {action!r} from {self.name}",
+            outcome=outcome,
+            device_id=req.device,
+            source=self.peer,
+            action=action,
+            requested_by=self.name,
+            **details,
+        )
+
+    async def _deliver(self, req: rpc.Instruct) -> dict[str, Any]:
+        agent = self._relay.registry.agents.get(req.device)
         if agent is None:
             raise MessageError(rpc.ERR_OFFLINE, "device not connected to this relay", req.id)
         try:
@@ -181,63 +216,93 @@ class ServiceLink(Link):
     # -- bridge -------------------------------------------------------------------------
 
     async def _bridge(self, request: IncomingChannel) -> None:
-        relay = self._relay
-        stats = relay.stats
         try:
             bridge = rpc.parse_bridge(request.meta)
         except MessageError as exc:
-            stats.bridges[("invalid", "bad_request")] += 1
+            self._relay.stats.bridges[("invalid", "bad_request")] += 1
             request.refuse(ErrorCode.BAD_REQUEST, exc.message)
             return
-        kind = kind_label(bridge.kind)
         with logs.context(device=bridge.device, kind=bridge.kind):
-            agent = relay.registry.agents.get(bridge.device)
-            if agent is None or agent.tunnel is None:
-                stats.bridges[(kind, "offline")] += 1
-                log.info("! bridge for %s: device not connected", self.name)
-                request.refuse(ErrorCode.UNAVAILABLE, "device not connected to this relay")
-                return
-            agent_channel = await self._open_on_agent(agent, bridge, request, kind)
+            agent_channel = await self._open_on_agent(bridge, request)
             if agent_channel is None:
                 return
             try:
                 service_channel = request.accept(agent_channel.accept_meta)
             except ChannelError:  # the service gave up (or timed out) meanwhile
-                stats.bridges[(kind, "cancelled")] += 1
+                self._bridge_refused(bridge, "cancelled", "requester went away")
                 agent_channel.reset(ErrorCode.CANCELLED, "requester went away")
                 return
-            stats.bridges[(kind, "ok")] += 1
-            stats.bridges_active += 1
-            log.info("= bridge open for %s", self.name)
-            try:
-                await splice(service_channel, agent_channel)
-            finally:
-                stats.bridges_active -= 1
-                log.info("= bridge closed")
+            await self._run_bridge(bridge, service_channel, agent_channel)
 
-    async def _open_on_agent(
-        self, agent: AgentLink, bridge: rpc.Bridge, request: IncomingChannel, kind: str
-    ) -> Any:
+    async def _open_on_agent(self, bridge: rpc.Bridge, request: IncomingChannel) -> Any:
         """Open the agent side, or refuse the service's request and return None."""
-        stats = self._relay.stats
-        assert agent.tunnel is not None
-        meta = {**bridge.meta, "requested_by": self.name}
-        # Answer the service before its own accept timeout refuses on our behalf.
-        deadline = self._relay.tunnel_settings.accept_timeout * 0.9
-        try:
-            async with asyncio.timeout(deadline):
-                return await agent.tunnel.open_channel(bridge.kind, meta)
-        except TimeoutError:
-            stats.bridges[(kind, "timeout")] += 1
-            request.refuse(ErrorCode.TIMEOUT, "device did not answer in time")
-        except ChannelRefusedError as exc:
-            stats.bridges[(kind, exc.code.name.lower())] += 1
-            log.info("! bridge refused by device: %s", exc.code.name)
-            request.refuse(exc.code, exc.reason)
-        except (TunnelClosedError, ChannelResetError):
-            stats.bridges[(kind, "offline")] += 1
-            request.refuse(ErrorCode.UNAVAILABLE, "device disconnected")
+        agent = self._relay.registry.agents.get(bridge.device)
+        code, reason = ErrorCode.UNAVAILABLE, "device not connected to this relay"
+        if agent is not None and agent.tunnel is not None:
+            meta = {**bridge.meta, "requested_by": self.name}
+            # Answer the service before its own accept timeout refuses on our behalf.
+            deadline = self._relay.tunnel_settings.accept_timeout * 0.9
+            try:
+                async with asyncio.timeout(deadline):
+                    return await agent.tunnel.open_channel(bridge.kind, meta)
+            except TimeoutError:
+                code, reason = ErrorCode.TIMEOUT, "device did not answer in time"
+            except ChannelRefusedError as exc:
+                code, reason = exc.code, exc.reason
+            except (TunnelClosedError, ChannelResetError):
+                reason = "device disconnected"
+        outcome = "offline" if code is ErrorCode.UNAVAILABLE else code.name.lower()
+        self._bridge_refused(bridge, outcome, reason)
+        request.refuse(code, reason)
         return None
+
+    async def _run_bridge(self, bridge: rpc.Bridge, service: Channel, agent: Channel) -> None:
+        stats = self._relay.stats
+        stats.bridges[(kind_label(bridge.kind), "ok")] += 1
+        stats.bridges_active += 1
+        log.info("= bridge open for %s", self.name)
+        self._audit_bridge(bridge, "relay.bridge_opened", "success", f"{bridge.kind} bridge opened")
+        started = time.monotonic()
+        to_device = from_device = 0
+        try:
+            to_device, from_device = await splice(service, agent)
+        finally:
+            stats.bridges_active -= 1
+            log.info("= bridge closed")
+            self._audit_bridge(
+                bridge,
+                "relay.bridge_closed",
+                "success",
+                f"{bridge.kind} bridge closed",
+                seconds=round(time.monotonic() - started, 3),
+                bytes_to_device=to_device,
+                bytes_from_device=from_device,
+            )
+
+    def _bridge_refused(self, bridge: rpc.Bridge, outcome: str, reason: str) -> None:
+        self._relay.stats.bridges[(kind_label(bridge.kind), outcome)] += 1
+        log.info("! bridge for %s refused: %s", self.name, outcome)
+        self._audit_bridge(
+            bridge,
+            "relay.bridge_refused",
+            "failure",
+            f"{bridge.kind} bridge refused: {outcome}",
+            reason=reason,
+        )
+
+    def _audit_bridge(
+        self, bridge: rpc.Bridge, kind: str, outcome: str, summary: str, **details: Any
+    ) -> None:
+        self._relay.audit.record(
+            kind,
+            f"{summary} for {self.name}",
+            outcome=outcome,
+            device_id=bridge.device,
+            source=self.peer,
+            channel_kind=bridge.kind,
+            requested_by=self.name,
+            **details,
+        )
 
 
 def _presence_entry(link: AgentLink) -> dict[str, Any]:

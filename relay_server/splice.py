@@ -20,18 +20,20 @@ from tunnel.aio import Channel, ChannelError, ChannelResetError, TunnelClosedErr
 log = logging.getLogger(__name__)
 
 
-async def splice(a: Channel, b: Channel) -> None:
-    """Pump `a` -> `b` and `b` -> `a` until both directions ended. Never raises
-    ChannelError; cancelling it resets both channels."""
+async def splice(a: Channel, b: Channel) -> tuple[int, int]:
+    """Pump `a` -> `b` and `b` -> `a` until both directions ended; return the bytes
+    passed each way. Never raises ChannelError; cancelling it resets both channels."""
     try:
-        await asyncio.gather(_pump(a, b), _pump(b, a))
+        a_to_b, b_to_a = await asyncio.gather(_pump(a, b), _pump(b, a))
+        return a_to_b, b_to_a
     except asyncio.CancelledError:
         a.reset(ErrorCode.CANCELLED, "relay stopped the bridge")
         b.reset(ErrorCode.CANCELLED, "relay stopped the bridge")
         raise
 
 
-async def _pump(src: Channel, dst: Channel) -> None:
+async def _pump(src: Channel, dst: Channel) -> int:
+    passed = 0
     try:
         while True:
             try:
@@ -39,13 +41,15 @@ async def _pump(src: Channel, dst: Channel) -> None:
             except EOFError:
                 await dst.close()
                 log.debug("= %r -> %r: EOF passed on", src, dst)
-                return
+                return passed
             await dst.send(data)
+            passed += len(data)
     except ChannelError as exc:
         code, reason = _propagated(exc)
         log.debug("! %r <-> %r: %s, resetting both", src, dst, exc)
         dst.reset(code, reason)
         src.reset(code, reason)
+    return passed
 
 
 def _propagated(exc: ChannelError) -> tuple[ErrorCode, str]:
