@@ -23,6 +23,7 @@ class TunnelPair:
     client: Tunnel
     server: Tunnel
     port: int
+    accepted: asyncio.Queue[Tunnel]  # server tunnels of any further connections
     runners: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -76,7 +77,7 @@ async def tunnel_pair(
             )
             runner = asyncio.create_task(client.run())
             server_tunnel = await asyncio.wait_for(accepted.get(), 5 * UNIT)
-            pair = TunnelPair(client, server_tunnel, port, [runner])
+            pair = TunnelPair(client, server_tunnel, port, accepted, [runner])
             try:
                 yield pair
             finally:

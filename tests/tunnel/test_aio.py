@@ -24,6 +24,7 @@ from tunnel.aio import (
     websocket_options,
 )
 from tunnel.frames import DataFrame, PingFrame
+from tunnel.limits import MAX_CHUNK
 
 T = 5 * UNIT  # generous bound for anything that should take milliseconds
 
@@ -421,7 +422,24 @@ async def test_protocol_error_closes_with_1002(
             assert raw.close_code == 1002
         finally:
             await raw.close()
+        server_side = await asyncio.wait_for(pair.accepted.get(), T)
+        await asyncio.wait_for(server_side.closed.wait(), T)
+        assert server_side.error_code is ErrorCode.PROTOCOL_ERROR
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_oversize_websocket_message_is_frame_too_large() -> None:
+    async with tunnel_pair() as pair:
+        raw = await _raw_client(pair.port)
+        try:
+            await raw.send(DataFrame(1, b"x", False).encode() + bytes(MAX_CHUNK))
+            await asyncio.wait_for(raw.wait_closed(), T)
+            assert raw.close_code == 1009
+        finally:
+            await raw.close()
+        server_side = await asyncio.wait_for(pair.accepted.get(), T)
+        await asyncio.wait_for(server_side.closed.wait(), T)
+        assert server_side.error_code is ErrorCode.FRAME_TOO_LARGE
 
 
 def test_tunnel_requires_the_tunnel_subprotocol() -> None:

@@ -96,6 +96,8 @@ def _code_for_close(close_code: int | None) -> ErrorCode:
         return ErrorCode.FORBIDDEN
     if close_code == CloseCode.INTERNAL_ERROR:
         return ErrorCode.INTERNAL_ERROR
+    if close_code == CloseCode.MESSAGE_TOO_BIG:  # websockets enforces max_size for us
+        return ErrorCode.FRAME_TOO_LARGE
     return ErrorCode.UNAVAILABLE  # lost without a close frame (1006) or anything else
 
 
@@ -335,9 +337,13 @@ class Tunnel:
             if conn.wants_write:
                 self._kick()
         if not self._closing:
-            self.close_code = ws.close_code
-            self.close_reason = ws.close_reason or ""
-            code = self.goaway.code if self.goaway is not None else _code_for_close(ws.close_code)
+            # The peer's close frame, else the one websockets sent when it failed the
+            # connection itself (e.g. 1009 above max_size), else none: 1006.
+            protocol = ws.protocol
+            close = protocol.close_rcvd or protocol.close_sent
+            self.close_code = close.code if close is not None else CloseCode.ABNORMAL_CLOSURE
+            self.close_reason = close.reason if close is not None else ""
+            code = self.goaway.code if self.goaway is not None else _code_for_close(self.close_code)
             self._begin_close(code, local=False)
 
     async def _write_loop(self) -> None:
