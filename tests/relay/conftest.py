@@ -60,7 +60,7 @@ def relay_db(tmp_path: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
-def test_config(pki: FleetPKI, db_url: str, **sections: Any) -> RelayConfig:
+def relay_config(pki: FleetPKI, db_url: str, **sections: Any) -> RelayConfig:
     """A relay config for tests: ephemeral ports, fast timers (in UNITs), roomy limits."""
     base = RelayConfig(
         relay_id="relay-test",
@@ -82,9 +82,6 @@ def test_config(pki: FleetPKI, db_url: str, **sections: Any) -> RelayConfig:
         shutdown=ShutdownConfig(retry_after_min_ms=100, retry_after_max_ms=900, grace=0.5 * UNIT),
     )
     return dataclasses.replace(base, **sections)
-
-
-test_config.__test__ = False  # type: ignore[attr-defined]  # not a test
 
 
 def register_device(
@@ -197,7 +194,7 @@ async def running_relay(
     **sections: Any,
 ) -> AsyncIterator[Fleet]:
     """A started relay (stopped gracefully on exit); `signs=False`: it holds no CA key."""
-    config = config or test_config(pki, str(engine.url), **sections)
+    config = config or relay_config(pki, str(engine.url), **sections)
     relay = Relay(config, engine=engine, ca=pki.ca if signs else None)
     await relay.start()
     fleet = Fleet(pki, engine, relay)

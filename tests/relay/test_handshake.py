@@ -7,12 +7,20 @@ import ssl
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import Engine
 from websockets.exceptions import InvalidMessage, InvalidStatus
 
+from pki.fleet import ensure_site
+from pki.keys import generate_key
+from pki.renewal import build_csr
 from pki.revocation import revoke_device
+from pki.tokens import create_token
+from pki.wire import ENROLL_SUBPROTOCOL, decode_response, encode_request
+from relay_server.config import ListenConfig
 from store.db import session_scope
 from tests.conftest import UNIT
-from tests.relay.conftest import Fleet, device_id_of
+from tests.pki_fixtures import FleetPKI
+from tests.relay.conftest import Fleet, device_id_of, running_relay
 from tunnel import ErrorCode
 
 
@@ -96,3 +104,44 @@ async def test_same_device_twice_replaces_the_first(fleet: Fleet) -> None:
     link = fleet.relay.registry.agents[device_id_of(cert)]
     assert link.tunnel is not None and not link.tunnel.closing
     assert fleet.relay.stats.replaced == 1
+
+
+async def test_enroll_is_mounted_without_a_client_certificate(fleet: Fleet) -> None:
+    with session_scope(fleet.engine) as session:
+        token = create_token(session, ensure_site(session, "acme", "lab"))
+    ws = await fleet.ws("/enroll", None, subprotocols=[ENROLL_SUBPROTOCOL])
+    await ws.send(encode_request(build_csr(generate_key()), token=token.secret))
+    issued = decode_response(await ws.recv())
+    assert issued.certificate_pem.startswith(b"-----BEGIN CERTIFICATE-----")
+    assert fleet.relay.stats.handshakes[("enroll", "ok")] == 1
+
+
+async def test_enroll_refused_on_a_relay_without_the_ca_key(
+    fleet_pki: FleetPKI, relay_db: Engine
+) -> None:
+    async with running_relay(fleet_pki, relay_db, signs=False) as fleet:
+        await expect_status(fleet, "/enroll", None, 503, subprotocols=["outlink.enroll.v1"])
+
+
+async def test_silent_clients_are_dropped_after_the_handshake_timeout(
+    fleet_pki: FleetPKI, relay_db: Engine
+) -> None:
+    """A TCP client that never starts TLS, and a TLS client that never sends its HTTP
+    request, are both disconnected once `handshake_timeout` has passed."""
+    timeout = 0.5 * UNIT
+    listen = ListenConfig(port=0, handshake_timeout=timeout)
+    async with running_relay(fleet_pki, relay_db, listen=listen) as fleet:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reader, writer = await asyncio.open_connection("127.0.0.1", fleet.relay.port)
+        tls_reader, tls_writer = await asyncio.open_connection(
+            "127.0.0.1", fleet.relay.port, ssl=fleet.context(fleet.device())
+        )
+        try:
+            async with asyncio.timeout(timeout + 5 * UNIT):
+                assert await reader.read() == b""
+                assert await tls_reader.read() == b""
+        finally:
+            writer.close()
+            tls_writer.close()
+        assert loop.time() - started >= timeout
