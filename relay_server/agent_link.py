@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Engine
+from websockets.asyncio.server import ServerConnection
 
 from pki.ca import CertificateAuthority
 from pki.identity import DeviceIdentity
@@ -88,8 +89,10 @@ class AgentLink(Link):
 
     identity: DeviceIdentity
 
-    def __init__(self, identity: DeviceIdentity, peer: str, ws: object, context: ControlContext):
-        super().__init__(identity, peer, ws)  # type: ignore[arg-type]
+    def __init__(
+        self, identity: DeviceIdentity, peer: str, ws: ServerConnection, context: ControlContext
+    ) -> None:
+        super().__init__(identity, peer, ws)
         self._context = context
         self.connected_at = time.time()
         self.agent_version: str | None = None

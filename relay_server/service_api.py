@@ -20,6 +20,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from websockets.asyncio.server import ServerConnection
+
 from pki.identity import ServiceIdentity
 from relay_server import logs, rpc
 from relay_server.agent_link import AgentLink, AgentUnavailable
@@ -61,7 +63,9 @@ class ServiceLink(Link):
 
     identity: ServiceIdentity
 
-    def __init__(self, identity: ServiceIdentity, peer: str, ws: Any, relay: Relay) -> None:
+    def __init__(
+        self, identity: ServiceIdentity, peer: str, ws: ServerConnection, relay: Relay
+    ) -> None:
         super().__init__(identity, peer, ws)
         self._relay = relay
 
