@@ -265,11 +265,12 @@ class Connection:
         channel = ChannelState(
             channel_id,
             kind,
-            State.OPENING,
+            State.IDLE,
             self.stats.for_kind(kind),
             window=window,
             max_message=max_message,
         )
+        self._move(channel, Input.SEND_OPEN)
         channel.priority = priority_for_kind(kind) if priority is None else priority
         self._channels[channel_id] = channel
         self._opening.push(now + self.settings.open_timeout, channel)
@@ -690,11 +691,14 @@ class Connection:
         channel = ChannelState(
             channel_id,
             kind,
-            State.REQUESTED,
+            State.IDLE,
             stats,
             window=settings.window,
             max_message=settings.max_message,
         )
+        requested = NEXT[State.IDLE][Input.RECV_OPEN]
+        assert requested is State.REQUESTED
+        channel.state = requested
         channel.tx = SendCredit(frame.window)
         channel.peer_max_message = frame.max_message
         self._channels[channel_id] = channel
