@@ -17,16 +17,15 @@ in ``docs/desktop-encoding.md``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
-from .geometry import Rect
+from .geometry import BYTES_PER_PIXEL, Rect
+from .scroll import Copy, apply_copy, find_vertical_scroll
 
 TILE: Final = 64
 """Tile side in pixels. Small enough that a blinking caret or a typed character
 costs one 16 KiB tile, large enough that a full-screen change is ~500 tiles (the
 per-tile Python work stays a few milliseconds) and that merged rectangles stay few."""
-
-BYTES_PER_PIXEL: Final = 4
 
 
 def _grid(width: int, height: int, tile: int) -> tuple[int, int]:
@@ -152,17 +151,34 @@ def diff(
     return merge_tiles(changed_tiles(prev, cur, width, height, tile), width, height, tile)
 
 
+class Damage(NamedTuple):
+    """What changed: an optional ``copy`` (scrolled content the viewer moves itself),
+    then ``rects`` to encode, relative to the picture after the copy."""
+
+    copy: Copy | None
+    rects: list[Rect]
+
+
+def bounding_box(rects: Sequence[Rect]) -> Rect:
+    x0, y0 = min(r.x for r in rects), min(r.y for r in rects)
+    x1, y1 = max(r.right for r in rects), max(r.bottom for r in rects)
+    return Rect(x0, y0, x1 - x0, y1 - y0)
+
+
 class DamageTracker:
     """Remembers the last frame it was given and reports what changed since.
 
     The caller gives it only frames it is about to send, so changes that happened
     while the channel was busy are compared against what the viewer last got: they
     coalesce into one update instead of a queue of stale ones. The first frame, a
-    size change or :meth:`reset` yields the whole screen.
+    size change or :meth:`reset` yields the whole screen. With ``scroll`` (the
+    default), content that moved vertically inside the changed area is reported as a
+    :class:`~desktop.scroll.Copy` and only the rest as rectangles.
     """
 
-    def __init__(self, tile: int = TILE) -> None:
+    def __init__(self, tile: int = TILE, *, scroll: bool = True) -> None:
         self._tile = tile
+        self._scroll = scroll
         self._prev: bytes | bytearray | None = None
         self._size = (0, 0)
 
@@ -170,8 +186,8 @@ class DamageTracker:
         """Forget the reference: the next update is a full frame (viewer asked to refresh)."""
         self._prev = None
 
-    def update(self, pixels: bytes | bytearray, width: int, height: int) -> list[Rect]:
-        """Rectangles of ``pixels`` that differ from the previous update's.
+    def update(self, pixels: bytes | bytearray, width: int, height: int) -> Damage:
+        """What differs in ``pixels`` from the previous update's frame.
 
         Keeps a reference to ``pixels``: the caller must not modify the buffer
         afterwards (``mss`` hands out a fresh buffer per grab).
@@ -180,5 +196,12 @@ class DamageTracker:
         if prev is None or self._size != (width, height):
             self._size = (width, height)
             _grid(width, height, self._tile)
-            return [Rect(0, 0, width, height)]
-        return diff(prev, pixels, width, height, self._tile)
+            return Damage(None, [Rect(0, 0, width, height)])
+        rects = diff(prev, pixels, width, height, self._tile)
+        if not (self._scroll and rects):
+            return Damage(None, rects)
+        copy = find_vertical_scroll(prev, pixels, width, bounding_box(rects))
+        if copy is None:
+            return Damage(None, rects)
+        moved = apply_copy(prev, width, copy)
+        return Damage(copy, diff(moved, pixels, width, height, self._tile))

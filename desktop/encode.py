@@ -1,19 +1,21 @@
 """Encode changed screen regions into images a browser decodes natively.
 
 Pure (pixels in, bytes out; Pillow only). Each changed rectangle is looked at tile by
-tile (the damage grid) and every tile is put in one of three classes:
+tile (the damage grid): a tile is **photographic** when it has many distinct colours
+and none dominates, else **text/UI**. Tiles of one class are merged into rectangles
+again, and each rectangle is sent as:
 
-* **flat** -- one colour: sent as ``FILL`` (3 bytes). Window backgrounds, cleared areas.
-* **text/UI** -- few distinct colours: lossless WebP. Text must stay sharp, and UI
-  content compresses very well losslessly (WebP's palette and LZ77 transforms).
-* **photographic** -- many distinct colours: JPEG at the current quality. Lossless on
-  a photo costs 20-50x the bytes; JPEG is 5-10x cheaper in CPU than lossy WebP.
+* ``FILL`` (3 bytes) if it is one colour (a cleared window, a background);
+* lossless WebP if it is text/UI: text must stay sharp, and UI content compresses very
+  well losslessly (WebP's palette and LZ77 transforms: half the bytes of PNG, faster);
+* JPEG at the current quality if it is photographic: lossless would cost 20x the bytes,
+  and JPEG (libjpeg-turbo) is 5-10x cheaper in CPU than lossy WebP.
 
-Tiles of one class are merged into rectangles again, so a photo inside a window costs
-one JPEG and the text around it one WebP. The class test is the number of distinct
-colours among a 16x16 sample of the 64x64 tile (``getcolors`` stops counting at the
-threshold, so photos are rejected early). The measurements behind these choices are in
-``docs/desktop-encoding.md``.
+Flat areas stay inside the lossless image they belong to rather than being cut out as
+fills: separate images lose WebP's shared palette and context, which measured 1.7x
+the bytes on an editor screen. The class test looks at a 16x16 sample of each 64x64
+tile (``getcolors`` stops counting at the threshold, so photos are rejected early).
+The measurements behind every choice are in ``docs/desktop-encoding.md``.
 
 :class:`QualityController` turns "bytes this frame vs. what the link can carry at the
 frame rate we want" into a JPEG quality; lossless regions cannot shrink, so a slow link
@@ -29,8 +31,8 @@ from typing import Final, cast
 
 from PIL import Image
 
-from . import damage
-from .geometry import Rect
+from . import damage, wire
+from .geometry import BYTES_PER_PIXEL, Rect
 from .wire import Codec, EncodedRect
 
 SAMPLE_STEP: Final = 4
@@ -45,9 +47,18 @@ TEXT_BACKGROUND: Final = 0.25
 text/UI. Text and widgets sit on a background (measured >= 45 % of the samples); a
 smooth photo region can have few colours but none dominates (measured <= 10 %)."""
 
-MAX_ENCODE_PIXELS: Final = 512 * 1024
-"""Largest image handed to a codec. Worst case (noise, lossless) is ~3 bytes/pixel,
-1.5 MiB, which keeps every payload well inside ``wire.MAX_MESSAGE``."""
+MAX_ENCODE_PIXELS: Final = 1024 * 1024
+"""Largest image handed to a codec: a 1280x800 screen in one piece (each cut costs
+lossless WebP ~20 % in bytes: the halves do not share a palette or context)."""
+
+JPEG_MAX_PIXELS: Final = 512 * 1024
+"""Largest JPEG piece. Pillow's JPEG encoder holds the GIL for a whole image (lossless
+WebP releases it), so one 1920x1080 JPEG stalls the agent's event loop by ~17 ms at
+p99; in bands of this size ~9 ms, for ~5 % more bytes (measured, docs)."""
+
+MAX_PAYLOAD: Final = wire.MAX_MESSAGE // 2
+"""An encoded piece larger than this (noise encoded losslessly can reach 3 bytes per
+pixel) is encoded again as two halves, so every payload fits a FRAME message."""
 
 MAX_ENCODE_SIDE: Final = 4096
 """Widest image handed to a codec (WebP's hard limit is 16383)."""
@@ -66,7 +77,6 @@ for the same time as lower efforts (see docs/desktop-encoding.md)."""
 
 
 class Content(Enum):
-    FLAT = "flat"
     TEXT = "text"
     PHOTO = "photo"
 
@@ -74,17 +84,17 @@ class Content(Enum):
 def region_image(pixels: bytes | bytearray, width: int, rect: Rect) -> Image.Image:
     """An RGB image of ``rect`` from a BGRX frame ``width`` pixels wide, converted in
     one pass over just that rectangle (no full-frame copy)."""
-    offset = (rect.y * width + rect.x) * damage.BYTES_PER_PIXEL
+    offset = (rect.y * width + rect.x) * BYTES_PER_PIXEL
     view = cast(bytes, memoryview(pixels)[offset:])  # Pillow reads any buffer
     return Image.frombuffer(
-        "RGB", (rect.w, rect.h), view, "raw", "BGRX", width * damage.BYTES_PER_PIXEL, 1
+        "RGB", (rect.w, rect.h), view, "raw", "BGRX", width * BYTES_PER_PIXEL, 1
     )
 
 
 def classify_tiles(
     region: Image.Image, tile: int = damage.TILE
-) -> Iterator[tuple[int, int, Content, tuple[int, int, int] | None]]:
-    """``(col, row, class, fill colour)`` for each tile of ``region``, row-major."""
+) -> Iterator[tuple[int, int, Content]]:
+    """``(col, row, class)`` for each tile of ``region``, row-major."""
     w, h = region.size
     step = SAMPLE_STEP
     sample = region.resize(
@@ -97,20 +107,11 @@ def classify_tiles(
             box = (col * per_tile, row * per_tile, (col + 1) * per_tile, (row + 1) * per_tile)
             tile_sample = sample.crop(box)
             colours = tile_sample.getcolors(PHOTO_COLOURS)
-            if colours is None or max(count for count, _ in colours) < TEXT_BACKGROUND * (
-                tile_sample.width * tile_sample.height
-            ):
-                yield col, row, Content.PHOTO, None
-                continue
-            if len(colours) == 1:
-                # The sample says flat; make sure (a 1-pixel caret hides between samples).
-                full = region.crop(
-                    (col * tile, row * tile, min(w, (col + 1) * tile), min(h, (row + 1) * tile))
-                ).getcolors(1)
-                if full is not None:
-                    yield col, row, Content.FLAT, cast(tuple[int, int, int], full[0][1])
-                    continue
-            yield col, row, Content.TEXT, None
+            samples = tile_sample.width * tile_sample.height
+            if colours is None or max(n for n, _ in colours) < TEXT_BACKGROUND * samples:
+                yield col, row, Content.PHOTO
+            else:
+                yield col, row, Content.TEXT
 
 
 def split(
@@ -151,48 +152,68 @@ class Encoder:
             if rect.x < 0 or rect.y < 0 or rect.right > width or rect.bottom > height:
                 raise ValueError(f"{rect} outside {width}x{height}")
             region = region_image(pixels, width, rect)
-            for content, colour, sub in self._partition(region):
-                absolute = Rect(rect.x + sub.x, rect.y + sub.y, sub.w, sub.h)
-                if content is Content.FLAT:
-                    assert colour is not None
-                    fills.append(EncodedRect(absolute, Codec.FILL, bytes(colour)))
-                    continue
-                for piece in split(sub):
-                    image = region.crop(piece.box())
-                    placed = Rect(rect.x + piece.x, rect.y + piece.y, piece.w, piece.h)
-                    images.append(self._encode_image(image, placed, content))
+            for content, sub in self._partition(region):
+                limit = JPEG_MAX_PIXELS if content is Content.PHOTO else MAX_ENCODE_PIXELS
+                for piece in split(sub, limit):
+                    for encoded in self._encode_piece(region, rect, piece, content):
+                        (fills if encoded.codec is Codec.FILL else images).append(encoded)
         return fills + images
 
-    def _partition(
-        self, region: Image.Image
-    ) -> Iterator[tuple[Content, tuple[int, int, int] | None, Rect]]:
-        """Group the region's tiles by class (and fill colour) into rectangles."""
+    def _encode_piece(
+        self, region: Image.Image, origin: Rect, piece: Rect, content: Content
+    ) -> list[EncodedRect]:
+        placed = Rect(origin.x + piece.x, origin.y + piece.y, piece.w, piece.h)
+        encoded = self._encode_image(region.crop(piece.box()), placed, content)
+        if len(encoded.data) <= MAX_PAYLOAD or piece.area == 1:
+            return [encoded]
+        if piece.h > 1:
+            half = piece.h // 2
+            parts = (
+                Rect(piece.x, piece.y, piece.w, half),
+                Rect(piece.x, piece.y + half, piece.w, piece.h - half),
+            )
+        else:
+            half = piece.w // 2
+            parts = (
+                Rect(piece.x, piece.y, half, 1),
+                Rect(piece.x + half, piece.y, piece.w - half, 1),
+            )
+        return [e for part in parts for e in self._encode_piece(region, origin, part, content)]
+
+    def _partition(self, region: Image.Image) -> Iterator[tuple[Content, Rect]]:
+        """The region's tiles grouped by class into rectangles (region coordinates)."""
         w, h = region.size
         tile = self.tile
         cols = (w + tile - 1) // tile
         rows = (h + tile - 1) // tile
-        groups: dict[tuple[Content, tuple[int, int, int] | None], bytearray] = {}
-        for col, row, content, colour in classify_tiles(region, tile):
-            flags = groups.get((content, colour))
+        groups: dict[Content, bytearray] = {}
+        for col, row, content in classify_tiles(region, tile):
+            flags = groups.get(content)
             if flags is None:
-                flags = groups[(content, colour)] = bytearray(cols * rows)
+                flags = groups[content] = bytearray(cols * rows)
             flags[row * cols + col] = 1
-        for (content, colour), flags in groups.items():
+        for content, flags in groups.items():
             for sub in damage.merge_tiles(flags, w, h, tile):
-                yield content, colour, sub
+                yield content, sub
 
     def _encode_image(self, image: Image.Image, rect: Rect, content: Content) -> EncodedRect:
         out = io.BytesIO()
         if content is Content.PHOTO:
             image.save(out, "JPEG", quality=self.quality)
             return EncodedRect(rect, Codec.JPEG, out.getvalue())
+        flat = image.getcolors(1)
+        if flat is not None:
+            return EncodedRect(rect, Codec.FILL, bytes(cast(tuple[int, int, int], flat[0][1])))
         image.save(out, "WEBP", lossless=True, method=0, quality=LOSSLESS_EFFORT)
         return EncodedRect(rect, Codec.WEBP_LOSSLESS, out.getvalue())
 
 
 def decode(rect: EncodedRect) -> Image.Image:
     """The RGB image a viewer paints for ``rect`` (the reference decoder, for tests and
-    the benchmark's quality figures). Raises ``ValueError`` on a mismatching image."""
+    the benchmark's quality figures). Raises ``ValueError`` on a mismatching image.
+    ``COPY`` has no image of its own: :func:`paint` handles it."""
+    if rect.codec is Codec.COPY:
+        raise ValueError("COPY is painted from the canvas, not decoded")
     if rect.codec is Codec.FILL:
         return Image.new("RGB", (rect.rect.w, rect.rect.h), tuple(rect.data))
     with Image.open(io.BytesIO(rect.data)) as image:
@@ -203,9 +224,14 @@ def decode(rect: EncodedRect) -> Image.Image:
 
 
 def paint(canvas: Image.Image, rects: Iterable[EncodedRect]) -> None:
-    """Apply an update to an RGB ``canvas`` the way a viewer does."""
+    """Apply an update to an RGB ``canvas`` the way a viewer does, in order."""
     for rect in rects:
-        canvas.paste(decode(rect), (rect.rect.x, rect.rect.y))
+        if rect.codec is Codec.COPY:
+            src_x, src_y = wire.copy_source(rect.data)
+            source = canvas.crop((src_x, src_y, src_x + rect.rect.w, src_y + rect.rect.h))
+            canvas.paste(source, (rect.rect.x, rect.rect.y))
+        else:
+            canvas.paste(decode(rect), (rect.rect.x, rect.rect.y))
 
 
 class QualityController:

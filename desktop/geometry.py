@@ -1,9 +1,13 @@
-"""Rectangles in screen pixels: the unit that damage produces, the encoder fills and
-the wire carries. Kept apart so the pure modules share one type and no I/O."""
+"""Screen geometry shared by the pure modules: rectangles (what damage produces, the
+encoder fills and the wire carries) and the frame layout. Kept apart so those modules
+share one definition and no I/O."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
+
+BYTES_PER_PIXEL: Final = 4
+"""Frames are tightly packed 32-bit pixels, B, G, R, X (as ``mss`` returns them)."""
 
 
 class Rect(NamedTuple):

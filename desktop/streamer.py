@@ -253,16 +253,20 @@ class Streamer:
             self._streamed_index = index
             self._cursor_sent = None
         frame = self._source.grab(index)
-        rects = self._tracker.update(frame.pixels, frame.width, frame.height)
+        damage = self._tracker.update(frame.pixels, frame.width, frame.height)
         messages: list[bytes] = []
         had_photo = False
         update_bytes = 0
-        if rects:
+        if damage.copy or damage.rects:
             self._encoder.quality = quality
-            encoded = self._encoder.encode(frame.pixels, frame.width, frame.height, rects)
+            encoded = self._encoder.encode(frame.pixels, frame.width, frame.height, damage.rects)
+            if damage.copy is not None:  # first: it reads the picture before the rest lands
+                rect, src_x, src_y = damage.copy
+                copy = wire.EncodedRect(rect, wire.Codec.COPY, wire.copy_payload(src_x, src_y))
+                encoded.insert(0, copy)
             had_photo = any(r.codec is wire.Codec.JPEG for r in encoded)
             self._seq = (self._seq + 1) & 0xFFFF_FFFF
-            full = rects == [Rect(0, 0, frame.width, frame.height)]
+            full = damage.rects == [Rect(0, 0, frame.width, frame.height)]
             messages = wire.frame_messages(
                 self._seq, index, frame.width, frame.height, encoded, full
             )

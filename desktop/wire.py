@@ -30,8 +30,10 @@ with the same ``seq``; ``seq`` increases by one per update. Rectangles are appli
 order and must lie inside ``width`` x ``height``.
 
 Codecs: ``FILL`` (payload ``r g b``, a solid rectangle), ``JPEG`` (a baseline JPEG of
-exactly ``w`` x ``h``), ``WEBP_LOSSLESS`` (a lossless WebP of ``w`` x ``h``); the
-choice between them is measured in ``docs/desktop-encoding.md``.
+exactly ``w`` x ``h``), ``WEBP_LOSSLESS`` (a lossless WebP of ``w`` x ``h``), ``COPY``
+(payload ``src_x:u16 src_y:u16``: copy ``w`` x ``h`` pixels from there on the viewer's
+own picture, as it is when this rectangle is applied; scrolled content). The choice
+between them is measured in ``docs/desktop-encoding.md``.
 
 The decoders check everything (type, exact length, reserved bits, ranges, the
 limits below, payload magic, UTF-8) and raise only :class:`WireError`, whatever
@@ -113,6 +115,7 @@ class Codec(IntEnum):
     FILL = 1
     JPEG = 2
     WEBP_LOSSLESS = 3
+    COPY = 4
 
 
 FLAG_FINAL: Final = 0x01
@@ -130,6 +133,7 @@ _KEY: Final = struct.Struct("!BBI")
 _SELECT: Final = struct.Struct("!BB")
 _SETTINGS: Final = struct.Struct("!BBB")
 
+_COPY: Final = struct.Struct("!HH")
 _JPEG_MAGIC: Final = b"\xff\xd8\xff"
 
 
@@ -141,9 +145,25 @@ def _pack(layout: struct.Struct, *values: int) -> bytes:
         raise ValueError(f"value out of range for the wire format: {exc}") from None
 
 
-def _payload_ok(codec: Codec, data: bytes) -> bool:
+def copy_payload(src_x: int, src_y: int) -> bytes:
+    """The payload of a ``COPY`` rectangle."""
+    return _pack(_COPY, src_x, src_y)
+
+
+def copy_source(data: bytes) -> tuple[int, int]:
+    """``(src_x, src_y)`` of a ``COPY`` payload (already validated if it was decoded)."""
+    x, y = _COPY.unpack(data)
+    return x, y
+
+
+def _payload_ok(codec: Codec, data: bytes, rect: Rect, width: int, height: int) -> bool:
     if codec is Codec.FILL:
         return len(data) == 3
+    if codec is Codec.COPY:
+        if len(data) != _COPY.size:
+            return False
+        src_x, src_y = _COPY.unpack(data)
+        return bool(src_x + rect.w <= width and src_y + rect.h <= height)
     if codec is Codec.JPEG:
         return data.startswith(_JPEG_MAGIC)
     return len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP"
@@ -197,8 +217,8 @@ class FrameUpdate:
                 raise ValueError(f"bad rectangle {r.rect}")
             if x + w > self.width or y + h > self.height:
                 raise ValueError(f"rectangle {r.rect} outside {self.width}x{self.height}")
-            if not _payload_ok(r.codec, r.data):
-                raise ValueError(f"payload does not look like {r.codec.name}")
+            if not _payload_ok(r.codec, r.data, r.rect, self.width, self.height):
+                raise ValueError(f"payload is not a valid {r.codec.name}")
             parts.append(_pack(_RECT, x, y, w, h, r.codec, len(r.data)))
         parts.extend(r.data for r in self.rects)
         data = b"".join(parts)
@@ -472,10 +492,11 @@ def _decode_frame(data: bytes) -> FrameUpdate:
         if length > len(data) - offset:
             raise WireError(f"FRAME: rectangle {i} payload truncated")
         payload = bytes(data[offset : offset + length])
-        if not _payload_ok(codec, payload):
-            raise WireError(f"FRAME: rectangle {i} payload is not {codec.name}")
+        rect = Rect(x, y, w, h)
+        if not _payload_ok(codec, payload, rect, width, height):
+            raise WireError(f"FRAME: rectangle {i} payload is not a valid {codec.name}")
         offset += length
-        rects.append(EncodedRect(Rect(x, y, w, h), codec, payload))
+        rects.append(EncodedRect(rect, codec, payload))
     if offset != len(data):
         raise WireError(f"FRAME: {len(data) - offset} trailing bytes")
     return FrameUpdate(
