@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from desktop import damage
 from desktop.capture import MssSource
-from desktop.damage import DamageTracker
+from desktop.damage import Damage, DamageTracker
 from desktop.geometry import Rect
 
 from .conftest import App
@@ -116,11 +116,11 @@ def test_damage_is_exact_at_tile_granularity(
 def test_tracker_starts_full_and_resets_on_request_or_resize() -> None:
     tracker = DamageTracker()
     a = blank(100, 80)
-    assert tracker.update(a, 100, 80) == [Rect(0, 0, 100, 80)]
-    assert tracker.update(bytes(a), 100, 80) == []
+    assert tracker.update(a, 100, 80) == Damage(None, [Rect(0, 0, 100, 80)])
+    assert tracker.update(bytes(a), 100, 80) == Damage(None, [])
     tracker.reset()
-    assert tracker.update(bytes(a), 100, 80) == [Rect(0, 0, 100, 80)]
-    assert tracker.update(blank(50, 80), 50, 80) == [Rect(0, 0, 50, 80)]
+    assert tracker.update(bytes(a), 100, 80) == Damage(None, [Rect(0, 0, 100, 80)])
+    assert tracker.update(blank(50, 80), 50, 80) == Damage(None, [Rect(0, 0, 50, 80)])
 
 
 def test_real_screen_damage_is_exactly_the_painted_tiles(xdisplay: str, app: App) -> None:
@@ -130,15 +130,17 @@ def test_real_screen_damage_is_exactly_the_painted_tiles(xdisplay: str, app: App
         tracker.update(frame.pixels, frame.width, frame.height)
         # Idle: the program is not drawing, so a second grab has no damage.
         frame = source.grab(1)
-        assert tracker.update(frame.pixels, frame.width, frame.height) == []
+        assert tracker.update(frame.pixels, frame.width, frame.height).rects == []
 
         app.fill(400, 300, 40, 20, "#00ff00")  # x 400..439, y 300..319: tile (6, 4)
         frame = source.grab(1)
-        assert tracker.update(frame.pixels, frame.width, frame.height) == [Rect(384, 256, 64, 64)]
+        damage_ = tracker.update(frame.pixels, frame.width, frame.height)
+        assert damage_ == Damage(None, [Rect(384, 256, 64, 64)])
 
         app.fill(500, 330, 100, 40, "#ffff00")  # across tiles (7..9, 5)
         frame = source.grab(1)
-        assert tracker.update(frame.pixels, frame.width, frame.height) == [Rect(448, 320, 192, 64)]
+        damage_ = tracker.update(frame.pixels, frame.width, frame.height)
+        assert damage_ == Damage(None, [Rect(448, 320, 192, 64)])
 
         frame = source.grab(1)
-        assert tracker.update(frame.pixels, frame.width, frame.height) == []
+        assert tracker.update(frame.pixels, frame.width, frame.height).rects == []

@@ -116,14 +116,28 @@ def test_mixed_content_gets_each_codec_where_it_belongs() -> None:
     assert outside.tobytes() == image.tobytes()  # text around the photo is exact
 
 
-def test_flat_tiles_are_fills_and_a_one_pixel_caret_is_not_lost() -> None:
+def test_flat_rectangles_are_fills_and_a_one_pixel_caret_is_not_lost() -> None:
     image = Image.new("RGB", (256, 128), (10, 20, 30))
+    encoded, _ = roundtrip(image)
+    assert [(r.rect, r.codec, r.data) for r in encoded] == [
+        (Rect(0, 0, 256, 128), Codec.FILL, bytes((10, 20, 30)))
+    ]
     image.putpixel((70, 70), (255, 255, 255))  # between the classifier's samples
     encoded, canvas = roundtrip(image)
     assert canvas.tobytes() == image.tobytes()
-    fills = [r for r in encoded if r.codec is Codec.FILL]
-    assert sum(r.rect.area for r in fills) == 256 * 128 - 64 * 64
-    assert all(r.data == bytes((10, 20, 30)) for r in fills)
+    assert Codec.FILL not in {r.codec for r in encoded}
+
+
+def test_oversized_payloads_are_encoded_in_halves() -> None:
+    # Noise that the classifier would never send losslessly, forced through the
+    # lossless path: every payload must still fit a message.
+    noise = Image.frombytes("RGB", (1024, 1024), random.Random(5).randbytes(1024 * 1024 * 3))
+    encoder = Encoder()
+    whole = Rect(0, 0, 1024, 1024)
+    pieces = encoder._encode_piece(noise, whole, whole, encode.Content.TEXT)
+    assert len(pieces) > 1
+    assert all(len(p.data) <= encode.MAX_PAYLOAD for p in pieces)
+    assert sum(p.rect.area for p in pieces) == 1024 * 1024
 
 
 def test_only_the_given_rectangles_are_encoded() -> None:

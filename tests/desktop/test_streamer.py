@@ -286,3 +286,33 @@ async def test_viewer_settings_fix_quality_and_cap_fps(
         await source.more_grabs(2)
         assert streamer.stats.quality == quality
         assert streamer.max_fps == 20
+
+
+async def test_scrolling_is_sent_as_a_copy_and_a_strip(xdisplay: str, app: App) -> None:
+    viewer = Viewer()
+    got_update = asyncio.Event()
+
+    async def send(data: bytes) -> None:
+        viewer.take(data)
+        if viewer.updates:
+            got_update.set()
+
+    async def ready() -> None:
+        pass
+
+    await asyncio.to_thread(app.command, cmd="page", offset=0)
+    source = CountingSource(xdisplay)
+    async with streaming(source, send, ready, xdisplay):
+        await asyncio.wait_for(got_update.wait(), 10 * UNIT)
+        got_update.clear()
+        viewer.updates.clear()
+        await asyncio.to_thread(app.command, cmd="page", offset=3 * 20)  # three lines down
+        await asyncio.wait_for(got_update.wait(), 10 * UNIT)
+        rects = [r for part in viewer.updates[0] for r in part.rects]
+        assert rects[0].codec is wire.Codec.COPY
+        assert wire.copy_source(rects[0].data)[1] - rects[0].rect.y == 60
+        assert rects[0].rect.h > 400
+        painted = sum(r.rect.area for r in rects[1:])
+        assert painted < 1280 * 200  # the exposed strip, not the 1280x544 page
+        assert viewer.canvas is not None and viewer.canvas.tobytes() == screen(xdisplay).tobytes()
+    await asyncio.to_thread(app.fill, 0, 256, 1280, 544, "#204060")  # leave the screen as found

@@ -49,6 +49,8 @@ def frames(draw: st.DrawFn) -> FrameUpdate:
         codec = draw(st.sampled_from(Codec))
         if codec is Codec.FILL:
             data = draw(st.binary(min_size=3, max_size=3))
+        elif codec is Codec.COPY:
+            data = wire.copy_payload(draw(st.integers(0, width - w)), draw(st.integers(0, height - h)))
         else:
             data = (JPEG if codec is Codec.JPEG else WEBP) + draw(st.binary(max_size=64))
         rects.append(EncodedRect(Rect(x, y, w, h), codec, data))
@@ -191,7 +193,13 @@ def _frame(**changes: object) -> FrameUpdate:
             _frame().encode()[: struct.calcsize("!BBIBHHH")]
             + struct.pack("!HHHHBI", 0, 0, 10, 10, 2, 3)
             + b"abc",
-            "not JPEG",
+            "not a valid JPEG",
+        ),
+        (
+            _frame().encode()[: struct.calcsize("!BBIBHHH")]
+            + struct.pack("!HHHHBI", 0, 0, 10, 10, 4, 4)
+            + struct.pack("!HH", 91, 0),  # copies from outside the screen
+            "not a valid COPY",
         ),
         (struct.pack("!BBIBHHH", 1, 1, 0, 0, 10, 10, 0), " 0 rectangles"),
         (struct.pack("!BBIBHHH", 1, 1, 0, 0, 10, 10, wire.MAX_RECTS + 1), "rectangles"),

@@ -5,9 +5,10 @@ Run as ``python tkapp.py`` on the test X server. It fills the screen (1280x800 a
 :data:`BLOCK_COLOUR` block at :data:`BLOCK`, and writes one JSON object per line to
 stdout for everything it sees: ``ready``, ``key``/``keyup`` (keysym and the character
 Tk decoded), ``button``/``release`` (Tk reports the wheel as buttons 4 and 5 on X11).
-Commands arrive as JSON lines on stdin; ``fill`` paints a rectangle and answers
-``done`` only after the X server has executed the drawing (a round trip follows it),
-so a test can capture right after reading the answer.
+Commands arrive as JSON lines on stdin; ``fill`` paints a rectangle, ``page`` shows a
+page of numbered text lines below y=:data:`PAGE_TOP` scrolled by ``offset`` pixels.
+Each answers ``done`` only after the X server has executed the drawing (a round trip
+follows it), so a test can capture right after reading the answer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ WIDTH, HEIGHT = 1280, 800
 BACKGROUND = "#204060"
 BLOCK_COLOUR = "#d02020"
 BLOCK = (100, 100, 200, 100)  # x, y, w, h
+PAGE_TOP = 256
+LINE_HEIGHT = 20
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -55,7 +58,16 @@ def main() -> None:
             root.destroy()
             return
         cmd = json.loads(line)
-        if cmd["cmd"] == "fill":
+        if cmd["cmd"] == "page":
+            canvas.delete("page")
+            canvas.create_rectangle(0, PAGE_TOP, WIDTH, HEIGHT, fill="white", outline="", tags="page")
+            first = cmd["offset"] // LINE_HEIGHT
+            for n in range(first, first + (HEIGHT - PAGE_TOP) // LINE_HEIGHT + 2):
+                y = PAGE_TOP + n * LINE_HEIGHT - cmd["offset"]
+                if PAGE_TOP <= y <= HEIGHT - LINE_HEIGHT:
+                    text = f"line {n:4d}: " + " ".join(f"word{(n * 7 + k) % 97}" for k in range(24))
+                    canvas.create_text(8, y, text=text, anchor="nw", fill="black", tags="page")
+        elif cmd["cmd"] == "fill":
             canvas.create_rectangle(
                 cmd["x"],
                 cmd["y"],
