@@ -58,14 +58,16 @@ class Link:
             await self.ws.close(CloseCode.GOING_AWAY)
             return
         if not tunnel.closing:
-            # close() would replace a queued GOAWAY by its own (retry 0): send this
-            # one alone first and let the peer act on it.
             await tunnel.go_away(ErrorCode.GOING_AWAY, retry_after_ms, reason)
         try:
             async with asyncio.timeout(grace):
                 await tunnel.closed.wait()
         except TimeoutError:
-            await tunnel.close(ErrorCode.GOING_AWAY, reason)
+            # Close the WebSocket under the tunnel, not `tunnel.close()`: that would send
+            # a final GOAWAY with retry_after 0, and the peer keeps the LAST GOAWAY as
+            # its reconnect hint. The tunnel sees the close and ends by itself.
+            await self.ws.close(CloseCode.GOING_AWAY, reason)
+            await tunnel.closed.wait()
 
 
 def jittered_retry_ms(low: int, high: int) -> int:

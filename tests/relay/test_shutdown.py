@@ -49,7 +49,10 @@ async def test_shutdown_sends_goaway_with_spread_retry_after(
     delays = [g.retry_after_ms for g in goaways]
     assert all(200 <= d <= 5000 for d in delays)
     assert len(set(delays)) > 1  # randomised, not one value for everybody
+    # The tunnel agent did not leave by itself; the relay closed it after the grace
+    # period without overriding the retry hint it sent first.
     assert polite.error_code is ErrorCode.GOING_AWAY
+    assert polite.goaway is not None and 200 <= polite.goaway.retry_after_ms <= 5000
     with session_scope(relay_db) as session:
         assert not any(p.online for p in session.scalars(select(Presence)))
 
