@@ -16,9 +16,11 @@ relay -> agent, once the batch is committed to the database (never before)::
      "rejected": [[1732, "not_allowed"]]}
     {"type": "error", "batch": 7, "error": "malformed", "message": "..."}
 
-An ack covers every record of the batch: accepted (new), duplicates (already stored:
-a resend after a lost ack) and rejected (invalid; resending cannot help). So the agent
-deletes the whole batch from its spool on either answer. ``batch`` numbers are the
+A batch or a record may name its device (``"device"``); one naming another device
+than the sender's certificate is refused (``wrong_device``). An ack covers every
+record of the batch: accepted (new), duplicates (already stored: a resend after a
+lost ack) and rejected (invalid; resending cannot help). So the agent deletes the
+whole batch from its spool on either answer. ``batch`` numbers are the
 agent's, per channel; the relay only echoes them. Records are `telemetry.records`.
 """
 
@@ -29,7 +31,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from telemetry.records import MAX_SEQ, Record, RecordError, parse_record, to_wire
+from telemetry.records import (
+    ERR_WRONG_DEVICE,
+    MAX_SEQ,
+    Record,
+    RecordError,
+    parse_record,
+    to_wire,
+)
 
 VERSION = 1
 #: Largest telemetry message the relay accepts (the channel's max_message). A full
@@ -107,6 +116,9 @@ def parse_batch(data: bytes, *, now: float, device_id: str) -> Batch:
         raise CodecError(ERR_MALFORMED, '"batch" must be a non-negative integer')
     if msg.get("type") != TYPE_BATCH:
         raise CodecError(ERR_MALFORMED, 'only "batch" messages are accepted', batch)
+    claimed = msg.get("device")
+    if claimed is not None and claimed != device_id:
+        raise CodecError(ERR_WRONG_DEVICE, "the batch names another device", batch)
     records = msg.get("records")
     if not isinstance(records, list):
         raise CodecError(ERR_MALFORMED, '"records" must be a list', batch)

@@ -63,7 +63,7 @@ _NAME_MARK, _ID_MARK, _DOB_MARK = "<name>", "<id>", "<dob>"
 MAX_EXTRA_PATTERNS = 32
 MAX_PATTERN_LENGTH = 200
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_EMAIL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _DICOM_NAME = re.compile(r"\b[A-Za-z][A-Za-z'-]*\^[A-Za-z'^-]*")
 _IPV6_CANDIDATE = re.compile(
     r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{1,4})?"
@@ -77,6 +77,7 @@ _DATE = re.compile(
     r"|\d{1,2}/\d{1,2}/\d{2}"
     r"|(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01]))\b"
 )
+_EIGHT_DIGITS = re.compile(r"\d{8}")
 #: A log line's own timestamp, kept by `scrub_line`.
 _LEADING_TIMESTAMP = re.compile(
     r"\s*\[?\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?\]?"
@@ -119,7 +120,9 @@ class Scrubber:
                 self._extra.append(re.compile(pattern))
             except re.error as exc:
                 raise ValueError(f"scrub pattern {pattern!r}: {exc}") from None
-        self._keyed: list[tuple[re.Pattern[str], str]] = []
+        # (regex, placeholder, stems): a key's first word must occur (any case) for the
+        # regex to be worth running; most log lines name no key at all.
+        self._keyed: list[tuple[re.Pattern[str], str, tuple[str, ...]]] = []
         # Ids and birth dates first: "patient id 123" is an id, not a name "id".
         for keys, placeholder, value in (
             (rules.id_keys, _ID_MARK, _WORD),
@@ -131,17 +134,26 @@ class Scrubber:
                 regex = re.compile(
                     rf"(?P<key>\b(?i:{alternation})\b){_SEP}(?P<val>(?>{value}))(?!\s*[:=#])"
                 )
-                self._keyed.append((regex, placeholder))
+                stems = tuple({k.strip().lower().split("_")[0] for k in keys if k.strip()})
+                self._keyed.append((regex, placeholder, stems))
 
     def scrub(self, text: str) -> str:
         """`text` with personal data replaced by placeholders."""
-        text = _EMAIL.sub("<email>", text)
-        for regex, placeholder in self._keyed:
-            text = regex.sub(functools.partial(_keyed_value, placeholder=placeholder), text)
-        text = _DICOM_NAME.sub("<name>", text)
-        text = _IPV6_CANDIDATE.sub(_ipv6, text)
-        text = _IPV4.sub("<ip>", text)
-        text = _DATE.sub("<date>", text)
+        # Each pass runs only if the characters it needs are there (cheap checks first).
+        if "@" in text:
+            text = _EMAIL.sub("<email>", text)
+        lower = text.lower()
+        for regex, placeholder, stems in self._keyed:
+            if any(stem in lower for stem in stems):
+                text = regex.sub(functools.partial(_keyed_value, placeholder=placeholder), text)
+        if "^" in text:
+            text = _DICOM_NAME.sub("<name>", text)
+        if text.count(":") >= 2:
+            text = _IPV6_CANDIDATE.sub(_ipv6, text)
+        if text.count(".") >= 3:
+            text = _IPV4.sub("<ip>", text)
+        if any(c in text for c in "-/.") or _EIGHT_DIGITS.search(text):
+            text = _DATE.sub("<date>", text)
         for regex in self._extra:
             text = regex.sub("<redacted>", text)
         return text
