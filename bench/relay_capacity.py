@@ -33,6 +33,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,6 +81,9 @@ PHASE_TIMEOUT_PER_1000 = 60.0
 SETTLE = 2.0
 # Writing a tracemalloc snapshot of a relay holding 10,000 agents takes a while.
 SNAPSHOT_TIMEOUT = 120.0
+# py-spy samples per second, and how long it may take to write its output.
+PY_SPY_RATE = 100
+PY_SPY_STOP_TIMEOUT = 60.0
 # Lines/frames listed in the tracemalloc breakdown.
 TRACE_TOP = 15
 
@@ -277,7 +281,39 @@ def memory_breakdown(
     }
 
 
-async def bench(profile: Profile, mode: str, trace_memory: bool) -> dict[str, Any]:
+class Profiler:
+    """``py-spy record`` of the relay for one phase (raw collapsed stacks, for flame
+    graphs or ``sort | uniq``); nothing at all when no directory was given."""
+
+    def __init__(self, directory: Path | None, pid: int) -> None:
+        self.directory = directory
+        self.pid = pid
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, phase: str) -> None:
+        if self.directory is None:
+            return
+        self.proc = subprocess.Popen(
+            [
+                *(str(Path(PYTHON).with_name("py-spy")), "record", "--pid", str(self.pid)),
+                *("--rate", str(PY_SPY_RATE), "--format", "raw", "--nonblocking"),
+                *("--output", str(self.directory / f"relay-{phase}.txt")),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        """SIGINT makes py-spy write its output and exit."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(PY_SPY_STOP_TIMEOUT)
+            self.proc = None
+
+
+async def bench(
+    profile: Profile, mode: str, trace_memory: bool, py_spy: Path | None
+) -> dict[str, Any]:
     raise_fd_limit()
     n = profile.agents
     with tempfile.TemporaryDirectory(prefix="outlink-bench-") as tmp, child_processes() as procs:
@@ -318,6 +354,8 @@ async def bench(profile: Profile, mode: str, trace_memory: bool) -> dict[str, An
             rss_before = rss(relay_proc)
             traced_before = await snapshot(relay, 1) if trace_memory else None
             cpu_before_connect = cpu_seconds(relay_proc)
+            profiler = Profiler(py_spy, relay.pid)
+            profiler.start("connect")
             t_go = time.perf_counter()
             for proc in procs:
                 await send_line(proc, "go")
@@ -334,6 +372,7 @@ async def bench(profile: Profile, mode: str, trace_memory: bool) -> dict[str, An
             async with asyncio.timeout(phase_timeout):
                 await asyncio.gather(*(follow(p) for p in procs))
             connect_seconds = time.perf_counter() - t_go
+            profiler.stop()
             connect_cpu = cpu_seconds(relay_proc) - cpu_before_connect
             connected = sum(f["connected"] for f in finals)
             errors: dict[str, int] = {}
@@ -358,9 +397,11 @@ async def bench(profile: Profile, mode: str, trace_memory: bool) -> dict[str, An
             before_metrics = relay.metrics()
             progress(f"relay RSS {rss_before / 2**20:.1f} -> {rss_after / 2**20:.1f} MiB")
             progress(f"idle window of {profile.window:.0f} s")
+            profiler.start("idle")
             cpu0, w0 = cpu_seconds(relay_proc), time.perf_counter()
             await asyncio.sleep(profile.window)  # the measurement window itself
             cpu1, w1 = cpu_seconds(relay_proc), time.perf_counter()
+            profiler.stop()
             rss_end = rss(relay_proc)
             after_metrics = relay.metrics()
             held = int(metric(after_metrics, "outlink_relay_agents_connected"))
@@ -429,6 +470,13 @@ def main() -> None:
         help="diagnosis: run the relay under tracemalloc and report where memory goes "
         "(RSS/CPU figures of such a run are not valid)",
     )
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="diagnosis: py-spy record the relay while agents connect and during the idle "
+        "window into DIR/relay-{connect,idle}.txt (sampling costs a little CPU)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--slice", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -444,7 +492,9 @@ def main() -> None:
         profile = Profile(
             args.agents or profile.agents, profile.clients, args.window or profile.window
         )
-    emit(asyncio.run(bench(profile, mode, args.trace_memory)))
+    if args.py_spy is not None:
+        args.py_spy.mkdir(parents=True, exist_ok=True)
+    emit(asyncio.run(bench(profile, mode, args.trace_memory, args.py_spy)))
 
 
 if __name__ == "__main__":
