@@ -437,6 +437,11 @@ async def bench(
         "handshakes_per_s": round(connected / connect_seconds, 1),
         "connect_seconds": round(connect_seconds, 1),
         "relay_cpu_pct_while_connecting": round(100 * connect_cpu / connect_seconds, 1),
+        # CPU time per unit of work: unlike rates, not skewed by other load on the machine.
+        "relay_cpu_ms_per_handshake": round(1000 * connect_cpu / max(1, connected), 2),
+        "relay_cpu_us_per_keepalive_frame": round(1e6 * (cpu1 - cpu0) / frames, 1)
+        if frames
+        else None,
         "connect_latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
         "connect_latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
         "targets": {
