@@ -191,7 +191,8 @@ class Streamer:
             await asyncio.shield(loop.run_in_executor(None, pool.shutdown))
 
     async def _pace(self) -> None:
-        while True:
+        """Wait until the pacer allows the next capture; a refresh request skips the wait."""
+        while not self._refresh:
             now = time.monotonic()
             due = self._pacer.next_capture(now)
             if due <= now:
@@ -201,8 +202,6 @@ class Streamer:
                 async with asyncio.timeout(due - now):
                     await self._wake.wait()
             except TimeoutError:
-                return
-            if self._refresh:
                 return
 
     async def _emit(self, messages: list[bytes]) -> None:

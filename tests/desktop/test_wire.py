@@ -50,7 +50,9 @@ def frames(draw: st.DrawFn) -> FrameUpdate:
         if codec is Codec.FILL:
             data = draw(st.binary(min_size=3, max_size=3))
         elif codec is Codec.COPY:
-            data = wire.copy_payload(draw(st.integers(0, width - w)), draw(st.integers(0, height - h)))
+            data = wire.copy_payload(
+                draw(st.integers(0, width - w)), draw(st.integers(0, height - h))
+            )
         else:
             data = (JPEG if codec is Codec.JPEG else WEBP) + draw(st.binary(max_size=64))
         rects.append(EncodedRect(Rect(x, y, w, h), codec, data))

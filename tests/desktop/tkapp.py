@@ -60,7 +60,9 @@ def main() -> None:
         cmd = json.loads(line)
         if cmd["cmd"] == "page":
             canvas.delete("page")
-            canvas.create_rectangle(0, PAGE_TOP, WIDTH, HEIGHT, fill="white", outline="", tags="page")
+            canvas.create_rectangle(
+                0, PAGE_TOP, WIDTH, HEIGHT, fill="white", outline="", tags="page"
+            )
             first = cmd["offset"] // LINE_HEIGHT
             for n in range(first, first + (HEIGHT - PAGE_TOP) // LINE_HEIGHT + 2):
                 y = PAGE_TOP + n * LINE_HEIGHT - cmd["offset"]
