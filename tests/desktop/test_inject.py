@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Iterator
 
 import pytest
+from Xlib import X
 from Xlib import display as xdisplay_mod
 
 from desktop.capture import Monitor
@@ -213,3 +214,15 @@ async def test_pump_keeps_order_off_the_event_loop() -> None:
 def test_xtest_sink_needs_a_display() -> None:
     with pytest.raises(X11Error, match="display"), contextlib.closing(XTestSink(":4999")):
         pass
+
+
+def test_autorepeat_is_off_during_the_session_and_restored(xdisplay: str, app: App) -> None:
+    probe = xdisplay_mod.Display(xdisplay)
+    try:
+        before = probe.get_keyboard_control().global_auto_repeat
+        sink = XTestSink(xdisplay, disable_autorepeat=True)
+        assert probe.get_keyboard_control().global_auto_repeat == X.AutoRepeatModeOff
+        sink.close()
+        assert probe.get_keyboard_control().global_auto_repeat == before
+    finally:
+        probe.close()
