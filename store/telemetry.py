@@ -672,10 +672,16 @@ def raise_alarm(
             opened_at=now,
             updated_at=now,
         )
+        if session.get_bind().dialect.name == "sqlite":
+            # One writer at a time in SQLite: nobody can open it between our steps (and
+            # pysqlite's SAVEPOINTs would commit early).
+            session.add(alarm)
+            session.flush()
+            return alarm, True
         try:
             with session.begin_nested():
                 session.add(alarm)
-        except IntegrityError:  # the partial unique index: someone opened it meanwhile
+        except IntegrityError:  # the partial unique index: another relay opened it meanwhile
             continue
         return alarm, True
     raise RuntimeError("alarm keeps being opened concurrently")

@@ -68,6 +68,8 @@ class TelemetryAgent:
         self.spool: Spool | None = None
         self.sender: Sender | None = None
         self.poller: Poller | None = None
+        #: Set once `run` has opened the spool and built the sender and poller.
+        self.started = asyncio.Event()
         self.uploads = Uploads(
             self.config.uploads,
             Path(self.config.staging_dir),
@@ -123,6 +125,7 @@ class TelemetryAgent:
             tail_interval=config.tail_interval,
             properties_interval=config.properties_interval,
         )
+        self.started.set()
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.poller.run(), name="telemetry-poller")

@@ -79,6 +79,7 @@ class AlarmDesk:
         self._fetch_logs = fetch_logs
         self.rules = RuleEngine()
         self._version: tuple[int, datetime | None] | None = None
+        self._reload_lock = asyncio.Lock()
         self._queue: list[tuple[Firing, DeviceInfo]] = []
         self._wake = asyncio.Event()
         self._fetched: dict[tuple[str, str], float] = {}
@@ -129,20 +130,23 @@ class AlarmDesk:
                 log.exception("! telemetry job %s failed", job.__name__)
 
     async def reload_rules(self) -> None:
-        version = await asyncio.to_thread(self._rules_version)
-        if version == self._version:
-            return
-        rules = await asyncio.to_thread(self._load_rules)
-        self.rules.load(rules)
-        self._version = version
+        """Load the enabled rules if they changed since the last load."""
+        async with self._reload_lock:  # a slow periodic load must not undo a newer one
+            version, rules = await asyncio.to_thread(self._read_rules, self._version)
+            if rules is None:
+                return
+            self.rules.load(rules)
+            self._version = version
         log.info("= %d telemetry rules loaded", len(rules))
 
-    def _rules_version(self) -> tuple[int, datetime | None]:
+    def _read_rules(
+        self, known: tuple[int, datetime | None] | None
+    ) -> tuple[tuple[int, datetime | None], dict[int, Rule] | None]:
+        """Worker thread: (version, rules), rules None if the version is `known`."""
         with session_scope(self._sessions) as session:
-            return rules_version(session)
-
-    def _load_rules(self) -> dict[int, Rule]:
-        with session_scope(self._sessions) as session:
+            version = rules_version(session)
+            if version == known:
+                return version, None
             rows = session.execute(
                 select(TelemetryRule.id, TelemetryRule.text).where(TelemetryRule.enabled)
             ).all()
@@ -157,7 +161,7 @@ class AlarmDesk:
             for action in rules[rule_id].actions:
                 if action.kind == "webhook" and action.value not in webhooks:
                     log.warning("! rule %d names unknown webhook %r", rule_id, action.value)
-        return rules
+        return version, rules
 
     async def check_offline(self) -> None:
         if not self.rules.offline_rules():

@@ -73,6 +73,9 @@ class Notifier:
         self._queue: asyncio.Queue[Notice] = asyncio.Queue(MAX_QUEUED)
         self.stats: Counter[tuple[str, str]] = Counter()  # (channel, status)
         self.delivered = asyncio.Event()  # set after each decided notice (tests wait on it)
+        # Decisions count what was sent before: one at a time, or parallel workers would
+        # all see the same count and all pass the rate limit.
+        self._deciding = asyncio.Lock()
 
     def enqueue(self, notice: Notice) -> None:
         try:
@@ -101,7 +104,8 @@ class Notifier:
 
     async def _deliver(self, notice: Notice) -> None:
         notify = self._config.notify
-        row_id, status = await asyncio.to_thread(self._decide, notice)
+        async with self._deciding:
+            row_id, status = await asyncio.to_thread(self._decide, notice)
         if status != NOTIFY_PENDING:
             self.stats[(notice.channel, status)] += 1
             log.info("= notification %s to %s: %s", notice.channel, notice.target, status)
