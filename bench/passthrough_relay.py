@@ -41,11 +41,11 @@ class Pairs:
         """Meet the other connection of pair ``name``; the first one to come waits."""
         entry = self._waiting.pop(name, None)
         if entry is None:
-            future = asyncio.get_running_loop().create_future()
-            self._waiting[name] = (ws, future)
-            return await future
-        other, future = entry
-        future.set_result(ws)
+            waiter: asyncio.Future[ServerConnection] = asyncio.get_running_loop().create_future()
+            self._waiting[name] = (ws, waiter)
+            return await waiter
+        other, waiter = entry
+        waiter.set_result(ws)
         return other
 
 
