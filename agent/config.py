@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
+import types
 import typing
 import urllib.parse
 from collections.abc import Mapping
@@ -61,6 +63,31 @@ class KeepaliveConfig:
 
 
 @dataclass(frozen=True)
+class DesktopConfig:
+    """Remote desktop sessions (`agent.desktop`). Device-local policy (R31): set by the
+    customer's IT at installation; nothing the relay or portal sends can change it."""
+
+    # Unset = on when a display is configured here, named by $DISPLAY, or present as
+    # /tmp/.X11-unix/X0; off otherwise (a headless device has no screen to share).
+    enabled: bool | None = None
+    # Ask the person at the device before any session (on by default; R31).
+    consent_required: bool = True
+    # No answer within this many seconds = denied.
+    consent_timeout_s: float = 30.0
+    # Let the customer's site contacts answer from the portal instead of the device.
+    allow_remote_consent: bool = False
+    # A session ends after this long whatever happens (4 h).
+    max_session_s: float = 14400.0
+    # ... and after this long without any input or message from the viewer (15 min).
+    idle_timeout_s: float = 900.0
+    # The X display to share and to show the prompt on; "" = $DISPLAY, else ":0".
+    display: str = ""
+    # R32: frame-rate cap and CPU budget (fraction of one core) of the screen encoder.
+    max_fps: float = 30.0
+    cpu_budget: float = 0.5
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything `outlink-agent run` and `enroll` need. Paths are absolute after `load_config`."""
 
@@ -87,6 +114,7 @@ class AgentConfig:
     log_format: str = "text"
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
     keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
+    desktop: DesktopConfig = field(default_factory=DesktopConfig)
 
     @property
     def alarms_path(self) -> Path:
@@ -155,6 +183,28 @@ def _validate(config: AgentConfig) -> None:
         raise ConfigError("nice: must be 0..19")
     if config.open_timeout <= 0:
         raise ConfigError("open_timeout: must be > 0")
+    _validate_desktop(config.desktop)
+
+
+# An X display name: [host]:display[.screen] (e.g. ":0", "unix:1", "localhost:10.0").
+_X_DISPLAY = re.compile(r"[A-Za-z0-9._/-]*:[0-9]+(\.[0-9]+)?")
+# The prompt must stay up long enough to be read, and not so long that a request
+# nobody sees holds the device's one session slot for ages.
+_CONSENT_TIMEOUT_RANGE = (5.0, 600.0)
+
+
+def _validate_desktop(d: DesktopConfig) -> None:
+    low, high = _CONSENT_TIMEOUT_RANGE
+    if not low <= d.consent_timeout_s <= high:
+        raise ConfigError(f"desktop.consent_timeout_s: must be {low:g}..{high:g} seconds")
+    if d.max_session_s <= 0 or d.idle_timeout_s <= 0:
+        raise ConfigError("desktop: max_session_s and idle_timeout_s must be > 0")
+    if d.display and not _X_DISPLAY.fullmatch(d.display):
+        raise ConfigError(f"desktop.display: {d.display!r} is not an X display name like ':0'")
+    if not 1 <= d.max_fps <= 60:
+        raise ConfigError("desktop.max_fps: must be 1..60")
+    if not 0 < d.cpu_budget <= 1:
+        raise ConfigError("desktop.cpu_budget: must be in (0, 1] (a fraction of one core)")
 
 
 def validate_relay_url(url: str) -> None:
@@ -193,11 +243,25 @@ def _build(
                 raise ConfigError(f"{key}: must be a table")
             values[f.name] = _build(hint, table, env, f"{env_name}_", f"{key}.")  # type: ignore[arg-type]
             continue
+        hint, optional = _optional(hint)
         if env_name in env:
-            values[f.name] = _from_env(hint, env[env_name], env_name)
+            text = env[env_name]
+            if optional and text.strip().lower() in ("", "auto"):
+                values[f.name] = None
+            else:
+                values[f.name] = _from_env(hint, text, env_name)
         elif f.name in raw:
             values[f.name] = _check_type(hint, raw[f.name], key)
     return cls(**values)
+
+
+def _optional(hint: Any) -> tuple[Any, bool]:
+    """``(X, True)`` for ``X | None`` (None = "decide at run time"; TOML has no null, so
+    the file just leaves the key out, and the environment says "auto"), else ``(hint, False)``."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) and len(args) == 2 and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
 
 
 def _from_env(hint: Any, text: str, name: str) -> Any:
