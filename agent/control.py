@@ -4,6 +4,9 @@ The agent opens the ``control`` channel right after the tunnel is up (so the
 relay is already authenticated by the pinned CA and hostname: R24, R27). On it:
 
 * the agent sends requests (``hello``, ``renew``) and awaits the replies;
+* the agent sends events (``{"id": 9, "op": "event", "name": "desktop.state", ...}``)
+  through `Registry.send_event`: facts for the relay to record, no reply expected
+  (the id is there because every envelope request carries one);
 * the relay sends ``instruct`` requests; each names an *action*, and the agent
   runs the handler registered for that action, or answers ``unknown_action``.
 
@@ -99,6 +102,16 @@ class Registry:
     def __init__(self) -> None:
         self.actions: dict[str, InstructionHandler] = {}
         self.channels: dict[str, ChannelHandler] = {}
+        # The control channel of the link that is up, if any (set by ControlChannel.run).
+        self.control: ControlChannel | None = None
+
+    async def send_event(self, name: str, **fields: Any) -> bool:
+        """Send an event on the current link's control channel. False when no link is up
+        or it failed while sending: events are not queued for a later link."""
+        control = self.control
+        if control is None:
+            return False
+        return await control.send_event(name, **fields)
 
     def add_action(self, name: str, handler: InstructionHandler) -> None:
         if name in self.actions:
@@ -173,12 +186,30 @@ class ControlChannel:
             )
         return reply.body
 
+    async def send_event(self, name: str, **fields: Any) -> bool:
+        """Send ``{"id", "op": "event", "name", **fields}``; no reply is awaited. False if
+        the channel failed."""
+        if {"id", "op", "name"} & fields.keys():
+            raise ValueError("event fields must not be named id, op or name")
+        event_id = next(self._ids)
+        logger.debug("> control event %s id=%s", name, event_id)
+        try:
+            await self._channel.send(encode_request(event_id, "event", name=name, **fields))
+        except TunnelError as exc:
+            logger.debug("! control event %s not sent: %s", name, type(exc).__name__)
+            return False
+        return True
+
     async def run(self) -> None:
-        """Read until the relay half-closes the channel; then fail what is still pending."""
+        """Read until the relay half-closes the channel; then fail what is still pending.
+        While it runs, `Registry.send_event` goes through this channel."""
+        self._registry.control = self
         try:
             async for data in self._channel:
                 await self._dispatch(data)
         finally:
+            if self._registry.control is self:
+                self._registry.control = None
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(ConnectionError("control channel closed"))
