@@ -5,6 +5,9 @@
   as Type=notify with a watchdog).
 * ``status``: what the running agent last wrote (status.json, alarms.json).
   Exit code 0 = connected, 1 = not connected, 2 = an alarm needs a human.
+* ``desktop accept|deny|end SESSION_ID``: answer a remote desktop request, or end a
+  session, as the person at the device (through a file drop the running agent
+  watches; see agent.desktop.answers). Exit 0 = done, 1 = refused or nothing active.
 
 Every command takes ``--config`` (default /etc/outlink/agent.toml; a missing
 default file means built-in defaults + ``OUTLINK_AGENT_*`` environment).
@@ -26,9 +29,12 @@ from agent.builtin import register_builtin
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
 from agent.connection import ConnectionManager
 from agent.control import Registry
+from agent.desktop import answers
+from agent.desktop.service import service_from_config
 from agent.enroll import EnrollmentError, enroll
 from agent.proxy import redact, resolve_proxies
 from agent.status import StatusBook, read_status
+from agent.telemetry.audit import AuditLog
 from agent.watchdog import Notifier, watchdog_loop
 from relay_server.logs import configure as configure_logging
 
@@ -76,6 +82,11 @@ async def _run(config: AgentConfig) -> None:
     notifier = Notifier()
     registry = Registry()
     register_builtin(registry)
+    desktop = service_from_config(
+        config, os.environ, audit=AuditLog(Path(config.data_dir) / "audit.log")
+    )
+    if desktop is not None:
+        desktop.register(registry)
     manager = ConnectionManager(
         config,
         registry,
@@ -104,6 +115,8 @@ async def _run(config: AgentConfig) -> None:
     try:
         await runner
     finally:
+        if desktop is not None:
+            await desktop.aclose()
         if watchdog is not None:
             watchdog.cancel()
         logger.info("= outlink-agent stopped")
@@ -183,12 +196,38 @@ def _print_status(status: dict[str, object]) -> None:
         )
 
 
+# -- desktop -----------------------------------------------------------------------------
+
+
+def cmd_desktop(config: AgentConfig, args: argparse.Namespace) -> int:
+    directory = answers.answers_dir(config.data_dir)
+    try:
+        result = answers.submit(directory, args.session_id, args.action)
+    except ValueError as exc:
+        print(f"outlink-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except FileNotFoundError:
+        print(f"no agent with desktop sessions has run with data_dir {config.data_dir}")
+        return EXIT_NOT_CONNECTED
+    except PermissionError:
+        print(f"cannot write {directory}: run this as root or the agent's user")
+        return EXIT_NOT_CONNECTED
+    if result is None:
+        print(f"no running agent took the answer: is session {args.session_id} active?")
+        return EXIT_NOT_CONNECTED
+    if not result.get("ok"):
+        print(f"refused ({result.get('error')}): {result.get('message')}")
+        return EXIT_NOT_CONNECTED
+    print(f"session {args.session_id}: {result.get('state')}")
+    return EXIT_OK
+
+
 # -- entry point -------------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="outlink-agent", description="Outlink agent: enroll, run, status."
+        prog="outlink-agent", description="Outlink agent: enroll, run, status, desktop."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -205,6 +244,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="replace an existing identity")
     sp = command("status", "show the running agent's status and alarms")
     sp.add_argument("--json", action="store_true", help="print JSON")
+    sp = command("desktop", "answer a remote desktop request or end a session, on the device")
+    sp.add_argument("action", choices=answers.ACTIONS)
+    sp.add_argument("session_id", help="the session id the prompt and the portal show")
     return parser
 
 
@@ -216,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(config)
         if args.command == "enroll":
             return cmd_enroll(config, args)
+        if args.command == "desktop":
+            return cmd_desktop(config, args)
         return cmd_status(config, args)
     except ConfigError as exc:
         print(f"outlink-agent: configuration error: {exc}", file=sys.stderr)
