@@ -283,7 +283,11 @@ class Screen:
         self.gc.change(foreground=self.black)
         self.win.poly_fill_rectangle(self.gc, zeros)
 
-    def flush(self) -> None:
+    def markers(self, frame: int, clicks: int) -> None:
+        """Both markers, sent to the server now. The click marker is repainted with
+        every change too, as a mode may have drawn over it."""
+        self.marker(FRAME_MARKER, frame)
+        self.marker(CLICK_MARKER, clicks)
         self.d.flush()
 
     def button_presses(self) -> int:
@@ -430,8 +434,7 @@ def main() -> None:
     counter = clicks = 0
     name, mode = "idle", modes["idle"]
     screen.copy(background, 0, 0, WIDTH, HEIGHT, 0, 0)
-    screen.marker(FRAME_MARKER, counter)
-    screen.marker(CLICK_MARKER, clicks)
+    screen.markers(counter, clicks)
     screen.d.sync()
     emit("ready")
 
@@ -461,22 +464,19 @@ def main() -> None:
                 name, mode = wanted, modes[wanted]
                 mode.enter()
                 counter = (counter + 1) & 0xFFFF
-                screen.marker(FRAME_MARKER, counter)
-                screen.flush()
+                screen.markers(counter, clicks)
                 started, first, changes = time.monotonic(), counter, 0
                 due = started + 1 / mode.rate if mode.rate else math.inf
         presses = screen.button_presses()
         if presses:
             clicks = (clicks + presses) & 0xFF
-            screen.marker(CLICK_MARKER, clicks)
-            screen.flush()
+            screen.markers(counter, clicks)
         now = time.monotonic()
         if now >= due:
             mode.step()
             counter = (counter + 1) & 0xFFFF
             changes += 1
-            screen.marker(FRAME_MARKER, counter)
-            screen.flush()
+            screen.markers(counter, clicks)
             # Fixed cadence; a late step is not made up with a burst.
             due = max(due + 1 / mode.rate, now)
 
