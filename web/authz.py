@@ -33,13 +33,15 @@ ACCESS_ATTR = "_outlink_access"
 
 
 class Perm(StrEnum):
-    """Named permissions (seeded by migration 0002; a test keeps the two in step)."""
+    """Named permissions (seeded by migrations 0002 and 0004; a test keeps them in step)."""
 
     DEVICE_VIEW = "device.view"
     TELEMETRY_VIEW = "telemetry.view"
     FILES_VIEW = "files.view"
     DESKTOP_VIEW = "desktop.view"
     DESKTOP_CONTROL = "desktop.control"
+    DESKTOP_CLIPBOARD = "desktop.clipboard"
+    DESKTOP_CONSENT = "desktop.consent"
     DIAGNOSTICS_SHELL = "diagnostics.shell"
     UPDATES_PUSH = "updates.push"
     DEVICES_ENROLL = "devices.enroll"

@@ -71,10 +71,11 @@ ROLE_PERMS: dict[str, set[str]] = {
     "administrator": set(Perm),
     "service_engineer": {
         Perm.DEVICE_VIEW, Perm.TELEMETRY_VIEW, Perm.FILES_VIEW, Perm.DESKTOP_VIEW,
-        Perm.DESKTOP_CONTROL, Perm.DIAGNOSTICS_SHELL, Perm.UPDATES_PUSH, Perm.DEVICES_ENROLL,
+        Perm.DESKTOP_CONTROL, Perm.DESKTOP_CLIPBOARD, Perm.DIAGNOSTICS_SHELL, Perm.UPDATES_PUSH,
+        Perm.DEVICES_ENROLL,
     },
     "analyst": {Perm.DEVICE_VIEW, Perm.TELEMETRY_VIEW, Perm.FILES_VIEW, Perm.AUDIT_READ},
-    "site_contact": {Perm.DEVICE_VIEW, Perm.TELEMETRY_VIEW},
+    "site_contact": {Perm.DEVICE_VIEW, Perm.TELEMETRY_VIEW, Perm.DESKTOP_CONSENT},
 }
 ROLE_OF = {"root": "administrator", "eng": "service_engineer", "ana": "analyst",
            "contact": "site_contact"}
