@@ -47,6 +47,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -365,7 +366,12 @@ def measure(make: Callable[[], Any], context: BrowserContext, env: Env) -> dict[
                     page.screenshot(path=str(env.shots / f"{stack.name}-no-viewer.png"))
                 raise
             page.evaluate("() => __bench.start()")
-            return Run(stack, page, env).run()
+            run = Run(stack, page, env)
+            try:
+                return run.run()
+            except Exception as exc:  # keep what was measured; say what broke
+                traceback.print_exc()
+                return {**run.figures, "error": f"{type(exc).__name__}: {exc}"}
         finally:
             page.close()
 
