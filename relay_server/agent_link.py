@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Engine
@@ -53,6 +53,8 @@ MAX_PENDING_INSTRUCTIONS = 16
 
 #: Serves one agent-opened channel of a kind the relay's features handle (telemetry, logs).
 AgentChannelHandler = Callable[["AgentLink", IncomingChannel], Awaitable[None]]
+#: Takes one agent event's fields (e.g. ``desktop.state``); must not block: queue, return.
+AgentEventHandler = Callable[["AgentLink", dict[str, Any]], None]
 
 
 class AgentUnavailable(Exception):
@@ -71,6 +73,8 @@ class ControlContext:
     ca: CertificateAuthority | None  # None: this relay does not sign renewals
     # Agent-opened channel kinds other than control, by kind; features add theirs at startup.
     channels: dict[str, AgentChannelHandler] = field(default_factory=dict)
+    # Agent events by name (no reply is sent); features add theirs at startup.
+    events: dict[str, AgentEventHandler] = field(default_factory=dict)
 
 
 class AgentLink(Link):
@@ -155,6 +159,14 @@ class AgentLink(Link):
             return encode_reply(msg.id, relay_id=self._context.relay_id, time=time.time())
         if isinstance(msg, control.Renew):
             return await self._renew(msg)
+        if isinstance(msg, control.Event):
+            handler = self._context.events.get(msg.name)
+            stats.control[("event", "ok" if handler is not None else "unknown_event")] += 1
+            if handler is None:
+                log.info("! unknown event %r dropped", msg.name)
+            else:
+                handler(self, msg.fields)
+            return None
         # An agent never instructs the relay.
         stats.control[("instruct", "unknown_op")] += 1
         return encode_error(msg.id, "unknown_op", "agents cannot send instructions")

@@ -15,6 +15,9 @@ Agent -> relay requests:
   certificate and the database, never from the message or the CSR subject. Errors:
   ``bad_csr``, ``key_too_weak``, ``revoked``, ``busy`` (one renewal per RENEW_INTERVAL),
   ``unavailable`` (this relay does not sign), ``internal_error``.
+* ``{"id": 3, "op": "event", "name": "desktop.state", ...fields}``: a fact for the relay
+  to record; no reply. The relay hands the fields to the feature that registered the
+  name (`ControlContext.events`); unknown names are counted and dropped.
 
 Relay -> agent requests (the agent acts only on these, R24):
 
@@ -48,6 +51,7 @@ MAX_CAPABILITIES = 32
 MAX_CAPABILITY_LENGTH = 64
 MAX_CSR_LENGTH = 8 * 1024
 MAX_INSTRUCTION = 16 * 1024
+MAX_EVENT_NAME = 64
 # Renewal signs a certificate and writes the database; an agent gets one per this
 # many seconds (it needs one per weeks).
 RENEW_INTERVAL = 60.0
@@ -76,7 +80,16 @@ class Instruct:
     instruction: dict[str, Any]
 
 
-Message = Hello | Renew | Instruct | Reply
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An agent -> relay fact; ``fields`` are unchecked (the named feature checks them)."""
+
+    id: RequestId
+    name: str
+    fields: dict[str, Any]
+
+
+Message = Hello | Renew | Event | Instruct | Reply
 
 
 def parse(data: bytes | str) -> Message:
@@ -92,6 +105,9 @@ def parse(data: bytes | str) -> Message:
         )
     if msg.op == "renew":
         return Renew(msg.id, string_arg(msg, "csr", MAX_CSR_LENGTH) or "")
+    if msg.op == "event":
+        name = string_arg(msg, "name", MAX_EVENT_NAME) or ""
+        return Event(msg.id, name, {k: v for k, v in msg.args.items() if k != "name"})
     if msg.op == "instruct":
         return Instruct(msg.id, validate_instruction(msg.args.get("instruction"), msg.id))
     raise MessageError(ERR_UNKNOWN_OP, "unknown op", msg.id)
