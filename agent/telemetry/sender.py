@@ -66,6 +66,8 @@ class Sender:
         self._batch_records = min(batch_records, MAX_BATCH_RECORDS)
         self._flush = asyncio.Event()
         self.channel_up = asyncio.Event()
+        #: Called each time a telemetry channel opens: a (new) link is usable.
+        self.on_up: Callable[[], None] | None = None
         self.acked = 0
         self.rejected = 0
         self.bytes_sent = 0
@@ -94,6 +96,8 @@ class Sender:
                 continue
             delay = RETRY_MIN
             log.info("= telemetry channel open")
+            if self.on_up is not None:
+                self.on_up()
             if self._audit is not None:
                 await asyncio.to_thread(self._audit.append, "link", "up")
             try:

@@ -106,6 +106,7 @@ class TelemetryAgent:
         self.sender = Sender(
             self.spool, tunnel=self._tunnel, connected=self._connected, audit=self.audit
         )
+        self.sender.on_up = self.uploads.kick  # interrupted uploads resume on the new link
         context = SourceContext(config.severity, self.scrubber)
         collector = await asyncio.to_thread(
             SystemCollector,

@@ -241,6 +241,10 @@ class Uploads:
 
     # -- the uploader -------------------------------------------------------------------
 
+    def kick(self) -> None:
+        """Try pending uploads now (a new link is up, or something was staged)."""
+        self._kick.set()
+
     async def run(self) -> None:
         """Upload what is staged whenever the link is up; retry what failed."""
         while True:

@@ -168,10 +168,12 @@ class UploadReceiver:
             offset = min(await asyncio.to_thread(_size, part), size)
         channel = request.accept({"offset": offset}, priority=Priority.BULK)
         log.info("< upload %s from offset %d of %d", upload_id, offset, size)
+        if 0 < offset < size:
+            self.stats["resumed"] += 1
         if final.exists():
             await self._answer(channel, {"ok": True})
             return
-        f: IO[bytes] = await asyncio.to_thread(_open_at, part, offset)
+        f = _open_at(part, offset)  # a local open; no await may come between it and `try`
         reported = offset
         try:
             async for chunk in channel:
@@ -189,8 +191,8 @@ class UploadReceiver:
             log.info("= upload %s interrupted at %d: %s", upload_id, offset, exc)
             return
         finally:
-            await asyncio.to_thread(_close, f)
-            await asyncio.to_thread(self._progress, upload_id, offset)
+            # Shielded: a cancelled handler must still close (and fsync) its file.
+            await asyncio.shield(asyncio.to_thread(self._closed, f, upload_id, offset))
         if offset != size:
             self.stats["short"] += 1
             await self._answer(channel, {"ok": False, "error": "size_mismatch"})
@@ -206,6 +208,10 @@ class UploadReceiver:
             await channel.close()
         except ChannelError:
             pass  # the agent will ask again and get the same verdict
+
+    def _closed(self, f: IO[bytes], upload_id: str, received: int) -> None:
+        _close(f)
+        self._progress(upload_id, received)
 
     def _progress(self, upload_id: str, received: int) -> None:
         with session_scope(self._sessions) as session:

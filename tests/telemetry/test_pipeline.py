@@ -59,7 +59,7 @@ def stamp(offset: float = 0.0) -> str:
 
 def log_source(path: Path, **extra: Any) -> dict[str, Any]:
     return {
-        "sources": [{"name": "app", "path": str(path), **extra}],
+        "sources": [{"name": "app", "path": str(path), "from_start": True, **extra}],
         "severity": {"default": "warning", "codes": {"I*": "routine", "E9*": "urgent"}},
     }
 
