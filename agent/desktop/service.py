@@ -180,6 +180,11 @@ class DesktopService:
         self._outbox: deque[tuple[str, dict[str, Any], bool]] = deque()
         self._sender: asyncio.Task[None] | None = None
 
+    @property
+    def watching(self) -> bool:
+        """Whether the watcher runs (only while a session is live: no work when idle)."""
+        return self._watcher is not None and not self._watcher.done()
+
     def register(self, registry: Registry) -> None:
         """Add the actions and the ``desktop`` channel kind; create the answer drop."""
         self.answers.prepare()

@@ -252,6 +252,16 @@ def click(display: str, window: str, position: tuple[int, int]) -> None:
     )
 
 
+def kill_client(display: str, window: str) -> None:
+    """Cut the X connection of the program owning ``window`` (it dies of it)."""
+    subprocess.run(
+        ["xdotool", "windowkill", window],
+        env={**os.environ, "DISPLAY": display},
+        check=True,
+        timeout=T,
+    )
+
+
 def press_key(display: str, key: str) -> None:
     """A real key press and release (XTEST), to the focused program."""
     subprocess.run(

@@ -26,6 +26,7 @@ from .conftest import (
     click,
     find_window,
     is_shown,
+    kill_client,
     press_key,
     window_gone,
 )
@@ -214,6 +215,7 @@ async def test_forged_channels_get_no_frame(start_device: StartDevice) -> None:
     channel = await device.open_desktop(session_id, "view")
     await device.event(session_id, "started")
     await refused(device, session_id, "view")  # one viewer per session
+    await channel.recv()  # the joined viewer gets the stream: one source, made for it
     assert len(device.sources.made) == 1
     channel.reset(ErrorCode.CANCELLED, "viewer closed the tab")
     ended = await device.event(session_id, "ended")
@@ -285,3 +287,47 @@ async def test_consent_off_accepts_at_once_and_still_shows_the_indicator(
     started = await device.event(session_id, "started")
     assert started["by"] == "policy:no-consent"
     await shows_the_screen(channel, device.display)
+
+
+async def test_the_session_ends_when_its_indicator_is_gone(start_device: StartDevice) -> None:
+    device = await start_device(consent_required=False)
+    session_id, _ = await device.request(mode="view")
+    await device.event(session_id, "accepted")
+    window = await asyncio.to_thread(find_window, device.display, INDICATOR)
+    await asyncio.to_thread(kill_client, device.display, window)  # e.g. a crash
+    ended = await device.event(session_id, "ended")
+    assert ended["end_reason"] == "indicator-lost"
+    await refused(device, session_id, "view")
+
+
+async def test_idle_sessions_end_and_then_the_agent_rests(start_device: StartDevice) -> None:
+    device = await start_device(consent_required=False, idle_timeout_s=0.5 * UNIT)
+    session_id, _ = await device.request(mode="view")
+    await device.event(session_id, "accepted")
+    channel = await device.open_desktop(session_id, "view")
+    await device.event(session_id, "started")
+    ended = await device.event(session_id, "ended")
+    assert ended["end_reason"] == "idle-timeout" and ended["duration_s"] >= 0.5 * UNIT
+    with pytest.raises(ChannelResetError):
+        async with asyncio.timeout(T):
+            while True:
+                await channel.recv()
+    async with asyncio.timeout(T):
+        while device.service.watching:  # it stops on its own within one poll interval
+            await asyncio.sleep(0.05)
+
+
+async def test_a_malformed_viewer_message_ends_the_session(start_device: StartDevice) -> None:
+    device = await start_device(consent_required=False)
+    session_id, _ = await device.request(mode="control")
+    await device.event(session_id, "accepted")
+    channel = await device.open_desktop(session_id, "control")
+    await device.event(session_id, "started")
+    await channel.send(b"\x10\x00")  # a truncated POINTER
+    ended = await device.event(session_id, "ended")
+    assert ended["end_reason"] == "viewer-protocol-error"
+    with pytest.raises(ChannelResetError) as reset:
+        async with asyncio.timeout(T):
+            while True:
+                await channel.recv()
+    assert reset.value.code is ErrorCode.BAD_REQUEST
