@@ -36,7 +36,7 @@ from relay_server.envelope import (
 from relay_server.links import Link
 from relay_server.metrics import kind_label
 from relay_server.splice import splice
-from tunnel import ErrorCode
+from tunnel import ErrorCode, priority_for_kind
 from tunnel.aio import (
     Channel,
     ChannelError,
@@ -231,7 +231,10 @@ class ServiceLink(Link):
             if agent_channel is None:
                 return
             try:
-                service_channel = request.accept(agent_channel.accept_meta)
+                # The service side schedules like the bridged kind, not like "bridge".
+                service_channel = request.accept(
+                    agent_channel.accept_meta, priority=priority_for_kind(bridge.kind)
+                )
             except ChannelError:  # the service gave up (or timed out) meanwhile
                 self._bridge_refused(bridge, "cancelled", "requester went away")
                 agent_channel.reset(ErrorCode.CANCELLED, "requester went away")

@@ -252,8 +252,8 @@ class Connection:
             raise ValueError(f"invalid channel kind {kind!r}")
         if meta and "kind" in meta:
             raise ValueError("meta must not contain 'kind'; pass it as kind")
-        window = self.settings.window if window is None else window
-        max_message = self.settings.max_message if max_message is None else max_message
+        priority = priority_for_kind(kind) if priority is None else priority
+        window, max_message = self._receive_limits(priority, window, max_message)
         if len(self._channels) >= self.settings.max_channels:
             raise LocalProtocolError(ErrorCode.TOO_MANY_CHANNELS, "channel limit reached")
         channel_id = self._next_id
@@ -271,12 +271,27 @@ class Connection:
             max_message=max_message,
         )
         self._move(channel, Input.SEND_OPEN)
-        channel.priority = priority_for_kind(kind) if priority is None else priority
+        channel.priority = priority
         self._channels[channel_id] = channel
         self._opening.push(now + self.settings.open_timeout, channel)
         self._queue_control(data, channel.stats)
         logger.debug("[%s] > OPEN %d kind=%s", self.name, channel_id, kind)
         return channel_id
+
+    def _receive_limits(
+        self, priority: Priority, window: int | None, max_message: int | None
+    ) -> tuple[int, int]:
+        """The window and max message we advertise for a channel of ``priority``.
+
+        BULK channels get the smaller ``Settings.bulk_window``: whatever a peer may send
+        us ahead of consumption can sit in socket buffers, where priorities cannot reach
+        it, in front of control and input frames of the same connection.
+        """
+        default = self.settings.bulk_window if priority is Priority.BULK else self.settings.window
+        window = default if window is None else window
+        if max_message is None:
+            max_message = min(self.settings.max_message, window)
+        return window, max_message
 
     def accept(
         self,
@@ -289,14 +304,14 @@ class Connection:
     ) -> None:
         """Answer a ``ChannelRequested`` with ACCEPT; the channel is then open."""
         channel = self._requested_channel(channel_id)
-        window = self.settings.window if window is None else window
-        max_message = self.settings.max_message if max_message is None else max_message
+        priority = priority_for_kind(channel.kind) if priority is None else priority
+        window, max_message = self._receive_limits(priority, window, max_message)
         data = AcceptFrame(channel_id, window, max_message, meta or {}).encode()
         self._move(channel, Input.SEND_ACCEPT)
         if window != channel.rx.window:
             channel.rx = ReceiveWindow(window)
         channel.max_message = max_message
-        channel.priority = priority_for_kind(channel.kind) if priority is None else priority
+        channel.priority = priority
         self._queue_control(data, channel.stats)
         logger.debug("[%s] > ACCEPT %d", self.name, channel_id)
 

@@ -25,19 +25,23 @@ class Settings:
     Keepalive: a side sends PING after ``*_ping_idle`` seconds without receiving
     anything and declares the peer dead if nothing arrives ``*_ping_timeout``
     seconds after that PING. The defaults make both ends notice a silent drop
-    within 35 s (< 40 s) whichever side received last.
+    within 38 s (< 40 s) whichever side received last, while an idle agent costs the
+    relay one PING/PONG every 25 s (the relay's own PING never fires while agents ping).
     """
 
     window: int = 1024 * 1024
     """Receive window we advertise per channel (bytes we buffer before the app reads)."""
+    bulk_window: int = 256 * 1024
+    """Receive window of BULK channels: bulk data in flight delays control and input
+    frames queued behind it in socket buffers by ~window / throughput per hop."""
     max_message: int = 1024 * 1024
     """Largest message we accept per channel; must not exceed ``window``."""
     max_channels: int = MAX_CHANNELS
     max_pending_opens: int = MAX_PENDING_OPENS
-    client_ping_idle: float = 15.0
-    client_ping_timeout: float = 20.0
-    server_ping_idle: float = 20.0
-    server_ping_timeout: float = 15.0
+    client_ping_idle: float = 25.0
+    client_ping_timeout: float = 12.0
+    server_ping_idle: float = 28.0
+    server_ping_timeout: float = 10.0
     open_timeout: float = 15.0
     """How long our OPEN waits for ACCEPT/REFUSE before we give up (RESET TIMEOUT)."""
     accept_timeout: float = 10.0
@@ -50,6 +54,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         check_windows(self.window, self.max_message)
+        check_windows(self.bulk_window, min(self.max_message, self.bulk_window))
         if not 1 <= self.max_channels <= MAX_CHANNELS:
             raise ValueError(f"max_channels must be 1..{MAX_CHANNELS}")
         if not 1 <= self.max_pending_opens <= MAX_PENDING_OPENS:

@@ -44,7 +44,7 @@ async def test_bulk_data_through_many_connections_at_once(fleet: Fleet) -> None:
         channels.append(await service.open_bridge(device_id_of(cert), "files"))
 
     async def exchange(i: int) -> None:
-        payload = bytes([i]) * 300_000
+        payload = bytes([i]) * 200_000
         for _ in range(3):
             await channels[i].send(payload)
             assert await channels[i].recv() == payload

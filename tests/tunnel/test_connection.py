@@ -480,8 +480,8 @@ def test_idle_link_stays_up_and_measures_rtt() -> None:
     assert pair.take(pair.client) == pair.take(pair.server) == []
     assert pair.client.rtt == 0.0  # the in-memory link is instant
     # Only the client probes; its PINGs keep the server from needing its own.
-    assert pair.client.stats[CONNECTION_KIND].frames_out == 600 // 15
-    assert pair.server.stats[CONNECTION_KIND].frames_out == 600 // 15
+    assert pair.client.stats[CONNECTION_KIND].frames_out == 600 // 25
+    assert pair.server.stats[CONNECTION_KIND].frames_out == 600 // 25
 
 
 @pytest.mark.parametrize("last_sender", ["client", "server", "both"])
@@ -509,11 +509,11 @@ def test_silent_drop_detected_by_both_ends_within_40_seconds(last_sender: str) -
 
 def test_deadline_tracks_keepalive() -> None:
     conn = Connection(Role.CLIENT, now=100)
-    assert conn.next_deadline() == 115
-    conn.receive_message(PingFrame(7).encode(), 110)
     assert conn.next_deadline() == 125
-    assert conn.tick(125) == []
-    assert conn.next_deadline() == 145  # PING sent at 125, dead at 145
+    conn.receive_message(PingFrame(7).encode(), 110)
+    assert conn.next_deadline() == 135
+    assert conn.tick(135) == []
+    assert conn.next_deadline() == 147  # PING sent at 135, dead at 147
     frames = [decode_frame(conn.next_frame() or b"") for _ in range(2)]
     assert frames == [PongFrame(7), PingFrame(1)]
 
@@ -525,8 +525,8 @@ def test_control_message_overtakes_bulk_backlog() -> None:
     pair = ConnectionPair()
     bulk = open_from(pair, "client", "files")
     control = open_from(pair, "client", "control")
-    for _ in range(8):
-        pair.client.send_message(bulk, b"b" * 1024 * 1024)  # 8 MiB backlog
+    for _ in range(32):
+        pair.client.send_message(bulk, b"b" * 256 * 1024)  # 8 MiB backlog
     first = decode_frame(pair.client.next_frame() or b"")  # one bulk chunk goes out
     pair.client.send_message(control, b"urgent")
     nxt = decode_frame(pair.client.next_frame() or b"")

@@ -30,7 +30,7 @@ def test_invalid_settings_are_refused(kwargs: dict[str, float]) -> None:
 
 def test_keepalive_follows_the_role() -> None:
     settings = Settings()
-    assert (settings.ping_idle(Role.CLIENT), settings.ping_timeout(Role.CLIENT)) == (15.0, 20.0)
-    assert (settings.ping_idle(Role.SERVER), settings.ping_timeout(Role.SERVER)) == (20.0, 15.0)
+    assert (settings.ping_idle(Role.CLIENT), settings.ping_timeout(Role.CLIENT)) == (25.0, 12.0)
+    assert (settings.ping_idle(Role.SERVER), settings.ping_timeout(Role.SERVER)) == (28.0, 10.0)
     for role in Role:  # the spec's promise: both ends notice a silent drop within 40 s
         assert settings.ping_idle(role) + settings.ping_timeout(role) <= 40
