@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import tomllib
 import typing
@@ -119,6 +120,17 @@ class ShutdownConfig:
 
 
 @dataclass(frozen=True)
+class ViewerConfig:
+    """The browser viewer's endpoint, ``/view`` (remote desktop sessions)."""
+
+    # Origins of the portal pages that may open a viewer, e.g. "https://portal.example"
+    # (scheme, host and port; no path). A browser sends its page's origin with every
+    # WebSocket handshake; any other origin gets 403. Empty: /view refuses every browser.
+    # Env: OUTLINK_RELAY_VIEWER_ALLOWED_ORIGINS, comma-separated.
+    allowed_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "INFO"
     # "json" (one object per line, for production) or "text" (for a terminal).
@@ -143,6 +155,7 @@ class RelayConfig:
     presence: PresenceConfig = field(default_factory=PresenceConfig)
     revocation: RevocationConfig = field(default_factory=RevocationConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
+    viewer: ViewerConfig = field(default_factory=ViewerConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @property
@@ -210,8 +223,14 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
 
 
 def _convert(t: Any, value: Any, key: str) -> Any:
-    """Coerce a TOML value or an env string to the field's scalar type."""
+    """Coerce a TOML value or an env string to the field's scalar type (or a tuple of
+    strings: a TOML list, or a comma-separated env string)."""
     try:
+        if typing.get_origin(t) is tuple:
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise ValueError(value)
+            return tuple(i.strip() for i in items if i.strip())
         if t is bool:
             if isinstance(value, bool):
                 return value
@@ -235,6 +254,10 @@ def _convert(t: Any, value: Any, key: str) -> Any:
     except ValueError:
         raise ConfigError(f"{key}: expected {t.__name__}, got {value!r}") from None
     raise ConfigError(f"{key}: unsupported type {t!r}")
+
+
+# scheme://host[:port] as browsers send it in Origin (lowercase host, no path, https only).
+_ORIGIN = re.compile(r"https://[a-z0-9.\-]+(:[0-9]{1,5})?|https://\[[0-9a-f:.]+\](:[0-9]{1,5})?")
 
 
 def _validate(c: RelayConfig) -> None:
@@ -263,6 +286,10 @@ def _validate(c: RelayConfig) -> None:
             "shutdown.retry_after_min_ms must be <= retry_after_max_ms",
         ),
         (c.shutdown.grace >= 0, "shutdown.grace must be >= 0"),
+        (
+            all(_ORIGIN.fullmatch(o) for o in c.viewer.allowed_origins),
+            'viewer.allowed_origins: each must be an origin like "https://portal.example:8444"',
+        ),
         (c.log.format in ("json", "text"), "log.format must be 'json' or 'text'"),
         (
             c.log.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
