@@ -56,9 +56,9 @@ def state_of(engine: Engine, sid: str) -> str:
 
 
 def test_permission_names_match_the_portal() -> None:
-    assert desktop.PERM_VIEW == Perm.DESKTOP_VIEW
-    assert desktop.PERM_CONTROL == Perm.DESKTOP_CONTROL
-    assert desktop.PERM_CLIPBOARD == Perm.DESKTOP_CLIPBOARD
+    assert Perm.DESKTOP_VIEW.value == desktop.PERM_VIEW
+    assert Perm.DESKTOP_CONTROL.value == desktop.PERM_CONTROL
+    assert Perm.DESKTOP_CLIPBOARD.value == desktop.PERM_CLIPBOARD
 
 
 def test_transitions_follow_the_table_and_final_states_stay(db_engine: Engine,
@@ -71,13 +71,10 @@ def test_transitions_follow_the_table_and_final_states_stay(db_engine: Engine,
         assert desktop.record_decision(session, sid, State.DENIED, by="device",
                                        reason="denied on the device", now=NOW, actor=RELAY)
         # A late acceptance, a start and an end after the denial change nothing.
-        for change in (
-            lambda: desktop.record_decision(session, sid, State.ACCEPTED, by="device",
-                                            reason="", now=NOW, actor=RELAY),
-            lambda: desktop.record_started(session, sid, viewer="eng", now=NOW, actor=RELAY),
-            lambda: desktop.record_ended(session, sid, reason="x", now=NOW, actor=RELAY),
-        ):
-            assert change() is None
+        assert desktop.record_decision(session, sid, State.ACCEPTED, by="device", reason="",
+                                       now=NOW, actor=RELAY) is None
+        assert desktop.record_started(session, sid, viewer="eng", now=NOW, actor=RELAY) is None
+        assert desktop.record_ended(session, sid, reason="x", now=NOW, actor=RELAY) is None
         row = session.get(DesktopSession, sid)
         assert row is not None
         assert (row.state, row.decided_by, row.consent_required, row.remote_consent_allowed) == (
