@@ -7,6 +7,8 @@ a presented certificate must chain and be valid or the TLS handshake fails. Then
 * ``/agent``   needs a device identity, not revoked          -> tunnel, `AgentLink`
 * ``/service`` needs a service identity, not revoked         -> tunnel, `ServiceLink`
 * ``/enroll``  needs no certificate (the token is the credential) -> `serve_enrollment`
+* ``/view``    a browser viewer of a desktop session: Origin + one-time ticket, no
+               certificate -> `relay_server.viewer`
 * anything else: 404. Over the per-source limits: 429 + Retry-After; over capacity: 503.
 
 Per connection the relay adds no task or timer of its own: the websockets handler
@@ -19,6 +21,7 @@ import asyncio
 import http
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -44,6 +47,7 @@ from relay_server import logs
 from relay_server.agent_link import AgentLink, ControlContext
 from relay_server.audit import AuditLog
 from relay_server.config import RelayConfig
+from relay_server.desktop_events import EVENT_NAME as DESKTOP_STATE_EVENT
 from relay_server.enrollment import EnrollmentService, serve_enrollment
 from relay_server.limits import SourceLimiter
 from relay_server.links import Link, jittered_retry_ms
@@ -54,6 +58,8 @@ from relay_server.registry import Registry
 from relay_server.revocation import RevocationCache
 from relay_server.service_api import ServiceLink
 from relay_server.tasks import TaskSet
+from relay_server.viewer import SUBPROTOCOL as VIEWER_SUBPROTOCOL
+from relay_server.viewer import VIEW_PATH, ViewerService
 from store.db import make_engine
 from tunnel import ErrorCode, Role, Settings
 from tunnel import select_subprotocol as select_tunnel_version
@@ -65,7 +71,9 @@ log = logging.getLogger(__name__)
 AGENT_PATH = "/agent"
 SERVICE_PATH = "/service"
 ENROLL_PATH = "/enroll"
-_ENDPOINTS = {AGENT_PATH: "agent", SERVICE_PATH: "service", ENROLL_PATH: "enroll"}
+_ENDPOINTS = {
+    AGENT_PATH: "agent", SERVICE_PATH: "service", ENROLL_PATH: "enroll", VIEW_PATH: "view"
+}
 
 # Frames websockets buffers before the tunnel's reader takes them (it takes each at
 # once). 8 frames of <= 16 KiB bound what a connection can make us hold there.
@@ -161,6 +169,8 @@ class Relay:
         self.control = ControlContext(
             config.relay_id, self.engine, self.presence, self.stats, self.audit, ca
         )
+        self.viewers = ViewerService(self)
+        self.control.events[DESKTOP_STATE_EVENT] = self.viewers.events.record
         self.enrollment = EnrollmentService(self.engine, ca) if ca is not None else None
         self.metrics_registry = make_registry(self)
         self._connection_class = type("RelayConnection", (RelayConnection,), {"relay": self})
@@ -177,6 +187,7 @@ class Relay:
         await self.presence.start()
         await self.revocation.start()
         await self.audit.start()
+        await self.viewers.start()
         self._server = await serve(
             self._handle,
             config.listen.host,
@@ -244,6 +255,7 @@ class Relay:
             self._server.close()  # anything that connected meanwhile
             await self._server.wait_closed()
         await self.tasks.cancel_all()
+        await self.viewers.stop()
         await self.revocation.stop()
         await self.presence.stop()
         await self.audit.stop()
@@ -270,7 +282,9 @@ class Relay:
 
     # -- handshake ----------------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response | None] | None:
         assert isinstance(connection, RelayConnection)
         endpoint = _ENDPOINTS.get(urlsplit(request.path).path)
         if endpoint is None:
@@ -282,6 +296,8 @@ class Relay:
             )
             response.headers["Retry-After"] = str(refusal.retry_after)
             return response
+        if endpoint == "view":
+            return self.viewers.admit(connection, request)
         if endpoint == "enroll":
             if self.enrollment is None:
                 return self._reject(
@@ -338,12 +354,17 @@ class Relay:
         if request is not None and urlsplit(request.path).path == ENROLL_PATH:
             # serve_enrollment closes with 1008 when the subprotocol is missing.
             return Subprotocol(ENROLL_SUBPROTOCOL) if ENROLL_SUBPROTOCOL in offered else None
+        if request is not None and urlsplit(request.path).path == VIEW_PATH:
+            return VIEWER_SUBPROTOCOL  # admit() refused the handshake unless it was offered
         return negotiate_tunnel(connection, offered)
 
     # -- connections --------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert isinstance(ws, RelayConnection)
+        if ws.request is not None and urlsplit(ws.request.path).path == VIEW_PATH:
+            await self.viewers.serve(ws)
+            return
         identity = ws.identity
         if identity is None:  # /enroll: process_request let it through without identity
             assert self.enrollment is not None
