@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunnel import Settings
+
 ENV_PREFIX = "OUTLINK_RELAY_"
 
 
@@ -80,13 +82,20 @@ class LimitsConfig:
     max_tracked_sources: int = 100_000
 
 
+_TUNNEL_DEFAULTS = Settings()
+
+
 @dataclass(frozen=True)
 class KeepaliveConfig:
-    """Dead-peer detection (done by the tunnel, not by WebSocket pings)."""
+    """Dead-peer detection (done by the tunnel, not by WebSocket pings).
 
-    # Server side of the tunnel spec: PING after 20 s of silence, dead 15 s later.
-    idle: float = 20.0
-    timeout: float = 15.0
+    Defaults are the tunnel's server-side values (docs/tunnel-protocol.md): the relay's
+    idle time is longer than the agents', so idle agents ping and the relay only
+    answers; a shorter value here would double the keepalive traffic of every agent.
+    """
+
+    idle: float = _TUNNEL_DEFAULTS.server_ping_idle
+    timeout: float = _TUNNEL_DEFAULTS.server_ping_timeout
 
 
 @dataclass(frozen=True)

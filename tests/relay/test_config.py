@@ -76,3 +76,16 @@ def test_example_config_loads() -> None:
     example = Path(__file__).parents[2] / "deploy" / "relay.example.toml"
     config = load_config(example, env={})
     assert config.listen.port == 443
+
+
+def test_keepalive_defaults_follow_the_tunnel() -> None:
+    """The relay must not ping before idle agents do (that doubles keepalive traffic)."""
+    from tunnel import Settings
+
+    config = load_config(env={})
+    tunnel = Settings()
+    assert (config.keepalive.idle, config.keepalive.timeout) == (
+        tunnel.server_ping_idle,
+        tunnel.server_ping_timeout,
+    )
+    assert config.keepalive.idle > tunnel.client_ping_idle
