@@ -187,7 +187,10 @@ class DesktopService:
 
     def register(self, registry: Registry) -> None:
         """Add the actions and the ``desktop`` channel kind; create the answer drop."""
-        self.answers.prepare()
+        try:
+            self.answers.prepare()
+        except OSError as exc:  # sessions still work; only the local command does not
+            logger.error("! no local answers: cannot create %s: %s", self.answers.directory, exc)
         registry.add_action("desktop.request", self._on_request)
         registry.add_action("desktop.answer", self._on_answer)
         registry.add_action("desktop.end", self._on_end)
@@ -211,6 +214,8 @@ class DesktopService:
     # -- instructions -------------------------------------------------------------------
 
     async def _on_request(self, instruction: dict[str, Any]) -> dict[str, Any]:
+        """Answer at once; the decision comes later as events. A ``timeout_s`` in the
+        instruction is ignored: the device's policy sets the consent timeout (R31)."""
         now = self._clock()
         try:
             session_id = parse_session_id(instruction.get("session_id"))
@@ -229,6 +234,17 @@ class DesktopService:
             name=requester.name,
             organisation=requester.organisation,
             reason=reason,
+        )
+        logger.info(
+            "< desktop request %s (%s) from %s (%s)%s",
+            session_id,
+            mode,
+            requester.name,
+            requester.organisation or requester.user,
+            f": answer on {self.policy.display} or with `outlink-agent desktop accept|deny "
+            f"{session_id}`"
+            if session.state is State.PROMPTING
+            else "",
         )
         self._apply(changes)
         self._watch()

@@ -179,7 +179,8 @@ async def start_device(
         data_dir = tmp_path / "data"
         config_file = tmp_path / "agent.toml"
         config_file.write_text(f'data_dir = "{data_dir}"\n')
-        relay = await DesktopRelay(fleet).start()
+        relay = DesktopRelay(fleet)
+        await relay.start()
         config = dataclasses.replace(
             AgentConfig(),
             relay_urls=(relay.url,),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -191,11 +192,12 @@ def test_end_is_final() -> None:
     book = SessionBook(POLICY)
     sid = accepted(book)
     assert states(book.end(sid, "ended-by-customer", 1.0)) == ["ended"]
-    for call in (
+    calls: list[Callable[[], object]] = [
         lambda: book.end(sid, "ended-by-portal", 2.0),
         lambda: book.answer(sid, True, 2.0),
         lambda: book.join(sid, Mode.VIEW, "erika", 2.0),
-    ):
+    ]
+    for call in calls:
         with pytest.raises(Refusal):
             call()
     with pytest.raises(Refusal) as unknown:

@@ -28,7 +28,8 @@ PROMPT = "remote access request"
 
 @pytest.fixture
 async def relay(fleet: Fleet) -> AsyncIterator[DesktopRelay]:
-    stub = await DesktopRelay(fleet).start()
+    stub = DesktopRelay(fleet)
+    await stub.start()
     yield stub
     await stub.stop()
 

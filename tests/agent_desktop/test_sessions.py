@@ -14,12 +14,12 @@ from PIL import ImageChops
 from agent.desktop import indicator_app, prompt_app
 from desktop import wire
 from tests.conftest import UNIT
+from tests.desktop.conftest import App
 from tests.desktop.test_streamer import Viewer, screen
 from tunnel import ErrorCode
 from tunnel.aio import Channel, ChannelRefusedError, ChannelResetError
 
 from .conftest import (
-    App,
     Device,
     StartDevice,
     T,
