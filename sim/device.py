@@ -1,6 +1,6 @@
 """The simulated equipment: a CT scanner's control software, as far as its log shows.
 
-Every tick (``--interval``, 1 s by default) it writes one to three lines in the format
+Every tick (``--interval``, 2 s by default) it writes one to three lines in the format
 the agent's default pattern reads::
 
     2025-11-27 10:00:01.123 INFO  [acq] I1001 Scan started protocol=CHEST_PA patient="DOE^JOHN" ...
@@ -11,8 +11,9 @@ Codes: ``I1xxx`` routine, ``W2xxx`` warnings, ``E4xxx`` errors (occasionally, at
 ``E9xxx`` urgent (only while failing). Scan lines carry a patient name, id, birth date,
 operator and workstation address, as real equipment logs do: the agent must scrub them.
 
-Control: the ``--control`` file is read every tick; its first word is the mode:
-``ok``, ``fail [CODE]`` (urgent code every tick until recovered), or ``stop`` (exit 0).
+Control: the ``--control`` file is read every tick; when it changes, its first word
+sets the mode: ``ok``, ``fail [CODE]`` (an urgent code every tick until recovered), or
+``stop`` (exit 0).
 SIGUSR1 fails with E9001, SIGUSR2 recovers, SIGTERM stops. ``--props`` writes the
 device-properties JSON the agent's ``properties_file`` reads. The log is rotated to
 ``FILE.1`` past ``--max-bytes``.
@@ -162,14 +163,17 @@ def run(args: argparse.Namespace) -> int:
     control = Path(args.control) if args.control else None
     ticks = 0
     next_tick = time.monotonic()
+    last: list[str] = []
     while not stopping and (args.ticks == 0 or ticks < args.ticks):
         words = _read_control(control)
         if words[:1] == ["stop"]:
             break
-        if words[:1] == ["fail"]:
-            sim.fail(words[1] if len(words) > 1 else "E9001")
-        elif words[:1] == ["ok"]:
-            sim.recover()
+        if words != last:  # a new command; signals may have changed the mode since
+            last = words
+            if words[:1] == ["fail"]:
+                sim.fail(words[1] if len(words) > 1 else "E9001")
+            elif words[:1] == ["ok"]:
+                sim.recover()
         lines = sim.lines(datetime.now())
         with open(log_path, "a", encoding="utf-8") as f:
             f.write("".join(line + "\n" for line in lines))

@@ -21,6 +21,7 @@ from sqlalchemy import select
 import relay_server.telemetry.uploads as receiver_module
 from agent.telemetry.audit import read_entries
 from relay_server.client import RpcError, ServiceClient
+from store.portal import AuditEvent
 from store.telemetry import (
     TelemetryAlarm,
     TelemetryLogUpload,
@@ -244,3 +245,32 @@ async def test_a_rule_fetches_the_logs_when_its_alarm_opens(world: World, tmp_pa
     alarm = world.db(lambda s: s.scalars(select(TelemetryAlarm)).one())
     assert (upload.reason, upload.requested_by) == ("rule", f"rule:{alarm.rule_id}")
     assert "app.log" in members(world, upload)
+
+
+async def test_a_refused_rule_fetch_is_audited_on_the_server(world: World, tmp_path: Path) -> None:
+    world.db(
+        lambda s: create_rule(
+            s, name="motor", text="when code E4012 then alarm, fetch logs secrets", actor="t"
+        )
+    )
+    await world.service.alarms.reload_rules()
+    directory = log_dir(tmp_path)
+    agent = await world.agent(
+        telemetry={
+            **uploads_config(directory),
+            "sources": [{"name": "app", "path": str(directory / "app.log"), "from_start": True}],
+            "send_interval": 0.1,
+        }
+    )
+    with open(directory / "app.log", "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}.000 ERROR [table] E4012 overcurrent\n")
+    event = await world.until(
+        lambda s: s.scalars(
+            select(AuditEvent).where(AuditEvent.kind == "telemetry.logs_refused")
+        ).first(),
+        "the refusal in the audit trail",
+    )
+    assert event.device_id == agent.device_id and event.outcome == "failure"
+    assert "unknown_source" in event.summary
+    row = world.db(lambda s: s.scalars(select(TelemetryLogUpload)).one())
+    assert (row.state, row.error) == ("refused", "unknown_source")
