@@ -3,7 +3,7 @@
 Layout (all integers big-endian)::
 
     +--------+--------+--------------------------------+----------------------+
-    | type:8 | flags:8|          channel:32            | payload (<= 16 KiB)  |
+    | type:8 | flags:8|          channel:32            | payload (<= 64 KiB)  |
     +--------+--------+--------------------------------+----------------------+
 
 :func:`decode_frame` checks everything that can be checked without connection
