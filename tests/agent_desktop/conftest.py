@@ -191,7 +191,7 @@ async def start_device(
         )
         sources = CountingSources()
         service = DesktopService(
-            DesktopPolicy(display=xdisplay, **policy),
+            DesktopPolicy(**{"display": xdisplay, **policy}),
             AnswerBox(data_dir / "desktop" / "answers"),
             settings=FAST,
             audit=AuditLog(data_dir / "audit.log"),

@@ -331,3 +331,12 @@ async def test_a_malformed_viewer_message_ends_the_session(start_device: StartDe
             while True:
                 await channel.recv()
     assert reset.value.code is ErrorCode.BAD_REQUEST
+
+
+async def test_no_prompt_possible_still_means_no(start_device: StartDevice) -> None:
+    device = await start_device(display=":999", consent_timeout_s=1.0 * UNIT)  # no such X
+    session_id, reply = await device.request()
+    assert reply.body["result"]["state"] == "prompting"
+    await device.event(session_id, "timeout")
+    await refused(device, session_id)
+    assert device.sources.made == []
