@@ -84,12 +84,12 @@ class Simulator:
             text = URGENT_CODES[self.failing].format(
                 temp=rng.uniform(92, 99), kv=rng.choice((80, 100))
             )
-            out.append(_line(now, "ERROR", "tube", self.failing, text))
+            out.append(log_line(now, "ERROR", "tube", self.failing, text))
             return out
         self._scan += 1
         patient, operator = PATIENTS[self._scan % len(PATIENTS)]
         out.append(
-            _line(
+            log_line(
                 now,
                 "INFO",
                 "acq",
@@ -101,17 +101,17 @@ class Simulator:
             )
         )
         out.append(
-            _line(now, "INFO", "acq", "I1002", f"Scan completed in {rng.uniform(3, 30):.1f} s")
+            log_line(now, "INFO", "acq", "I1002", f"Scan completed in {rng.uniform(3, 30):.1f} s")
         )
         roll = rng.random()
         if roll < self.error_rate:
             code = rng.choice(sorted(ERRORS))
             text = ERRORS[code].format(amps=rng.uniform(4, 9), job=rng.randrange(1000, 9999))
-            out.append(_line(now, "ERROR", "table", code, text))
+            out.append(log_line(now, "ERROR", "table", code, text))
         elif roll < self.error_rate * 4:
             code = rng.choice(sorted(WARNINGS))
             text = WARNINGS[code].format(temp=rng.uniform(36, 42), pct=rng.randrange(80, 95))
-            out.append(_line(now, "WARN", "det", code, text))
+            out.append(log_line(now, "WARN", "det", code, text))
         else:
             out.append(f"{_stamp(now)} DEBUG [sys] heartbeat ok")
         return out
@@ -121,7 +121,7 @@ def _stamp(now: datetime) -> str:
     return now.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def _line(now: datetime, level: str, component: str, code: str, text: str) -> str:
+def log_line(now: datetime, level: str, component: str, code: str, text: str) -> str:
     return f"{_stamp(now)} {level:<5} [{component}] {code} {text}"
 
 

@@ -10,6 +10,11 @@ agent -> relay::
 
     {"type": "batch", "batch": 7, "records": [<record>, ...]}
 
+or that JSON compressed with zlib (RFC 1950) when that is smaller (batches over
+COMPRESS_MIN bytes; a poll's repeated metric names compress about 4:1). The relay tells
+the two apart by the first byte (``{`` is 0x7b, a zlib stream starts 0x78) and inflates
+at most MAX_MESSAGE bytes, so a compression bomb is refused as ``too_large``.
+
 relay -> agent, once the batch is committed to the database (never before)::
 
     {"type": "ack", "batch": 7, "accepted": 5, "duplicates": 1,
@@ -27,6 +32,7 @@ agent's, per channel; the relay only echoes them. Records are `telemetry.records
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +52,8 @@ VERSION = 1
 MAX_MESSAGE = 256 * 1024
 #: Records per batch: bounds the relay's work per message and the size of an ack.
 MAX_BATCH_RECORDS = 500
+#: Batches smaller than this go uncompressed (zlib's header would eat the gain).
+COMPRESS_MIN = 512
 
 TYPE_BATCH = "batch"
 TYPE_ACK = "ack"
@@ -97,9 +105,15 @@ def encode_record(record: Record) -> bytes:
     return _dumps(to_wire(record))
 
 
-def encode_batch(batch: int, records: Sequence[bytes]) -> bytes:
-    """A batch from already-encoded records (the spool's bytes go out unchanged)."""
-    return b'{"type":"batch","batch":%d,"records":[%s]}' % (batch, b",".join(records))
+def encode_batch(batch: int, records: Sequence[bytes], *, compress: bool = True) -> bytes:
+    """A batch from already-encoded records (the spool's bytes go out unchanged),
+    zlib-compressed when `compress` and that makes it smaller."""
+    data = b'{"type":"batch","batch":%d,"records":[%s]}' % (batch, b",".join(records))
+    if compress and len(data) >= COMPRESS_MIN:
+        packed = zlib.compress(data, 6)
+        if len(packed) < len(data):
+            return packed
+    return data
 
 
 def parse_batch(data: bytes, *, now: float, device_id: str) -> Batch:
@@ -110,7 +124,7 @@ def parse_batch(data: bytes, *, now: float, device_id: str) -> Batch:
     """
     if len(data) > MAX_MESSAGE:
         raise CodecError(ERR_TOO_LARGE, f"message exceeds {MAX_MESSAGE} bytes")
-    msg = _loads(data)
+    msg = _loads(data if data[:1] == b"{" else _inflate(data))
     batch = msg.get("batch")
     if type(batch) is not int or not 0 <= batch <= MAX_SEQ:
         raise CodecError(ERR_MALFORMED, '"batch" must be a non-negative integer')
@@ -181,6 +195,20 @@ def parse_reply(data: bytes) -> Ack | ErrorReply:
 def _count(msg: dict[str, Any], key: str) -> int:
     value = msg.get(key, 0)
     return value if type(value) is int and value >= 0 else 0
+
+
+def _inflate(data: bytes) -> bytes:
+    """Decompress at most MAX_MESSAGE bytes of a zlib stream."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, MAX_MESSAGE + 1)
+    except zlib.error:
+        raise CodecError(ERR_MALFORMED, "neither JSON nor a zlib stream") from None
+    if len(out) > MAX_MESSAGE or inflater.unconsumed_tail:
+        raise CodecError(ERR_TOO_LARGE, f"message inflates beyond {MAX_MESSAGE} bytes")
+    if not inflater.eof:
+        raise CodecError(ERR_MALFORMED, "truncated zlib stream")
+    return out
 
 
 def _reject_constant(name: str) -> Any:

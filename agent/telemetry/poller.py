@@ -85,7 +85,7 @@ class Poller:
         """One poll: system metrics, device readings, spool state -> one metrics record."""
         values = await asyncio.to_thread(self._measure)
         if values:
-            await self._spool_records([Metrics(0, self._clock(), values)])
+            await self._spool_records([Metrics(0, round(self._clock(), 3), values)])
         self.polls += 1
 
     def _measure(self) -> dict[str, float]:
@@ -130,7 +130,7 @@ class Poller:
             return
         values = await asyncio.to_thread(self._properties.properties)
         if values and values != self._last_properties:
-            await self._spool_records([Properties(0, self._clock(), values)])
+            await self._spool_records([Properties(0, round(self._clock(), 3), values)])
             self._last_properties = values
 
     async def _spool_records(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -44,6 +45,8 @@ BATCH_BYTES = 64 * 1024
 #: a relay without telemetry refuses the channel, and must not be asked in a loop.
 RETRY_MIN = 1.0
 RETRY_MAX = 300.0
+#: Message sizes remembered for the size distribution.
+SIZE_HISTORY = 1000
 
 
 class Sender:
@@ -72,6 +75,9 @@ class Sender:
         self.rejected = 0
         self.bytes_sent = 0
         self.batches_sent = 0
+        #: Sizes of the latest messages sent (R18 asks for 0.5-3 KB; `agent status` and the
+        #: benchmark report their distribution).
+        self.sizes: deque[int] = deque(maxlen=SIZE_HISTORY)
 
     def flush(self) -> None:
         """Send everything spooled now (cheap to call often)."""
@@ -149,6 +155,7 @@ class Sender:
                     await channel.send(message)
                     self.batches_sent += 1
                     self.bytes_sent += len(message)
+                    self.sizes.append(len(message))
                     log.debug(
                         "> telemetry batch %d: %d records, %d bytes",
                         batch_id,

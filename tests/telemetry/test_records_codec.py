@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import zlib
 
 import pytest
 from hypothesis import given
@@ -201,3 +202,25 @@ def test_severity_table_exact_beats_pattern_and_longer_pattern_beats_shorter() -
     assert table.classify("X1") is Severity.WARNING  # the default
     with pytest.raises(ValueError, match="unknown severity"):
         SeverityTable({"E1": "fatal"})
+
+
+def test_large_batches_are_compressed_and_bombs_refused() -> None:
+    polls = [
+        json.dumps(metrics(i, **{f"device.m{j}": 1.5 for j in range(20)})).encode()
+        for i in range(1, 6)
+    ]
+    data = encode_batch(1, polls)
+    assert data[:1] == b"\x78" and len(data) * 3 < sum(map(len, polls))
+    assert [r.seq for r in parse_batch(data, now=NOW, device_id=DEVICE).records] == [1, 2, 3, 4, 5]
+    assert encode_batch(1, polls[:1], compress=False)[:1] == b"{"
+    bomb = zlib.compress(
+        b'{"type":"batch","batch":1,"records":[' + b" " * (2 * MAX_MESSAGE) + b"]}"
+    )
+    for bad, code in (
+        (bomb, ERR_TOO_LARGE),
+        (b"\x78\x9cgarbage", ERR_MALFORMED),
+        (data[:-4], ERR_MALFORMED),
+    ):
+        with pytest.raises(CodecError) as info:
+            parse_batch(bad, now=NOW, device_id=DEVICE)
+        assert info.value.code == code
