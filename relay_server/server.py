@@ -76,7 +76,7 @@ _ENDPOINTS = {
 }
 
 # Frames websockets buffers before the tunnel's reader takes them (it takes each at
-# once). 8 frames of <= 16 KiB bound what a connection can make us hold there.
+# once). 8 frames of <= 64 KiB bound what a connection can make us hold there.
 MAX_QUEUE = 8
 # Socket write buffer high-water mark: a few chunks in flight keep a bulk channel at
 # line rate; an idle connection uses none of it.
