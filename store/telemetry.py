@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -41,6 +41,7 @@ from sqlalchemy import (
     Integer,
     SmallInteger,
     String,
+    Table,
     Text,
     UniqueConstraint,
     delete,
@@ -71,8 +72,6 @@ UPLOAD_RETENTION = timedelta(days=90)
 RAW_CHART_SPAN = timedelta(days=3)
 #: Points a chart gets at most (more would be more than its pixels).
 MAX_CHART_POINTS = 2000
-#: Seqs per ``IN (...)`` list when looking for duplicates (well under SQLite's limit).
-IN_CHUNK = 500
 #: Hours recomputed per `downsample` call (bounded work per maintenance tick).
 DOWNSAMPLE_BATCH = 500
 #: A comment is a few sentences.
@@ -328,13 +327,12 @@ def _hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-def _insert_ignore(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING: another relay may have stored the same rows."""
-    if not rows:
-        return
+def _insert(session: Session, model: type[Base]) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING on `model`'s table (a Core statement: executed
+    with many rows it becomes multi-row INSERTs, not one round trip per row)."""
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(model).on_conflict_do_nothing(), rows)
+    return insert(cast(Table, model.__table__)).on_conflict_do_nothing()
 
 
 def ingest(
@@ -346,70 +344,76 @@ def ingest(
     """Store records idempotently on (device, seq); one outcome per batch, in order.
 
     The device of each batch is the sender's certificate identity (never a record
-    field). A record already stored, or repeated within `batches`, is a duplicate.
+    field). A record already stored, or repeated within `batches`, is a duplicate. The
+    ledger insert itself says which rows are new (``ON CONFLICT DO NOTHING RETURNING``),
+    so a resend costs no extra query, and two relays storing the same record at once
+    cannot both count it as new.
     """
-    outcomes: list[IngestOutcome] = []
-    seen: dict[str, set[int]] = {}
+    seen: set[tuple[str, int]] = set()
+    candidates: list[tuple[int, str, Record]] = []
     ledger: list[dict[str, Any]] = []
+    for index, (device_id, records) in enumerate(batches):
+        for record in records:
+            key = (device_id, record.seq)
+            if key in seen:
+                continue
+            seen.add(key)
+            candidates.append((index, device_id, record))
+            ledger.append(
+                {
+                    "device_id": device_id,
+                    "seq": record.seq,
+                    "ts": _utc(record.ts),
+                    "kind": record.kind,
+                    "received_at": received_at,
+                    "data": json.dumps(record.values, separators=(",", ":"))
+                    if isinstance(record, Metrics)
+                    else None,
+                }
+            )
+    stored: set[tuple[str, int]] = set()
+    if ledger:
+        table = TelemetryRecord.__table__
+        result = session.execute(
+            _insert(session, TelemetryRecord).returning(table.c.device_id, table.c.seq), ledger
+        )
+        stored = {(device_id, seq) for device_id, seq in result}
+    news: list[list[Record]] = [[] for _ in batches]
     events: list[dict[str, Any]] = []
     hours: set[tuple[str, datetime]] = set()
     props: dict[str, Properties] = {}
-    for device_id, records in batches:
-        known = seen.get(device_id)
-        if known is None:
-            known = seen[device_id] = set()
-        fresh = {r.seq for r in records} - known
-        for chunk in _chunks(sorted(fresh), IN_CHUNK):
-            known.update(
-                session.scalars(
-                    select(TelemetryRecord.seq).where(
-                        TelemetryRecord.device_id == device_id, TelemetryRecord.seq.in_(chunk)
-                    )
-                )
+    for index, device_id, record in candidates:
+        if (device_id, record.seq) not in stored:
+            continue
+        news[index].append(record)
+        if isinstance(record, Metrics):
+            hours.add((device_id, _hour(_utc(record.ts))))
+        elif isinstance(record, Event):
+            events.append(
+                {
+                    "device_id": device_id,
+                    "seq": record.seq,
+                    "ts": _utc(record.ts),
+                    "received_at": received_at,
+                    "code": record.code,
+                    "severity": int(record.severity),
+                    "source": record.source,
+                    "message": record.message,
+                }
             )
-        new: list[Record] = []
-        for record in records:
-            if record.seq in known:
-                continue
-            known.add(record.seq)
-            new.append(record)
-            ts = _utc(record.ts)
-            row: dict[str, Any] = {
-                "device_id": device_id,
-                "seq": record.seq,
-                "ts": ts,
-                "kind": record.kind,
-                "received_at": received_at,
-                "data": None,
-            }
-            if isinstance(record, Metrics):
-                row["data"] = json.dumps(record.values, separators=(",", ":"))
-                hours.add((device_id, _hour(ts)))
-            elif isinstance(record, Event):
-                events.append(
-                    {
-                        "device_id": device_id,
-                        "seq": record.seq,
-                        "ts": ts,
-                        "received_at": received_at,
-                        "code": record.code,
-                        "severity": int(record.severity),
-                        "source": record.source,
-                        "message": record.message,
-                    }
-                )
-            elif device_id not in props or props[device_id].seq < record.seq:
-                props[device_id] = record
-            ledger.append(row)
-        outcomes.append(IngestOutcome(new, len(records) - len(new)))
-    _insert_ignore(session, TelemetryRecord, ledger)
-    _insert_ignore(session, TelemetryEvent, events)
-    _insert_ignore(
-        session, TelemetryRollupPending, [{"device_id": d, "hour": h} for d, h in sorted(hours)]
-    )
+        elif device_id not in props or props[device_id].seq < record.seq:
+            props[device_id] = record
+    if events:
+        session.execute(_insert(session, TelemetryEvent), events)
+    if hours:
+        pending = [{"device_id": d, "hour": h} for d, h in sorted(hours)]
+        session.execute(_insert(session, TelemetryRollupPending), pending)
     for device_id, record in props.items():
         _store_properties(session, device_id, record, received_at)
-    return outcomes
+    return [
+        IngestOutcome(new, len(records) - len(new))
+        for new, (_, records) in zip(news, batches, strict=True)
+    ]
 
 
 def _store_properties(
@@ -434,11 +438,6 @@ def _store_properties(
     model = record.values.get("model")
     if model:
         session.execute(update(Device).where(Device.id == device_id).values(model=model[:255]))
-
-
-def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def high_seq(session: Session, device_id: str) -> int:
