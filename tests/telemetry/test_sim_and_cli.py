@@ -153,3 +153,71 @@ def test_maintain_downsamples_then_prunes(db_url: str, db_engine: Engine, tmp_pa
     )
     report = json.loads(out.stdout.splitlines()[-1])
     assert report["downsampled_hours"] == 2 and report["records"] == 1
+
+
+async def test_the_demo_receivers_record_mail_and_verify_webhooks(tmp_path: Path) -> None:
+    import smtplib
+    import time
+    import urllib.error
+    import urllib.request
+    from email.message import EmailMessage
+
+    from telemetry.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+    from tests.telemetry.conftest import free_port
+
+    secret, out = tmp_path / "secret", tmp_path / "received.jsonl"
+    secret.write_text("s" * 32 + "\n")
+    smtp_port, hook_port = free_port(), free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sim.receivers",
+        "--smtp-port",
+        str(smtp_port),
+        "--webhook-port",
+        str(hook_port),
+        "--secret-file",
+        str(secret),
+        "--out",
+        str(out),
+        cwd=REPO,
+        env=ENV,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        assert b"receivers:" in await asyncio.wait_for(proc.stdout.readline(), T)
+
+        def deliver() -> list[int]:
+            message = EmailMessage()
+            message["From"], message["To"], message["Subject"] = "a@x", "b@y", "[Outlink] URGENT"
+            message.set_content("alarm")
+            with smtplib.SMTP("127.0.0.1", smtp_port, timeout=T) as client:
+                client.send_message(message)
+            codes = []
+            for key in (b"s" * 32, b"forged-key-xxxxxxxxxx"):
+                body, ts = b'{"event":"alarm"}', int(time.time())
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{hook_port}/",
+                    data=body,
+                    method="POST",
+                    headers={TIMESTAMP_HEADER: str(ts), SIGNATURE_HEADER: sign(key, ts, body)},
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=T) as response:
+                        codes.append(response.status)
+                except urllib.error.HTTPError as exc:
+                    codes.append(exc.code)
+            return codes
+
+        assert await asyncio.to_thread(deliver) == [204, 401]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), T)
+    entries = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(e["channel"], e.get("verified")) for e in entries] == [
+        ("email", None),
+        ("webhook", True),
+        ("webhook", False),
+    ]
+    assert entries[0]["subject"] == "[Outlink] URGENT" and entries[1]["payload"]["event"] == "alarm"
