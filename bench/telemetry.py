@@ -544,8 +544,12 @@ async def measure_idle(
 ) -> tuple[float, float]:
     status = home / "status.json"
     async with asyncio.timeout(PHASE_TIMEOUT):
-        while not (status.exists() and json.loads(status.read_text() or "{}").get("connected")):
-            await asyncio.sleep(0.1)  # another process's state: its status file
+        connected = False
+        while not connected:  # another process's state: poll its status file
+            await asyncio.sleep(0.1)
+            connected = status.exists() and bool(
+                json.loads(status.read_text() or "{}").get("connected")
+            )
     await asyncio.sleep(3.0)  # past start-up (imports, first poll): idle from here
     p = psutil.Process(proc.pid)
     t0, c0 = time.monotonic(), sum(p.cpu_times()[:2])
