@@ -137,6 +137,11 @@ class ViewerConfig:
     # WebSocket handshake; any other origin gets 403. Empty: /view refuses every browser.
     # Env: OUTLINK_RELAY_VIEWER_ALLOWED_ORIGINS, comma-separated.
     allowed_origins: tuple[str, ...] = ()
+    # /view has its own TLS port (on listen.host) that does not ask for a client
+    # certificate: browsers cancel a WebSocket handshake that asks for one (Chromium),
+    # or prompt staff who have certificates installed. Opened only when
+    # allowed_origins is set; 0 = any free port.
+    port: int = 8445
 
 
 @dataclass(frozen=True)
@@ -274,6 +279,7 @@ def _validate(c: RelayConfig) -> None:
         (bool(c.relay_id), "relay_id must not be empty"),
         (0 <= c.listen.port <= 65535, "listen.port out of range"),
         (0 <= c.ops.port <= 65535, "ops.port out of range"),
+        (0 <= c.viewer.port <= 65535, "viewer.port out of range"),
         (c.listen.handshake_timeout > 0, "listen.handshake_timeout must be > 0"),
         (c.limits.max_connections_per_source >= 0, "limits.max_connections_per_source < 0"),
         (c.limits.connect_rate_per_source >= 0, "limits.connect_rate_per_source < 0"),

@@ -7,9 +7,10 @@ a presented certificate must chain and be valid or the TLS handshake fails. Then
 * ``/agent``   needs a device identity, not revoked          -> tunnel, `AgentLink`
 * ``/service`` needs a service identity, not revoked         -> tunnel, `ServiceLink`
 * ``/enroll``  needs no certificate (the token is the credential) -> `serve_enrollment`
-* ``/view``    a browser viewer of a desktop session: Origin + one-time ticket, no
-               certificate -> `relay_server.viewer`
 * anything else: 404. Over the per-source limits: 429 + Retry-After; over capacity: 503.
+
+Browser viewers of desktop sessions use a second TLS port (``[viewer] port``, see
+`relay_server.viewer`) whose handshake asks for no client certificate.
 
 Per connection the relay adds no task or timer of its own: the websockets handler
 task runs `Tunnel.run()` (the tunnel brings its writer task and one timer).
@@ -21,7 +22,6 @@ import asyncio
 import http
 import logging
 import time
-from collections.abc import Awaitable
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -58,8 +58,7 @@ from relay_server.registry import Registry
 from relay_server.revocation import RevocationCache
 from relay_server.service_api import ServiceLink
 from relay_server.tasks import TaskSet
-from relay_server.viewer import SUBPROTOCOL as VIEWER_SUBPROTOCOL
-from relay_server.viewer import VIEW_PATH, ViewerService
+from relay_server.viewer import ViewerService
 from store.db import make_engine
 from tunnel import ErrorCode, Role, Settings
 from tunnel import select_subprotocol as select_tunnel_version
@@ -71,9 +70,7 @@ log = logging.getLogger(__name__)
 AGENT_PATH = "/agent"
 SERVICE_PATH = "/service"
 ENROLL_PATH = "/enroll"
-_ENDPOINTS = {
-    AGENT_PATH: "agent", SERVICE_PATH: "service", ENROLL_PATH: "enroll", VIEW_PATH: "view"
-}
+_ENDPOINTS = {AGENT_PATH: "agent", SERVICE_PATH: "service", ENROLL_PATH: "enroll"}
 
 # Frames websockets buffers before the tunnel's reader takes them (it takes each at
 # once). 8 frames of <= 64 KiB bound what a connection can make us hold there.
@@ -282,9 +279,7 @@ class Relay:
 
     # -- handshake ----------------------------------------------------------------------
 
-    def _process_request(
-        self, connection: ServerConnection, request: Request
-    ) -> Response | Awaitable[Response | None] | None:
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         assert isinstance(connection, RelayConnection)
         endpoint = _ENDPOINTS.get(urlsplit(request.path).path)
         if endpoint is None:
@@ -296,8 +291,6 @@ class Relay:
             )
             response.headers["Retry-After"] = str(refusal.retry_after)
             return response
-        if endpoint == "view":
-            return self.viewers.admit(connection, request)
         if endpoint == "enroll":
             if self.enrollment is None:
                 return self._reject(
@@ -354,17 +347,12 @@ class Relay:
         if request is not None and urlsplit(request.path).path == ENROLL_PATH:
             # serve_enrollment closes with 1008 when the subprotocol is missing.
             return Subprotocol(ENROLL_SUBPROTOCOL) if ENROLL_SUBPROTOCOL in offered else None
-        if request is not None and urlsplit(request.path).path == VIEW_PATH:
-            return VIEWER_SUBPROTOCOL  # admit() refused the handshake unless it was offered
         return negotiate_tunnel(connection, offered)
 
     # -- connections --------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert isinstance(ws, RelayConnection)
-        if ws.request is not None and urlsplit(ws.request.path).path == VIEW_PATH:
-            await self.viewers.serve(ws)
-            return
         identity = ws.identity
         if identity is None:  # /enroll: process_request let it through without identity
             assert self.enrollment is not None

@@ -1,7 +1,9 @@
 """``/view``: a browser viewer joins a remote desktop session through the relay.
 
-Handshake (:meth:`ViewerService.admit`, called from ``Relay._process_request``; no
-client certificate -- the ticket is the credential):
+``/view`` has its own TLS port (``[viewer] port``, same certificate, same host): its
+handshake asks for no client certificate -- the ticket is the credential, and Chromium
+cancels a WebSocket handshake whose server asks for a certificate (the fleet port does,
+for agents and services). Handshake checks (:meth:`ViewerService.admit`):
 
 1. ``Origin`` must be one of ``[viewer] allowed_origins`` (the portal's pages), else 403:
    a page on another site cannot use a ticket it got hold of;
@@ -48,22 +50,24 @@ import enum
 import http
 import json
 import logging
+import ssl
 import time
 import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHeader
 from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from desktop import wire
+from pki.tls import server_context
 from relay_server import logs
 from relay_server.desktop_events import DesktopEvents
 from store import desktop
@@ -96,8 +100,15 @@ REATTACH_GRACE: Final = 20.0
 """How long the device's channel waits for its viewer to come back after a drop."""
 
 VIEWER_MAX_MESSAGE: Final = wire.MAX_CLIPBOARD + 1
-"""Largest message a viewer sends (a clipboard); input messages are a few bytes.
-websockets buffers at most 8 of them per viewer before it stops reading."""
+"""Largest message a viewer sends (a clipboard); input messages are a few bytes."""
+
+VIEWER_MAX_QUEUE: Final = 4
+"""Frames websockets buffers per viewer before it stops reading the socket: with
+VIEWER_MAX_MESSAGE, at most ~1 MiB per viewer on the way in."""
+
+WRITE_LIMIT: Final = 64 * 1024
+"""The viewer socket's write buffer high-water mark: `send` waits above it, which is
+what stops the pump (and the channel's credit) for a slow browser."""
 
 MAX_TEXT: Final = 1024
 """The relay's JSON messages from the viewer are tiny (a pong)."""
@@ -204,6 +215,7 @@ class ViewerService:
     def __init__(self, relay: Relay) -> None:
         self._relay = relay
         self._origins = frozenset(relay.config.viewer.allowed_origins)
+        self._server: Server | None = None
         self._sessions = make_sessionmaker(relay.engine)
         self.events = DesktopEvents(relay.engine, relay.config.relay_id)
         self._admitted: weakref.WeakKeyDictionary[ServerConnection, Admission] = (
@@ -212,19 +224,51 @@ class ViewerService:
         self.live: dict[str, LiveSession] = {}
 
     async def start(self) -> None:
+        """The session writer, and the viewer port when any portal origin is allowed."""
         await self.events.start()
+        if not self._origins:
+            log.info("= no [viewer] allowed_origins: no viewer port")
+            return
+        config = self._relay.config
+        tls = config.tls
+        context = server_context(tls.cert, tls.key, tls.ca)
+        context.verify_mode = ssl.CERT_NONE  # never ask a browser for a certificate
+        self._server = await serve(
+            self.serve, config.listen.host, config.viewer.port, ssl=context,
+            ssl_handshake_timeout=config.listen.handshake_timeout,
+            open_timeout=config.listen.handshake_timeout,
+            process_request=self.admit,
+            select_subprotocol=lambda _conn, offered: SUBPROTOCOL if SUBPROTOCOL in offered
+            else None,
+            create_connection=self._relay._connection_class,
+            max_size=VIEWER_MAX_MESSAGE, max_queue=VIEWER_MAX_QUEUE, write_limit=WRITE_LIMIT,
+            compression=None, server_header="outlink-relay",
+        )
+        log.info("= viewer port %d", self.port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "no viewer port (no [viewer] allowed_origins)"
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
         for live in list(self.live.values()):
             if live.grace is not None:
                 live.grace.cancel()
             live.channel.reset(ErrorCode.GOING_AWAY, "relay shutting down")
+        if self._server is not None:
+            await self._server.wait_closed()
         await self.events.stop()
 
     # -- handshake ----------------------------------------------------------------------
 
-    async def admit(self, connection: RelayConnection, request: Request) -> Response | None:
-        """`process_request` for ``/view``: Origin, subprotocol, ticket, device."""
+    async def admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        """`process_request` of the viewer port: path, Origin, subprotocol, ticket, device."""
+        connection = cast("RelayConnection", connection)  # the relay's connection class
+        if urlsplit(request.path).path != VIEW_PATH:
+            return self._refuse(connection, "not_found", 404, "not found\n")
         origins = request.headers.get_all("Origin")
         if len(origins) != 1 or origins[0] not in self._origins:
             return self._refuse(connection, "bad_origin", 403, "origin not allowed\n",
@@ -276,13 +320,13 @@ class ViewerService:
 
     # -- sessions -----------------------------------------------------------------------
 
-    async def serve(self, ws: RelayConnection) -> None:
+    async def serve(self, ws: ServerConnection) -> None:
         """The WebSocket handler for an admitted viewer."""
+        ws = cast("RelayConnection", ws)
         admission = self._admitted.pop(ws, None)
         if admission is None:  # cannot happen: admit() let it through
             await ws.close(CLOSE_FORBIDDEN, "not admitted")
             return
-        ws.protocol.max_message_size = VIEWER_MAX_MESSAGE  # the tunnel's 16 KiB is too small
         logs.bind(peer=ws.peer, endpoint="view", device=admission.device_id)
         live = self.live.get(admission.session_id)
         reattached = live is not None
