@@ -473,6 +473,24 @@ def record_ended(
     )
 
 
+def expire_if_overdue(
+    session: Session, session_id: str, now: datetime, actor: Actor
+) -> DesktopSession | None:
+    """``timeout`` for a request still undecided after its deadline (the relay's sweep,
+    and the portal when it shows the request); None if it is not overdue."""
+    overdue = session.scalar(select(exists().where(
+        DesktopSession.id == session_id,
+        DesktopSession.state.in_(sorted(UNDECIDED)),
+        DesktopSession.decision_deadline < now,
+    )))
+    if not overdue:
+        return None
+    return record_decision(
+        session, session_id, State.TIMEOUT, by=BY_SERVER_TIMEOUT,
+        reason="no decision reached the server in time", now=now, actor=actor,
+    )
+
+
 #: Rows handled per sweep (bounded work per tick; the next tick takes the rest).
 SWEEP_BATCH: Final = 100
 
@@ -488,10 +506,7 @@ def sweep(session: Session, now: datetime, actor: Actor) -> list[DesktopSession]
         ).limit(SWEEP_BATCH)
     ).all()
     for session_id in overdue:
-        row = record_decision(
-            session, session_id, State.TIMEOUT, by=BY_SERVER_TIMEOUT,
-            reason="no decision reached the server in time", now=now, actor=actor,
-        )
+        row = expire_if_overdue(session, session_id, now, actor)
         if row is not None:
             changed.append(row)
     unjoined = session.scalars(
