@@ -50,6 +50,12 @@ class PortalConfig:
     relay_url: str = ""
     #: Seconds an RPC to a relay may take before the portal gives up (the DB is the truth).
     relay_timeout: float = 3.0
+    #: The relays' ``/view`` endpoint (desktop viewer) as browsers reach it. ``{host}`` is
+    #: replaced by the host of the device's relay (from its ``service_url``); the port is
+    #: the relays' ``[viewer] port``.
+    relay_view_url: str = "wss://{host}:8445/view"
+    #: Who asks, as a device's consent prompt names the requester's organisation.
+    organisation: str = "Remote service"
     session_idle_minutes: int = 30
     session_absolute_hours: int = 12
     #: Failed logins per account name before it is locked for ``lockout_minutes``.

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, current_app
 from sqlalchemy import select
@@ -65,8 +66,8 @@ def service_client_call(url: str, op: str, args: dict[str, Any],
 
     try:
         return asyncio.run(asyncio.wait_for(call(), config.relay_timeout))
-    except RpcError as exc:
-        raise ValueError(exc.code) from None
+    except RpcError as exc:  # the agent's own code when it refused (busy, forbidden, ...)
+        raise ValueError(str(exc.body.get("agent_error") or exc.code)) from None
     except (WebSocketException, TunnelError) as exc:  # refused handshake, tunnel torn down
         raise OSError(type(exc).__name__) from None
 
@@ -115,6 +116,48 @@ class RelayLink:
                                        "tunnel within a minute at its next revocation refresh.")
         detail = "its tunnel was closed" if closed else "it was not connected"
         return RelayOutcome(True, f"The relay was told at once; {detail}.", ",".join(reached))
+
+
+    def instruct(
+        self, device_id: str, instruction: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, str]:
+        """Deliver ``instruction`` to the device through its relay: ``(result, "")``, or
+        ``(None, code)`` -- ``no-relay``, ``unreachable``, ``bad-answer``, or the relay's
+        or the agent's error code (``offline``, ``timeout``, ``busy``, ``forbidden``...).
+        """
+        targets = self._targets(device_id)
+        if not targets:
+            return None, "no-relay"
+        failure = "unreachable"
+        for relay_id, url in targets:
+            try:
+                reply = self.caller(url, "instruct",
+                                    {"device": device_id, "instruction": instruction},
+                                    self.config)
+            except (OSError, TimeoutError) as exc:
+                log.warning("! relay %s unreachable for %s: %s", relay_id or url,
+                            instruction.get("action"), type(exc).__name__)
+                continue
+            except ValueError as exc:
+                failure = str(exc)
+                if failure == "offline":  # maybe on another of the candidate relays
+                    continue
+                return None, failure
+            result = reply.get("result")
+            return (result, "") if isinstance(result, dict) else (None, "bad-answer")
+        return None, failure
+
+    def view_url(self, device_id: str) -> str | None:
+        """The ``/view`` URL browsers use for this device's relay (None: no relay known):
+        ``relay_view_url`` with ``{host}`` = the host of that relay's ``service_url``."""
+        template = self.config.relay_view_url
+        if "{host}" not in template:
+            return template or None
+        targets = self._targets(device_id)
+        host = urlsplit(targets[0][1]).hostname if targets else None
+        if not host:
+            return None
+        return template.replace("{host}", f"[{host}]" if ":" in host else host)
 
 
 def init_app(app: Flask, caller: RpcCaller | None = None) -> None:
