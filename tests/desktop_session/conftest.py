@@ -129,7 +129,7 @@ class Stage:
 
     @property
     def relay_url(self) -> str:
-        return f"wss://127.0.0.1:{self.fleet.relay.port}"
+        return f"wss://127.0.0.1:{self.fleet.relay.viewers.port}"
 
     def request(self, user: str = "eng", mode: Mode = Mode.CONTROL) -> str:
         """A request stored as the portal stores it (the agent is not asked)."""
@@ -206,7 +206,7 @@ async def stage(
     fleet_pki: FleetPKI, relay_db: Engine, tmp_path: Path, xdisplay: str  # noqa: F811
 ) -> AsyncIterator[Stage]:
     async with running_relay(
-        fleet_pki, relay_db, viewer=ViewerConfig(allowed_origins=(ORIGIN,))
+        fleet_pki, relay_db, viewer=ViewerConfig(allowed_origins=(ORIGIN,), port=0)
     ) as fleet:
         cert = register_device(fleet_pki, relay_db, "acme", "lab")
         assert cert.identity is not None

@@ -64,6 +64,13 @@ MATRIX: dict[str, str] = {
     "audit.search": Perm.AUDIT_READ,
     "audit.export_csv": Perm.AUDIT_READ,
     "audit.export_json": Perm.AUDIT_READ,
+    "desktop.page": Perm.DESKTOP_VIEW,
+    "desktop.request_session": Perm.DESKTOP_VIEW,
+    "desktop.state": Perm.DESKTOP_VIEW,
+    "desktop.ticket": Perm.DESKTOP_VIEW,
+    "desktop.end": Perm.DESKTOP_VIEW,
+    "desktop.consent": Perm.DESKTOP_CONSENT,
+    "desktop.answer": Perm.DESKTOP_CONSENT,
 }
 
 #: The roles' permissions as specified (migration 0002 must seed exactly this).

@@ -1,0 +1,147 @@
+// The picture: FRAME messages applied to a backing canvas, shown on the page's canvas
+// with the device's cursor on top.
+//
+// Images are decoded by the browser (createImageBitmap, off the main thread) as soon
+// as their message arrives, all rectangles of a message in parallel; the rectangles
+// are then applied strictly in order (a COPY reads the picture as the rectangles
+// before it left it), and messages strictly in arrival order. The page's canvas is
+// redrawn once per animation frame, after a FINAL part (a whole screen update) or a
+// cursor change, never for half an update.
+"use strict";
+
+import {CODEC, T} from "./wire.js";
+
+const MIME = {[CODEC.JPEG]: "image/jpeg", [CODEC.WEBP_LOSSLESS]: "image/webp"};
+
+export class Screen {
+  constructor(canvas, onError) {
+    this.canvas = canvas;
+    this.ctx = canvas.getContext("2d", {alpha: false});
+    this.backing = document.createElement("canvas");
+    this.bctx = this.backing.getContext("2d", {alpha: false});
+    this.width = 0;
+    this.height = 0;
+    this.onError = onError; // (what: string) => void; the session asks for a refresh
+    this.queue = Promise.resolve();
+    this.painted = 0; // whole updates shown (the status bar's fps)
+    this.cursor = {x: 0, y: 0, visible: false, image: null, hotX: 0, hotY: 0, serial: -1};
+    this.localPointer = null; // {x, y} in picture pixels while the mouse is over us
+    this.scale = "fit";
+    this.dirty = false;
+    this.onResize = null;
+  }
+
+  /** Queue one device message; returns when it has been applied. */
+  handle(message) {
+    if (message.type === T.FRAME) {
+      const decoded = decodeImages(message);
+      this.queue = this.queue.then(() => decoded).then(
+        (bitmaps) => this.apply(message, bitmaps),
+        (err) => this.onError("an image could not be decoded: " + err),
+      );
+    } else if (message.type === T.CURSOR_SHAPE) {
+      const data = new ImageData(new Uint8ClampedArray(message.rgba), message.w, message.h);
+      this.queue = this.queue.then(() => createImageBitmap(data)).then((image) => {
+        if (this.cursor.image) this.cursor.image.close();
+        Object.assign(this.cursor, {image, hotX: message.hotX, hotY: message.hotY,
+                                    serial: message.serial});
+        this.invalidate();
+      }, () => {});
+    } else if (message.type === T.CURSOR_POS) {
+      Object.assign(this.cursor, {x: message.x, y: message.y, visible: message.visible});
+      this.invalidate();
+    }
+    return this.queue;
+  }
+
+  apply(frame, bitmaps) {
+    if (frame.width !== this.width || frame.height !== this.height) this.resize(frame);
+    const ctx = this.bctx;
+    frame.rects.forEach((r, i) => {
+      if (r.codec === CODEC.FILL) {
+        ctx.fillStyle = `rgb(${r.data[0]}, ${r.data[1]}, ${r.data[2]})`;
+        ctx.fillRect(r.x, r.y, r.w, r.h);
+      } else if (r.codec === CODEC.COPY) {
+        const view = new DataView(r.data.buffer, r.data.byteOffset, 4);
+        ctx.drawImage(this.backing, view.getUint16(0), view.getUint16(2), r.w, r.h,
+                      r.x, r.y, r.w, r.h);
+      } else {
+        ctx.drawImage(bitmaps[i], r.x, r.y, r.w, r.h);
+        bitmaps[i].close();
+      }
+    });
+    if (frame.final) {
+      this.painted += 1;
+      this.invalidate();
+    }
+  }
+
+  resize(frame) {
+    this.width = this.backing.width = this.canvas.width = frame.width;
+    this.height = this.backing.height = this.canvas.height = frame.height;
+    this.bctx.fillStyle = "#000";
+    this.bctx.fillRect(0, 0, this.width, this.height);
+    this.applyScale();
+    if (this.onResize) this.onResize(this.width, this.height);
+  }
+
+  setScale(scale) {
+    this.scale = scale;
+    this.applyScale();
+  }
+
+  /** Fit: as large as the stage allows, never larger than 1:1. (CSSOM, not a style
+   * attribute: the page's CSP forbids inline styles.) */
+  applyScale() {
+    const style = this.canvas.style;
+    if (this.scale === "fit" && this.width) {
+      const stage = this.canvas.parentElement.getBoundingClientRect();
+      const factor = Math.min(1, stage.width / this.width,
+                              Math.max(200, window.innerHeight - 160) / this.height);
+      style.width = Math.floor(this.width * factor) + "px";
+      style.height = Math.floor(this.height * factor) + "px";
+    } else {
+      style.width = this.width + "px";
+      style.height = this.height + "px";
+    }
+  }
+
+  /** Picture coordinates of a pointer event, clamped to the picture. */
+  toPicture(event) {
+    const box = this.canvas.getBoundingClientRect();
+    const x = Math.floor((event.clientX - box.left) * this.width / box.width);
+    const y = Math.floor((event.clientY - box.top) * this.height / box.height);
+    return {x: Math.max(0, Math.min(this.width - 1, x)),
+            y: Math.max(0, Math.min(this.height - 1, y))};
+  }
+
+  invalidate() {
+    if (this.dirty) return;
+    this.dirty = true;
+    requestAnimationFrame(() => this.paint());
+  }
+
+  paint() {
+    this.dirty = false;
+    if (!this.width) return;
+    this.ctx.drawImage(this.backing, 0, 0);
+    const c = this.cursor;
+    // Over the picture, the cursor follows the local mouse at once; elsewhere it is
+    // where the device says.
+    const at = this.localPointer || (c.visible ? c : null);
+    if (at && c.image) this.ctx.drawImage(c.image, at.x - c.hotX, at.y - c.hotY);
+  }
+
+  /** RGB of one picture pixel as shown (for tests and the status bar's checks). */
+  pixel(x, y) {
+    const d = this.bctx.getImageData(x, y, 1, 1).data;
+    return [d[0], d[1], d[2]];
+  }
+}
+
+function decodeImages(frame) {
+  return Promise.all(frame.rects.map((r) => {
+    if (r.codec !== CODEC.JPEG && r.codec !== CODEC.WEBP_LOSSLESS) return null;
+    return createImageBitmap(new Blob([r.data], {type: MIME[r.codec]}));
+  }));
+}
