@@ -86,6 +86,8 @@ class Poller:
         values = await asyncio.to_thread(self._measure)
         if values:
             await self._spool_records([Metrics(0, round(self._clock(), 3), values)])
+        if self.polls == 0:
+            self._sender.flush()  # a (re)started device shows up at once, not in 5 minutes
         self.polls += 1
 
     def _measure(self) -> dict[str, float]:
