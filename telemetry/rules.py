@@ -59,7 +59,7 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _GLOB = re.compile(r"[A-Za-z0-9_.:*?-]{1,32}")
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 #: Words that end a clause; never taken as a code, model or name.
 _RESERVED = frozenset({"when", "on", "then"})
