@@ -15,8 +15,9 @@ for agents and services). Handshake checks (:meth:`ViewerService.admit`):
 4. the device's tunnel must be on this relay, else 503.
 
 Then (:meth:`ViewerService.serve`) the relay opens a ``desktop`` channel on the device's
-tunnel with meta ``{"session_id", "mode", "viewer"}`` -- the mode is the ticket's, whatever
-the browser asks -- and passes messages both ways:
+tunnel with meta ``{"session_id", "mode", "viewer", "clipboard"}`` -- the mode is the
+ticket's, whatever the browser asks; ``clipboard`` says whether the user may use it when
+the session starts (the relay filters it live) -- and passes messages both ways:
 
 * binary messages are `desktop.wire` messages: device -> viewer as they come,
   viewer -> device checked (`desktop.wire.decode_viewer_message`) and screened
@@ -161,6 +162,7 @@ class Outcome(enum.Enum):
     BAD_MESSAGE = "bad-message"
     REPLACED = "replaced"
     SESSION_OVER = "session-over"
+    ENDED_ELSEWHERE = "ended-elsewhere"  # recorded as over (e.g. by the portal)
     DEVICE_GONE = "device-gone"
     WITHDRAWN = "access-withdrawn"
     UNVERIFIABLE = "access-unverifiable"
@@ -170,6 +172,7 @@ _CLOSE: Final = {
     Outcome.BAD_MESSAGE: (CLOSE_BAD_MESSAGE, "malformed message"),
     Outcome.REPLACED: (CLOSE_REPLACED, "another viewer took over this session"),
     Outcome.SESSION_OVER: (CLOSE_ENDED, "the session has ended"),
+    Outcome.ENDED_ELSEWHERE: (CLOSE_ENDED, "the session has ended"),
     Outcome.DEVICE_GONE: (CLOSE_UNAVAILABLE, "the device disconnected"),
     Outcome.WITHDRAWN: (CLOSE_FORBIDDEN, "access withdrawn"),
     Outcome.UNVERIFIABLE: (CLOSE_FORBIDDEN, "access could not be verified"),
@@ -348,7 +351,7 @@ class ViewerService:
     async def _open(self, ws: RelayConnection, admission: Admission) -> LiveSession | None:
         link = self._relay.registry.agents.get(admission.device_id)
         meta = {"session_id": admission.session_id, "mode": str(admission.mode),
-                "viewer": admission.username}
+                "viewer": admission.username, "clipboard": admission.clipboard}
         try:
             if link is None or link.tunnel is None:
                 raise TunnelClosedError(ErrorCode.UNAVAILABLE, "", close_code=None)
@@ -549,17 +552,19 @@ class ViewerService:
                     if failures >= MAX_RECHECK_FAILURES:
                         return Outcome.UNVERIFIABLE
                     continue
-                failures = 0
-                if rights is None:
-                    log.warning("= access to session %s withdrawn", live.admission.session_id)
+                except Refused as refused:
+                    log.warning("= session %s: %s", live.admission.session_id, refused.code)
+                    if refused.code == "session-not-joinable":
+                        return Outcome.ENDED_ELSEWHERE
                     return Outcome.WITHDRAWN
+                failures = 0
                 if rights.clipboard != live.clipboard:
                     live.clipboard = rights.clipboard
                     await ws.send(_json(op="rights", clipboard=rights.clipboard))
         except ConnectionClosed:
             return Outcome.VIEWER_LEFT
 
-    def _recheck(self, admission: Admission) -> desktop.ViewerRights | None:
+    def _recheck(self, admission: Admission) -> desktop.ViewerRights:
         with session_scope(self._sessions) as session:
             return desktop.recheck_viewer(session, admission)
 

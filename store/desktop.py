@@ -619,15 +619,19 @@ def admit_viewer(session: Session, secret: object, now: datetime) -> Admission:
                      rights.clipboard)
 
 
-def recheck_viewer(session: Session, admission: Admission) -> ViewerRights | None:
-    """The relay's periodic check of a live viewer: the session is still joinable and
-    :func:`viewer_rights` still holds."""
+def recheck_viewer(session: Session, admission: Admission) -> ViewerRights:
+    """The relay's periodic check of a live viewer. Raises :class:`Refused`:
+    ``session-not-joinable`` (the session is over) or ``no-rights``
+    (:func:`viewer_rights` no longer holds)."""
     state = session.scalar(
         select(DesktopSession.state).where(DesktopSession.id == admission.session_id)
     )
     if state not in JOINABLE:
-        return None
-    return viewer_rights(session, admission.user_id, admission.device_id, admission.mode)
+        raise Refused("session-not-joinable")
+    rights = viewer_rights(session, admission.user_id, admission.device_id, admission.mode)
+    if rights is None:
+        raise Refused("no-rights")
+    return rights
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ async def test_viewer_gets_the_screen_and_drives_the_device(stage: Stage) -> Non
         while ("key", 0x61, False) not in stage.sink.events:
             await asyncio.sleep(0.01)
     assert stage.channel_metas[-1] == {
-        "session_id": sid, "mode": "control", "viewer": "eng",
+        "session_id": sid, "mode": "control", "viewer": "eng", "clipboard": True,
     }
     await stage.wait_state(sid, "started")
     await ws.close()
@@ -176,6 +176,30 @@ async def test_view_only_ticket_cannot_be_upgraded(stage: Stage) -> None:
     assert str(session.joined_mode) == "view"
 
 
+async def test_clipboard_needs_its_own_right_checked_live(stage: Stage) -> None:
+    sid = await stage.accepted()
+    ws = await stage.viewer(stage.ticket(sid))
+    assert '"clipboard":true' in await ws.recv()
+    await first_frame(ws)
+    live = stage.fleet.relay.viewers.live[sid]
+    paste = wire.Clipboard("serial 1234").encode()
+    await ws.send(paste)
+    async with asyncio.timeout(5 * UNIT):
+        while live.bytes_from_viewer < len(paste):
+            await asyncio.sleep(0.01)
+    revoke_permission(stage.engine, "service_engineer", "desktop.clipboard")
+    async with asyncio.timeout(10 * UNIT):  # the next re-check tells the viewer
+        while '"op":"rights"' not in (message := await ws.recv()):
+            pass
+    assert '"clipboard":false' in message
+    passed, dropped = live.bytes_from_viewer, live.inputs_dropped
+    await ws.send(paste)
+    await ws.send(wire.RefreshRequest().encode())
+    await first_frame(ws)  # the refresh went through: the clipboard before it did not
+    assert live.bytes_from_viewer == passed + 1
+    assert live.inputs_dropped == dropped + 1
+
+
 async def test_a_viewer_that_drops_can_come_back_with_a_new_ticket(stage: Stage) -> None:
     sid = await stage.accepted()
     ws = await stage.viewer(stage.ticket(sid))
@@ -205,6 +229,22 @@ async def test_session_ended_on_the_device_closes_the_viewer(stage: Stage) -> No
     assert await closed_code(ws, 5 * UNIT) == 4410
     await stage.wait_state(sid, "ended")
     assert stage.state(sid).end_reason == "ended-by-customer"
+
+
+async def test_session_ended_by_the_portal_closes_the_viewer(stage: Stage) -> None:
+    """The portal records the end itself when the device cannot be told; the relay's
+    re-check notices and ends the stream."""
+    sid = await stage.accepted()
+    ws = await stage.viewer(stage.ticket(sid))
+    await first_frame(ws)
+    with session_scope(stage.engine) as session:
+        desktop.record_ended(session, sid, reason=desktop.END_BY_ENGINEER,
+                             now=datetime.now(UTC), actor=desktop.Actor("portal"))
+    assert await closed_code(ws, 10 * UNIT) == 4410
+    async with asyncio.timeout(5 * UNIT):
+        while stage.desktop.book.live:  # the device stopped streaming too
+            await asyncio.sleep(0.02)
+    assert stage.state(sid).end_reason == desktop.END_BY_ENGINEER
 
 
 async def test_a_slow_viewer_does_not_grow_relay_memory(

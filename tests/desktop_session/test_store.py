@@ -202,10 +202,14 @@ def test_recheck_fails_once_rights_or_session_are_gone(db_engine: Engine,
     sid = accepted_session(db_engine, world)
     admission = admit(db_engine, issue(db_engine, sid))
     with session_scope(db_engine) as session:
-        assert desktop.recheck_viewer(session, admission) is not None
+        assert desktop.recheck_viewer(session, admission).clipboard
     disable_user(db_engine, world.users["eng"])
+    with session_scope(db_engine) as session, pytest.raises(Refused, match="no-rights"):
+        desktop.recheck_viewer(session, admission)
     with session_scope(db_engine) as session:
-        assert desktop.recheck_viewer(session, admission) is None
+        desktop.record_ended(session, sid, reason="ended-by-customer", now=NOW, actor=RELAY)
+    with session_scope(db_engine) as session, pytest.raises(Refused, match="not-joinable"):
+        desktop.recheck_viewer(session, admission)
 
 
 # -- the server's deadlines ---------------------------------------------------------------
