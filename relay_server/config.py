@@ -142,6 +142,10 @@ class ViewerConfig:
     # or prompt staff who have certificates installed. Opened only when
     # allowed_origins is set; 0 = any free port.
     port: int = 8445
+    # Browsers connect to this port: its certificate must be one they trust (a public
+    # CA's in production; on one machine, the portal's). "" = the [tls] cert and key.
+    cert: str = ""
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -280,6 +284,7 @@ def _validate(c: RelayConfig) -> None:
         (0 <= c.listen.port <= 65535, "listen.port out of range"),
         (0 <= c.ops.port <= 65535, "ops.port out of range"),
         (0 <= c.viewer.port <= 65535, "viewer.port out of range"),
+        (bool(c.viewer.cert) == bool(c.viewer.key), "viewer.cert and viewer.key go together"),
         (c.listen.handshake_timeout > 0, "listen.handshake_timeout must be > 0"),
         (c.limits.max_connections_per_source >= 0, "limits.max_connections_per_source < 0"),
         (c.limits.connect_rate_per_source >= 0, "limits.connect_rate_per_source < 0"),

@@ -1,9 +1,10 @@
 """``/view``: a browser viewer joins a remote desktop session through the relay.
 
-``/view`` has its own TLS port (``[viewer] port``, same certificate, same host): its
-handshake asks for no client certificate -- the ticket is the credential, and Chromium
-cancels a WebSocket handshake whose server asks for a certificate (the fleet port does,
-for agents and services). Handshake checks (:meth:`ViewerService.admit`):
+``/view`` has its own TLS port (``[viewer] port``, same host; ``[viewer] cert`` is a
+certificate browsers trust): its handshake asks for no client certificate -- the ticket
+is the credential, and Chromium cancels a WebSocket handshake whose server asks for a
+certificate (the fleet port does, for agents and services).
+Handshake checks (:meth:`ViewerService.admit`):
 
 1. ``Origin`` must be one of ``[viewer] allowed_origins`` (the portal's pages), else 403:
    a page on another site cannot use a ticket it got hold of;
@@ -234,7 +235,8 @@ class ViewerService:
             return
         config = self._relay.config
         tls = config.tls
-        context = server_context(tls.cert, tls.key, tls.ca)
+        context = server_context(config.viewer.cert or tls.cert, config.viewer.key or tls.key,
+                                 tls.ca)
         context.verify_mode = ssl.CERT_NONE  # never ask a browser for a certificate
         self._server = await serve(
             self.serve, config.listen.host, config.viewer.port, ssl=context,

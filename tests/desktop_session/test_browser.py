@@ -166,6 +166,8 @@ ca_dir = ""
 [viewer]
 allowed_origins = ["{portal.base_url}"]
 port = {view}
+cert = "{portal.data_dir / 'portal.pem'}"
+key = "{portal.data_dir / 'portal.key'}"
 [log]
 format = "text"
 level = "DEBUG"
