@@ -91,7 +91,7 @@ END_REASONS = {
     "ended-by-portal": "it was ended from the portal",
     desktop.END_BY_ENGINEER: "it was ended from the portal",
     desktop.END_VIEWER_LEFT: "the viewer disconnected",
-    desktop.END_ACCESS_WITHDRAWN: "your access to it was withdrawn",
+    desktop.END_ACCESS_WITHDRAWN: "the access to it was withdrawn",
     desktop.END_NOT_JOINED: "nobody joined it in time",
     desktop.END_DEVICE_DISCONNECTED: "the device disconnected",
     "channel-reset": "the connection to the device was lost",
