@@ -29,6 +29,7 @@ export class Screen {
     this.scale = "fit";
     this.dirty = false;
     this.onResize = null;
+    this.onCursor = null;
   }
 
   /** Queue one device message; returns when it has been applied. */
@@ -45,6 +46,7 @@ export class Screen {
         if (this.cursor.image) this.cursor.image.close();
         Object.assign(this.cursor, {image, hotX: message.hotX, hotY: message.hotY,
                                     serial: message.serial});
+        if (this.onCursor) this.onCursor();
         this.invalidate();
       }, () => {});
     } else if (message.type === T.CURSOR_POS) {

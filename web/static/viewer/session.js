@@ -159,6 +159,11 @@ class Viewer {
     this.latency = null;
     this.screen = new Screen(ui.canvas, (what) => this.recover(what));
     this.screen.onResize = (w, h) => { ui.size.textContent = `${w}×${h}`; };
+    // With the device's cursor image at hand, it replaces the local one over the picture
+    // (drawn where the mouse is, without waiting for the device).
+    this.screen.onCursor = () => {
+      ui.canvas.classList.toggle("viewer-control", this.mode === "control");
+    };
     this.keys = new KeyTracker((down, keysym) => this.send(encode.key(down, keysym)));
     this.buttons = 0;
     this.pendingMove = null;
@@ -270,9 +275,8 @@ class Viewer {
     if (msg.op === "hello") {
       this.mode = msg.mode;
       this.setClipboard(msg.clipboard === true);
-      ui.canvas.classList.toggle("viewer-control", this.mode === "control");
     } else if (msg.op === "ping") {
-      this.ws.send(JSON.stringify({op: "pong", t: msg.t}));
+      this.send(JSON.stringify({op: "pong", t: msg.t}));
       if (typeof msg.rtt_ms === "number") {
         this.latency = msg.rtt_ms + (typeof msg.device_rtt_ms === "number" ? msg.device_rtt_ms : 0);
       }
@@ -337,7 +341,7 @@ class Viewer {
     this.screen.localPointer = this.mode === "control" ? at : null;
     this.screen.invalidate();
     if (!this.controls) return;
-    if (event.type === "pointermove" && event.buttons === this.buttons) {
+    if (event.type === "pointermove" && browserButtons(event.buttons) === this.buttons) {
       const first = this.pendingMove === null;
       this.pendingMove = at; // one move per animation frame is plenty
       if (first) requestAnimationFrame(() => this.flushMove());
