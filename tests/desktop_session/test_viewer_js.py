@@ -60,6 +60,7 @@ console.log(JSON.stringify(out));
 
 
 def run_node(tmp_path: Path, payload: dict[str, Any]) -> dict[str, Any]:
+    assert NODE is not None
     driver = tmp_path / "driver.mjs"
     driver.write_text(DRIVER % {"static": STATIC})
     done = subprocess.run([NODE, str(driver), json.dumps(payload)], capture_output=True,
