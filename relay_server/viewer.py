@@ -220,6 +220,7 @@ class ViewerService:
         self._relay = relay
         self._origins = frozenset(relay.config.viewer.allowed_origins)
         self._server: Server | None = None
+        self._stopping = False
         self._sessions = make_sessionmaker(relay.engine)
         self.events = DesktopEvents(relay.engine, relay.config.relay_id)
         self._admitted: weakref.WeakKeyDictionary[ServerConnection, Admission] = (
@@ -257,13 +258,14 @@ class ViewerService:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        """Every live session ends (the agents end them on the reset), viewers get 1001."""
+        self._stopping = True
         for live in list(self.live.values()):
             if live.grace is not None:
                 live.grace.cancel()
             live.channel.reset(ErrorCode.GOING_AWAY, "relay shutting down")
         if self._server is not None:
+            self._server.close()
             await self._server.wait_closed()
         await self.events.stop()
 
@@ -273,14 +275,14 @@ class ViewerService:
         """`process_request` of the viewer port: path, Origin, subprotocol, ticket, device."""
         connection = cast("RelayConnection", connection)  # the relay's connection class
         if urlsplit(request.path).path != VIEW_PATH:
-            return self._refuse(connection, "not_found", 404, "not found\n")
+            return self._refuse(connection, "not_found", 404, "not found\n", audit=False)
         origins = request.headers.get_all("Origin")
         if len(origins) != 1 or origins[0] not in self._origins:
             return self._refuse(connection, "bad_origin", 403, "origin not allowed\n",
                                 origin=origins[0][:200] if origins else None)
         if not _offers(request, SUBPROTOCOL):
             return self._refuse(connection, "bad_subprotocol", 400,
-                                f"subprotocol {SUBPROTOCOL} required\n")
+                                f"subprotocol {SUBPROTOCOL} required\n", audit=False)
         tickets = parse_qs(urlsplit(request.path).query).get("ticket", [])
         if len(tickets) != 1 or len(tickets[0]) > MAX_TICKET_PARAM:
             return self._refuse(connection, "bad_ticket", 403, "ticket refused\n")
@@ -312,10 +314,15 @@ class ViewerService:
                 raise
 
     def _refuse(self, connection: RelayConnection, outcome: str, status: int, text: str,
-                *, device_id: str | None = None, **details: Any) -> Response:
+                *, device_id: str | None = None, audit: bool = True,
+                **details: Any) -> Response:
+        """Refuse the handshake; refusals that concern a session or a foreign site are
+        audited (not stray requests: counted and logged only)."""
         self._relay.stats.handshakes[("view", outcome)] += 1
         with logs.context(peer=connection.peer, endpoint="view"):
             log.info("! viewer refused: %s (%d)", outcome, status)
+        if not audit:
+            return connection.respond(http.HTTPStatus(status), text)
         self._relay.audit.record(
             "desktop.join_refused", f"viewer refused: {outcome}", outcome="failure",
             device_id=device_id, source=connection.peer, reason=outcome,
@@ -431,7 +438,7 @@ class ViewerService:
             inputs_dropped=live.inputs_dropped,
         )
         log.info("= viewer of session %s left: %s", admission.session_id, outcome.value)
-        if outcome in (Outcome.VIEWER_LEFT, Outcome.BAD_MESSAGE):
+        if outcome in (Outcome.VIEWER_LEFT, Outcome.BAD_MESSAGE) and not self._stopping:
             live.grace = self._relay.tasks.spawn(
                 self._await_return(live), name=f"view grace {admission.session_id}"
             )
