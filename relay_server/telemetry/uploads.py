@@ -175,6 +175,7 @@ class UploadReceiver:
             return
         f = _open_at(part, offset)  # a local open; no await may come between it and `try`
         reported = offset
+        received_all = False
         try:
             async for chunk in channel:
                 if offset + len(chunk) > size:
@@ -186,11 +187,13 @@ class UploadReceiver:
                 if offset - reported >= PROGRESS_STEP:
                     reported = offset
                     await asyncio.to_thread(self._progress, upload_id, offset)
+            received_all = True
         except ChannelError as exc:
-            self.stats["interrupted"] += 1
             log.info("= upload %s interrupted at %d: %s", upload_id, offset, exc)
             return
         finally:
+            if not received_all:  # the link went (error or cancelled): the part stays
+                self.stats["interrupted"] += 1
             # Shielded: a cancelled handler must still close (and fsync) its file.
             await asyncio.shield(asyncio.to_thread(self._closed, f, upload_id, offset))
         if offset != size:

@@ -265,12 +265,10 @@ def telemetry_settings() -> dict[str, Any]:
 
 @pytest.fixture
 async def world(
-    fleet_pki: FleetPKI, tmp_path: Path, telemetry_settings: dict[str, Any]
+    fleet_pki: FleetPKI, tmp_path: Path, telemetry_settings: dict[str, Any], db_url: str
 ) -> AsyncIterator[World]:
-    url = f"sqlite:///{tmp_path / 'outlink.db'}"
-    from store.db import upgrade
-
-    upgrade(url)
+    """A relay with telemetry on a fresh database (SQLite, and PostgreSQL when set up)."""
+    url = db_url
     engine = make_engine(url)
     with SmtpSink() as smtp, HookSink() as hooks:
         relay = Relay(relay_config(fleet_pki, url), engine=engine, ca=fleet_pki.ca)
@@ -288,6 +286,9 @@ async def world(
                 await agent.stop()
             await relay.stop()
             await service.stop()
+            # Cancelled awaits leave their worker threads running: let them finish and
+            # return their connections before the pool goes.
+            await asyncio.get_running_loop().shutdown_default_executor()
             engine.dispose()
 
 

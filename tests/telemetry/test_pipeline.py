@@ -223,6 +223,7 @@ class TubeSensor(DeviceSource):
 
 
 async def test_a_plugin_reading_crossing_a_threshold_raises_an_alarm(world: World) -> None:
+    TubeSensor.value = 50.0
     register_source_type("tube-sensor", lambda config, context: TubeSensor(config.name))
     try:
         world.db(
