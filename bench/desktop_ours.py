@@ -47,23 +47,28 @@ def missing_parts(root: Path = ROOT) -> list[str]:
         missing.append("relay_server: the /view endpoint")
     if not (root / "agent" / "desktop" / "service.py").exists():
         missing.append("agent/desktop: the agent's desktop session service")
-    web = root / "web"
-    if not any(web.glob("templates/**/*desktop*")) and not any(web.glob("static/**/*viewer*")):
+    if (
+        not (root / "web" / "desktop.py").exists()
+        or not (root / "web" / "static" / "viewer").is_dir()
+    ):
         missing.append("web: the desktop request page and viewer")
     return missing
 
 
 class ViewerRelay(RelayProcess):
-    """The benchmark relay, with ``/view`` open to the portal's origin."""
+    """The benchmark relay, with its ``/view`` port open to the portal's pages."""
 
-    def __init__(self, *args: object, portal_origin: str, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, workdir: Path, pki: BenchPKI, db_url: str, portal_origin: str) -> None:
+        super().__init__(workdir, pki, db_url)
         self.portal_origin = portal_origin
+        self.view_port = free_port()
 
     def write_config(self) -> None:
         super().write_config()
         with open(self.config_file, "a") as f:
-            f.write(f'\n[viewer]\nallowed_origins = ["{self.portal_origin}"]\n')
+            f.write(
+                f'\n[viewer]\nallowed_origins = ["{self.portal_origin}"]\nport = {self.view_port}\n'
+            )
 
 
 class OursStack:
@@ -82,7 +87,7 @@ class OursStack:
         self.db_url = f"sqlite:///{self.dir / 'outlink.db'}"
         self.portal_port = free_port()
         self.portal_origin = f"https://{HOST}:{self.portal_port}"
-        self.relay = ViewerRelay(self.dir, pki, self.db_url, portal_origin=self.portal_origin)
+        self.relay = ViewerRelay(self.dir, pki, self.db_url, self.portal_origin)
         self.agent_dir = self.dir / "agent"
         self.device_id = ""
         self._children: list[Child] = []
@@ -129,7 +134,8 @@ bind = "{HOST}:{self.portal_port}"
 relay_ca = "{self.pki.ca_file}"
 relay_cert = "{cert}"
 relay_key = "{key}"
-relay_url = "{self.relay.url("")}"
+relay_url = "{self.relay.url("/service")}"
+relay_view_url = "wss://{HOST}:{self.relay.view_port}/view"
 workers = 1
 """
         )
@@ -239,12 +245,29 @@ display = "{self.display}"
 
     # -- the Stack interface --------------------------------------------------------------
 
-    def processes(self) -> list[psutil.Process]:
-        agent = [c.process for c in self._children if c.name == "agent"]
-        return [psutil.Process(self.relay.pid), *agent]
+    def processes(self) -> dict[str, psutil.Process]:
+        agent = next(c.process for c in self._children if c.name == "agent")
+        return {"agent": agent, "relay": psutil.Process(self.relay.pid)}
 
     def open_viewer(self, page: Page, timeout: float) -> None:
-        raise Unavailable("the portal's desktop pages are not wired into the benchmark yet")
+        """Sign in, request a session with control on the device's page, wait for the
+        viewer to show the screen, and switch it to 1:1 (as noVNC shows it)."""
+        ms = timeout * 1000
+        page.set_default_timeout(ms)
+        page.goto(f"{self.portal_origin}/login")
+        page.fill("#username", ENGINEER)
+        page.fill("#password", PASSWORD)
+        page.click("button:has-text('Sign in')")
+        page.wait_for_url(lambda url: "/login" not in url)
+        page.goto(f"{self.portal_origin}/devices/{self.device_id}/desktop")
+        page.check("input[name=mode][value=control]")
+        page.fill("#reason", "benchmark")
+        page.click("button:has-text('Request remote desktop')")
+        page.wait_for_selector("#desktop[data-state=started]")
+        page.select_option("#viewer-scale", "1")
+        page.wait_for_function(
+            "() => window.__bench.read() && window.__bench.frame >= 0", polling=100
+        )
 
     def close(self) -> None:
         for child in reversed(self._children):

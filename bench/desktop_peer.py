@@ -116,8 +116,8 @@ class PeerStack:
         except OSError:
             return False
 
-    def processes(self) -> list[psutil.Process]:
-        return [c.process for c in self._children]
+    def processes(self) -> dict[str, psutil.Process]:
+        return {c.name: c.process for c in self._children}
 
     def open_viewer(self, page: Page, timeout: float) -> None:
         base = f"https://{self.host}:{self.web_port}"

@@ -35,8 +35,9 @@ class Unavailable(Exception):
 class Stack(Protocol):
     name: str
 
-    def processes(self) -> list[psutil.Process]:
-        """Server-side processes charged with the stack's CPU (their descendants too)."""
+    def processes(self) -> dict[str, psutil.Process]:
+        """Server-side processes charged with the stack's CPU (their descendants too),
+        by name (the figures show each one's share)."""
         ...
 
     def open_viewer(self, page: Page, timeout: float) -> None:
