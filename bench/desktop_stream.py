@@ -43,7 +43,9 @@ import math
 import os
 import queue
 import random
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -459,6 +461,8 @@ def main() -> None:
     parser.add_argument("--only", choices=("peer", "ours"))
     parser.add_argument("--shots", type=Path, help="save viewer screenshots here")
     args = parser.parse_args()
+    # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so every finally block stops its processes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     profile = PROFILES[args.profile or "default"]
     if args.shots is not None:
         args.shots.mkdir(parents=True, exist_ok=True)
