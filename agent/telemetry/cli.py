@@ -5,13 +5,13 @@ device); ``audit verify`` walks its hash chain and exits 0 (intact) or 1 (the fi
 broken line is printed). ``run`` is ``outlink-agent run`` plus `TelemetryAgent`.
 
 Until ``agent/cli.py`` carries them, ``python -m agent.telemetry run|audit ...`` offers
-the same commands; to wire them into ``outlink-agent``:
+the same commands. To wire them into ``outlink-agent``:
 
-* ``_parser()``: ``add_audit_parser(sub)`` and ``--telemetry`` on ``run``;
+* ``_parser()``: ``add_audit_parser(sub)``, and ``--telemetry`` on ``run``;
 * ``main()``: ``if args.command == "audit": return cmd_audit(config, args)``;
-* ``_run()``: ``telemetry = start_telemetry(config, args.telemetry, args.config,
-  registry, manager)`` after the manager is built, then ``tasks = run_telemetry(...)``
-  -- see `run_agent` below, which is exactly that.
+* ``cmd_run``: run `run_agent` (it is ``agent.cli._run`` plus the `TelemetryAgent`:
+  built after the manager, registered, run beside it, watched by the watchdog) with
+  ``load_telemetry_config(find_config(args.telemetry, args.config))``.
 """
 
 from __future__ import annotations

@@ -75,8 +75,8 @@ class Sender:
         self.rejected = 0
         self.bytes_sent = 0
         self.batches_sent = 0
-        #: Sizes of the latest messages sent (R18 asks for 0.5-3 KB; `agent status` and the
-        #: benchmark report their distribution).
+        #: Sizes of the latest messages sent (R18 asks for 0.5-3 KB; the benchmark
+        #: reports their distribution).
         self.sizes: deque[int] = deque(maxlen=SIZE_HISTORY)
 
     def flush(self) -> None:
