@@ -40,11 +40,56 @@ def demo_token(lay: Layout) -> str:
         engine.dispose()
 
 
+def demo_agent_config(display: str | None) -> str:
+    """The demo device's desktop policy, as the site's IT would set it at installation:
+    consent required, and (for trying it alone) site contacts may answer in the portal."""
+    if display is None:
+        return "\n[desktop]\nenabled = false\n"
+    return (
+        "\n[desktop]\nenabled = true\n"
+        f'display = "{display}"\n'
+        "consent_required = true\nconsent_timeout_s = 30\nallow_remote_consent = true\n"
+    )
+
+
+def demo_telemetry_config(equipment: dict[str, Path]) -> str:
+    """What the demo device's telemetry reads: the simulated scanner's log and properties."""
+    log, props = equipment["log"], equipment["props"]
+    return f"""# The simulated CT scanner (python -m sim): its log, error codes and properties.
+poll_interval = 60
+send_interval = 300
+properties_file = "{props}"
+
+[[sources]]
+name = "scanner"
+path = "{log}"
+
+[severity]
+default = "warning"
+codes = {{ "I*" = "routine", "W*" = "warning", "E4*" = "warning", "E9*" = "urgent" }}
+
+[[uploads]]
+name = "scanner"
+path = "{log}*"
+max_bytes = 20_000_000
+"""
+
+
 class DemoDevice:
     """One agent: config, identity and data under ``directory``, process named ``name``."""
 
-    def __init__(self, lay: Layout, name: str, directory: Path, *, hostname: str) -> None:
+    def __init__(
+        self,
+        lay: Layout,
+        name: str,
+        directory: Path,
+        *,
+        hostname: str,
+        extra_config: str = "",
+        telemetry_config: str = "",
+    ) -> None:
         self.lay, self.name, self.directory, self.hostname = lay, name, directory, hostname
+        self.extra_config, self.telemetry_config = extra_config, telemetry_config
         self.config = directory / "agent.toml"
         self.identity_dir = directory / "identity"
 
@@ -60,8 +105,11 @@ class DemoDevice:
                 f'ca_file = "{ca_copy}"\n'
                 f'identity_dir = "{self.identity_dir}"\n'
                 f'data_dir = "{self.directory}"\n'
-                'proxy = "none"\n'
+                'proxy = "none"\n' + self.extra_config
             )
+        telemetry = self.directory / "telemetry.toml"  # found next to agent.toml
+        if self.telemetry_config and not telemetry.exists():
+            telemetry.write_text(self.telemetry_config)
 
     def enrolled(self) -> bool:
         return (self.identity_dir / "device.pem").exists()
@@ -98,7 +146,14 @@ def add_device(lay: Layout, token: str, name: str | None) -> int:
     """Enrol and start one more simulated device with a token from the portal."""
     existing = sorted(p.name for p in (lay.root / "devices").glob("*"))
     name = name or f"device-{len(existing) + 2}"
-    device = DemoDevice(lay, f"agent-{name}", lay.root / "devices" / name, hostname=name)
+    # Added devices have no screen of their own: no desktop sessions on them.
+    device = DemoDevice(
+        lay,
+        f"agent-{name}",
+        lay.root / "devices" / name,
+        hostname=name,
+        extra_config="\n[desktop]\nenabled = false\n",
+    )
     if device.enrolled():
         print(f"outlink: {name} is enrolled already; starting it")
     else:

@@ -15,6 +15,7 @@ class Layout:
     relay_port: int = int(os.environ.get("OUTLINK_STACK_RELAY_PORT", "8443"))
     ops_port: int = int(os.environ.get("OUTLINK_STACK_OPS_PORT", "9100"))
     portal_port: int = int(os.environ.get("OUTLINK_STACK_PORTAL_PORT", "8444"))
+    viewer_port: int = int(os.environ.get("OUTLINK_STACK_VIEWER_PORT", "8445"))
     host: str = "localhost"
 
     @classmethod

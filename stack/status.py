@@ -8,6 +8,8 @@ from pathlib import Path
 from stack import processes
 from stack.layout import Layout
 
+EQUIPMENT = ("console", "simulator", "screen")  # the demo device's own programs
+
 
 def agent_status(directory: Path) -> dict[str, object]:
     """An agent's own ``status.json`` (what it last knew of its link), or {}."""
@@ -52,6 +54,12 @@ def print_status(lay: Layout, *, password: str | None = None) -> None:
         _agent_line(name, folder, lay) for name, folder in agents(lay).items()
     )
     staff_ca = lay.portal_dir / "staff-ca" / "ca.pem"
+    equipment = []
+    for name in EQUIPMENT:
+        proc = processes.find(lay.run, name)
+        equipment.append(f"{name} {'pid ' + str(proc.pid) if proc else 'STOPPED'}")
+    display_file = lay.root / "display"
+    display = display_file.read_text().strip() if display_file.exists() else "(none)"
     ops = f"http://127.0.0.1:{lay.ops_port}"
     print(
         f"""
@@ -64,6 +72,8 @@ Outlink on this machine:
   Relay   {lay.relay_url}  /agent /service /enroll   [{state["relay"]}]
           {ops}/healthz   {ops}/readyz   {ops}/metrics
   Agents  {agent_lines}
+  Device  screen {display} (what a desktop session shows)
+          {", ".join(equipment)}; make it fail: echo "fail E9001" > {lay.root}/equipment/control
 
   Data    {lay.root}  (database {lay.db_url}; fleet CA {lay.pki / "ca.pem"})
   Logs    {lay.logs}/relay.log, portal.log, agent*.log
@@ -78,6 +88,6 @@ Outlink on this machine:
 
 def down(lay: Layout) -> int:
     """Stop the agents first so the relay sees clean goodbyes, then portal and relay."""
-    for name in [*agents(lay), "portal", "relay"]:
+    for name in [*agents(lay), "portal", "relay", *EQUIPMENT]:
         print(f"{name}: {'stopped' if processes.stop(lay.run, name) else 'was not running'}")
     return 0

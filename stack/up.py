@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from stack import devices, processes
+from stack import devices, processes, screen
 from stack.layout import Layout
 from stack.status import print_status
 
@@ -70,6 +70,15 @@ cert = "{lay.pki / "relay.pem"}"
 key = "{lay.pki / "relay.key"}"
 ca = "{lay.pki / "ca.pem"}"
 ca_dir = "{lay.pki}"
+
+# Browser viewers of desktop sessions: their own port, which asks for no client
+# certificate, with the portal's certificate so a browser that accepted the portal
+# accepts this too.
+[viewer]
+allowed_origins = ["https://{lay.host}:{lay.portal_port}"]
+port = {lay.viewer_port}
+cert = "{lay.portal_dir / "tls.pem"}"
+key = "{lay.portal_dir / "tls.key"}"
 """,
     )
     _write_if_missing(
@@ -78,6 +87,7 @@ ca_dir = "{lay.pki}"
 data_dir = "{lay.portal_dir}"
 database_url = "{lay.db_url}"
 bind = "127.0.0.1:{lay.portal_port}"
+relay_view_url = "wss://{{host}}:{lay.viewer_port}/view"
 tls_cert = "{lay.portal_dir / "tls.pem"}"
 tls_key = "{lay.portal_dir / "tls.key"}"
 staff_ca_dir = "{lay.portal_dir / "staff-ca"}"
@@ -143,7 +153,13 @@ def up(lay: Layout) -> int:
     password = init_portal(lay)
     start_relay(lay)
     start_portal(lay)
-    demo = devices.DemoDevice(lay, "agent", lay.agent_dir, hostname="demo-ct-01")
+    display = screen.start_screen(lay)
+    equipment = screen.start_equipment(lay, display)
+    demo = devices.DemoDevice(
+        lay, "agent", lay.agent_dir, hostname="demo-ct-01",
+        extra_config=devices.demo_agent_config(display),
+        telemetry_config=devices.demo_telemetry_config(equipment),
+    )  # fmt: skip
     if not demo.enrolled():
         demo.enroll(devices.demo_token(lay))
     demo.start()
