@@ -16,8 +16,9 @@ CPU (psutil, whole process trees). Per system:
 * ``fps_<mode>``         distinct frame markers displayed per second (``source_fps_*``:
                          what the workload painted);
 * ``bytes_<mode>``       WebSocket payload bytes per second, server -> viewer;
-* ``cpu_pct_<mode>``     server-side CPU, % of one core; ``cpu_per_frame`` (ms) = CPU
-                         over all three modes / frames displayed in them (also per mode);
+* ``cpu_pct_<mode>``     server-side CPU, % of one core (``..._by_process``: each
+                         server process); ``cpu_per_frame`` (ms) = CPU over all three
+                         modes / frames displayed in them (also per mode);
 * ``latency_p50/p95``    ms from the mouse down in the page to the click marker's new
                          value on the canvas (ms, ``performance.now()`` in the page);
 * ``psnr``               dB, the displayed canvas against the screen (mss) once the
@@ -51,6 +52,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,7 @@ from desktop_stack import Child, Stack, Unavailable, cpu_seconds, wait_until
 from harness import PYTHON, BenchPKI, emit, free_port, percentile, progress
 from PIL import Image, ImageChops, ImageStat
 from playwright.sync_api import BrowserContext, Page, ViewportSize, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -332,7 +335,7 @@ class Run:
                     "() => __bench.latency() !== null", timeout=CLICK_TIMEOUT * 1000, polling=20
                 )
                 samples.append(page.evaluate("() => __bench.latency()"))
-            except Exception:  # Playwright's TimeoutError: the click's effect never showed
+            except PlaywrightTimeout:  # the click's effect was never displayed
                 lost += 1
             page.mouse.up()
             page.evaluate("() => __bench.disarm()")
@@ -360,7 +363,9 @@ class Run:
         return f
 
 
-def measure(make: Callable[[], Any], context: BrowserContext, env: Env) -> dict[str, Any]:
+def measure(
+    make: Callable[[], AbstractContextManager[Stack]], context: BrowserContext, env: Env
+) -> dict[str, Any]:
     """Start the stack ``make()`` builds, measure it, stop it; ``{"unavailable": why}``
     if it cannot run here."""
     try:
@@ -453,6 +458,18 @@ def targets(ours: dict[str, Any], r: dict[str, float | None]) -> dict[str, bool 
     }
 
 
+def probe_config() -> dict[str, Any]:
+    """What ``desktop_probe.js`` needs to know of the workload's screen and markers."""
+    markers = (wl.FRAME_MARKER, wl.CLICK_MARKER)
+    return {
+        "width": wl.WIDTH,
+        "block": wl.BLOCK,
+        "frame": {"x": wl.FRAME_MARKER.x, "y": wl.FRAME_MARKER.y, "bits": wl.FRAME_MARKER.bits},
+        "click": {"x": wl.CLICK_MARKER.x, "y": wl.CLICK_MARKER.y, "bits": wl.CLICK_MARKER.bits},
+        "area": [max(m.x + m.width for m in markers), max(m.y + m.height for m in markers)],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group()
@@ -466,54 +483,36 @@ def main() -> None:
     profile = PROFILES[args.profile or "default"]
     if args.shots is not None:
         args.shots.mkdir(parents=True, exist_ok=True)
-    config = {
-        "width": wl.WIDTH,
-        "block": wl.BLOCK,
-        "frame": {"x": wl.FRAME_MARKER.x, "y": wl.FRAME_MARKER.y, "bits": wl.FRAME_MARKER.bits},
-        "click": {"x": wl.CLICK_MARKER.x, "y": wl.CLICK_MARKER.y, "bits": wl.CLICK_MARKER.bits},
-        "area": [
-            max(m.x + m.width for m in (wl.FRAME_MARKER, wl.CLICK_MARKER)),
-            max(m.y + m.height for m in (wl.FRAME_MARKER, wl.CLICK_MARKER)),
-        ],
-    }
     result: dict[str, Any] = {"profile": args.profile or "default"}
-    with tempfile.TemporaryDirectory(prefix="outlink-desktop-bench-") as tmp:
-        workdir = Path(tmp)
+    with contextlib.ExitStack() as cleanup:  # unwinds in reverse: browser, program, Xvfb
+        workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="outlink-dbench-")))
         pki = BenchPKI(workdir / "pki")
-        with xvfb(workdir) as (display, xserver):
-            progress(f"Xvfb {display} up; starting the workload")
-            workload = Workload(display, workdir / "workload.log")
-            try:
-                with sync_playwright() as pw:
-                    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                    try:
-                        env = Env(display, xserver.process, workload, browser_processes(),
-                                  profile, args.shots)  # fmt: skip
-                        stacks = {
-                            "peer": lambda: PeerStack(
-                                display, workdir, pki.server_cert, pki.server_key,
-                                (free_port(), free_port()),
-                            ),
-                            "ours": lambda: OursStack(display, workdir, pki),
-                        }  # fmt: skip
-                        for name, make in stacks.items():
-                            if args.only not in (None, name):
-                                continue
-                            context = browser.new_context(
-                                viewport=VIEWPORT, ignore_https_errors=True
-                            )
-                            context.add_init_script(
-                                script=f"window.__benchConfig = {json.dumps(config)};"
-                            )
-                            context.add_init_script(path=PROBE)
-                            try:
-                                result[name] = measure(make, context, env)
-                            finally:
-                                context.close()
-                    finally:
-                        browser.close()
-            finally:
-                workload.close()
+        display, xserver = cleanup.enter_context(xvfb(workdir))
+        progress(f"Xvfb {display} up; starting the workload")
+        workload = Workload(display, workdir / "workload.log")
+        cleanup.callback(workload.close)
+        browser = cleanup.enter_context(sync_playwright()).chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS
+        )
+        cleanup.callback(browser.close)
+        env = Env(display, xserver.process, workload, browser_processes(), profile, args.shots)
+        stacks: dict[str, Callable[[], AbstractContextManager[Stack]]] = {
+            "peer": lambda: PeerStack(
+                display, workdir, pki.server_cert, pki.server_key, (free_port(), free_port())
+            ),
+            "ours": lambda: OursStack(display, workdir, pki),
+        }
+        for name, make in stacks.items():
+            if args.only in (None, name):
+                context = browser.new_context(viewport=VIEWPORT, ignore_https_errors=True)
+                context.add_init_script(
+                    script=f"window.__benchConfig = {json.dumps(probe_config())};"
+                )
+                context.add_init_script(path=PROBE)
+                try:
+                    result[name] = measure(make, context, env)
+                finally:
+                    context.close()
     ours, peer = result.get("ours"), result.get("peer")
     if isinstance(ours, dict) and isinstance(peer, dict) and "unavailable" not in ours | peer:
         result["ratios"] = ratios(ours, peer)
