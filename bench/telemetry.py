@@ -254,7 +254,7 @@ class BenchAgent:
     def stream(self) -> None:
         source = LogFileSource(
             SourceConfig("app", str(self.log), from_start=True),
-            SourceContext(SEVERITY, Scrubber()),
+            SourceContext(SEVERITY),
         )
         self.poller = Poller(
             spool=self.spool,
@@ -262,6 +262,7 @@ class BenchAgent:
             collector=None,
             sources=[source, self.system],
             properties=PropertiesFile(Path(""), {"model": "CT-9000", "serial": self.device_id}),
+            scrubber=Scrubber(),
             audit=None,
             poll_interval=POLL,
             send_interval=SEND,

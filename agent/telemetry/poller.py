@@ -3,7 +3,8 @@
 * every ``poll_interval`` (60 s): system metrics + device readings + spool counters,
   one ``metrics`` record;
 * every ``tail_interval`` (0.5 s): new lines of each device source; their events are
-  spooled with the source positions, and an URGENT one flushes the sender at once;
+  scrubbed (R28, whatever the source), spooled with the source positions, and an
+  URGENT one flushes the sender at once;
 * every ``send_interval`` (5 min): flush the sender (the scheduled batch);
 * every ``properties_interval`` (1 h) and at start: device properties, spooled only
   when they changed.
@@ -16,7 +17,9 @@ per loop, so the agent uses a sliver of one core at most (R32).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,10 +29,12 @@ from agent.telemetry.collectors import SystemCollector
 from agent.telemetry.sender import Sender
 from agent.telemetry.sources import DeviceSource
 from agent.telemetry.spool import Spool
-from telemetry.records import Event, Metrics, Properties, Record, metric_allowed
+from telemetry.records import MAX_MESSAGE, Event, Metrics, Properties, Record, metric_allowed
+from telemetry.scrub import Scrubber
 
 log = logging.getLogger(__name__)
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 #: Urgent device events written to the local audit log per minute at most; a device
 #: that floods urgent codes gets one summary line for the rest.
 URGENT_AUDIT_PER_MINUTE = 10
@@ -46,6 +51,7 @@ class Poller:
         collector: SystemCollector | None,
         sources: list[DeviceSource],
         properties: DeviceSource | None,
+        scrubber: Scrubber,
         audit: AuditLog | None,
         poll_interval: float,
         send_interval: float,
@@ -58,6 +64,7 @@ class Poller:
         self._collector = collector
         self._sources = sources
         self._properties = properties
+        self._scrubber = scrubber
         self._audit = audit
         self._intervals = (poll_interval, send_interval, tail_interval, properties_interval)
         self._clock = clock
@@ -118,6 +125,7 @@ class Poller:
                 continue
             if not events and position == old:
                 continue
+            events = [self._clean(e) for e in events]
             positions = {source.name: position} if position is not None else {}
             await self._spool_records(list(events), positions)
             self._positions[source.name] = position
@@ -126,6 +134,12 @@ class Poller:
                 log.info("= %d urgent event(s) from %s: sending now", len(urgent), source.name)
                 self._sender.flush()
                 await self._audit_urgent(urgent)
+
+    def _clean(self, event: Event) -> Event:
+        """What leaves the device (R28): scrubbed, printable, bounded -- whatever the
+        source plug-in did."""
+        message = self._scrubber.scrub(_CONTROL.sub(" ", event.message))[:MAX_MESSAGE]
+        return dataclasses.replace(event, message=message)
 
     async def read_properties(self) -> None:
         if self._properties is None:

@@ -107,7 +107,7 @@ class TelemetryAgent:
             self.spool, tunnel=self._tunnel, connected=self._connected, audit=self.audit
         )
         self.sender.on_up = self.uploads.kick  # interrupted uploads resume on the new link
-        context = SourceContext(config.severity, self.scrubber)
+        context = SourceContext(config.severity)
         collector = await asyncio.to_thread(
             SystemCollector,
             disks=config.disks,
@@ -120,6 +120,7 @@ class TelemetryAgent:
             collector=collector,
             sources=make_sources(config.sources, context),
             properties=PropertiesFile(Path(config.properties_file), dict(config.properties)),
+            scrubber=self.scrubber,
             audit=self.audit,
             poll_interval=config.poll_interval,
             send_interval=config.send_interval,

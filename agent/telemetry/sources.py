@@ -7,13 +7,14 @@ line...). A source may provide three things, each optional:
 
 * ``poll_events(position)`` -- new error codes/events since `position` (an opaque
   string the spool stores atomically with the events), called every tail interval;
+  messages may be raw: the poller scrubs every source's events (R28);
 * ``readings()``            -- numeric ``device.*`` metrics, called at every poll;
 * ``properties()``          -- device properties (model, serial, versions).
 
 All three are blocking and run in a worker thread, bounded in work per call.
 
 Built in: ``logfile`` (error codes read from a log file with a configurable pattern,
-severity from the table, message scrubbed), and `PropertiesFile` for the JSON file of
+severity from the table), and `PropertiesFile` for the JSON file of
 device properties that equipment software typically writes.
 """
 
@@ -33,12 +34,10 @@ from typing import Any
 from agent.telemetry.config import SourceConfig
 from telemetry.records import (
     CODE,
-    MAX_MESSAGE,
     MAX_PROPERTY_VALUE,
     Event,
     property_allowed,
 )
-from telemetry.scrub import Scrubber
 from telemetry.severity import SeverityTable
 
 log = logging.getLogger(__name__)
@@ -55,10 +54,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 @dataclass(frozen=True)
 class SourceContext:
-    """What sources share: the severity table and the scrubber."""
+    """What sources share: the severity table (and a clock for lines without a time)."""
 
     severity: SeverityTable
-    scrubber: Scrubber
     clock: Callable[[], float] = time.time
 
 
@@ -84,8 +82,8 @@ class LogFileSource(DeviceSource):
 
     Follows the file by inode and offset: a rotated file (new inode) is read from its
     start, a truncated one (size below our offset) too. Only whole lines are read; a
-    line's timestamp becomes the event's ``ts``, its code is classified by the severity
-    table, and the rest of the line is scrubbed (R28) before it is returned.
+    line's timestamp becomes the event's ``ts`` and its code is classified by the
+    severity table.
     """
 
     def __init__(self, config: SourceConfig, context: SourceContext) -> None:
@@ -136,14 +134,13 @@ class LogFileSource(DeviceSource):
         if match is None or not match["code"] or not CODE.fullmatch(match["code"]):
             return None
         code = match["code"]
-        message = self._context.scrubber.scrub(_CONTROL.sub(" ", match["message"] or ""))
         return Event(
             0,
             self._timestamp(match.groupdict().get("ts")),
             code,
             self._context.severity.classify(code),
             self.name,
-            message[:MAX_MESSAGE],
+            match["message"] or "",  # raw: the poller scrubs every source's events
         )
 
     def _timestamp(self, text: str | None) -> float:

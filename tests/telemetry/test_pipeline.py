@@ -29,7 +29,7 @@ from store.telemetry import (
     latest_values,
 )
 from telemetry.codec import MAX_BATCH_RECORDS, MAX_MESSAGE, Ack, encode_batch, parse_reply
-from telemetry.records import Severity
+from telemetry.records import Event, Severity
 from telemetry.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from tests.conftest import UNIT
 from tests.telemetry.conftest import WEBHOOK_SECRET, World, dump_text
@@ -366,3 +366,29 @@ async def test_malformed_and_oversized_telemetry_is_refused_counted_and_containe
         ).all()
     )
     assert audits == [device_id, device_id]
+
+
+class ConsoleSource(DeviceSource):
+    """A careless plug-in: its events carry personal data and control characters."""
+
+    sent = False
+
+    def poll_events(self, position: str | None) -> tuple[list[Event], str | None]:
+        if self.sent:
+            return [], position
+        self.sent = True
+        message = "Exam by operator Jane Smith\x07 for patient=DOE^JOHN at 10.1.2.3"
+        return [Event(0, time.time(), "E9100", Severity.URGENT, "console", message)], "1"
+
+
+async def test_events_of_any_plugin_are_scrubbed_before_they_leave(world: World) -> None:
+    register_source_type("console", lambda config, context: ConsoleSource(config.name))
+    try:
+        await world.agent(
+            telemetry={"sources": [{"name": "console", "path": "-", "type": "console"}]}
+        )
+        event = await world.until(lambda s: s.scalars(select(TelemetryEvent)).first(), "event")
+        assert event.message == "Exam by operator <name>  for patient=<name> at <ip>"
+        assert world.service.channels.stats[("record", "scrubbed_by_relay")] == 0
+    finally:
+        del SOURCE_TYPES["console"]
