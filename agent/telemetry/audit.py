@@ -16,6 +16,7 @@ up/down, spool drops, and urgent device events (at most URGENT_PER_MINUTE a minu
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
@@ -51,36 +52,45 @@ def entry_hash(entry: dict[str, Any]) -> str:
 
 
 class AuditLog:
-    """Appends to the chain in `path`. Thread-safe; every append is fsync'ed."""
+    """Appends to the chain in `path`; every append is fsync'ed.
+
+    Each append takes an exclusive ``flock`` on the file and continues the chain from
+    its last line, so several writers -- two features of the agent, the agent and an
+    ``outlink-agent`` command in another process -- keep one intact chain.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._n, self._prev = _tail(path)
 
     def append(self, kind: str, outcome: str = "ok", **detail: Any) -> dict[str, Any]:
         text = json.dumps(detail, sort_keys=True, default=str)
         if len(text) > MAX_DETAIL:
             detail = {"truncated": text[:MAX_DETAIL]}
+        detail = json.loads(json.dumps(detail, default=str))
         with self._lock:
-            entry: dict[str, Any] = {
-                "n": self._n + 1,
-                "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "kind": kind,
-                "outcome": outcome,
-                "detail": json.loads(json.dumps(detail, default=str)),
-                "prev": self._prev,
-            }
-            entry["hash"] = entry_hash(entry)
-            line = (canonical(entry) + "\n").encode()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
             try:
-                os.write(fd, line)
+                fcntl.flock(fd, fcntl.LOCK_EX)  # released by close
+                n, prev, complete = _tail(fd)
+                entry: dict[str, Any] = {
+                    "n": n + 1,
+                    "ts": datetime.now(UTC)
+                    .isoformat(timespec="milliseconds")
+                    .replace("+00:00", "Z"),
+                    "kind": kind,
+                    "outcome": outcome,
+                    "detail": detail,
+                    "prev": prev,
+                }
+                entry["hash"] = entry_hash(entry)
+                # A line cut by a crash stays (verify reports it); ours starts afresh.
+                line = ("" if complete else "\n") + canonical(entry) + "\n"
+                os.write(fd, line.encode())
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._n, self._prev = entry["n"], entry["hash"]
         return entry
 
     def wrap_actions(self, registry: Registry) -> None:
@@ -115,24 +125,22 @@ async def _audited_channel(audit: AuditLog, kind: str, handler: Any, request: An
     await handler(request)
 
 
-def _tail(path: Path) -> tuple[int, str]:
-    """(n, hash) of the last line, or (0, GENESIS) for a new log."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - TAIL_READ))
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return 0, GENESIS
-    for raw in reversed(lines):
+def _tail(fd: int) -> tuple[int, str, bool]:
+    """(n, hash) of the file's last valid line ((0, GENESIS) for a new log), and whether
+    the file ends with a newline."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return 0, GENESIS, True
+    start = max(0, size - TAIL_READ)
+    data = os.pread(fd, size - start, start)
+    for raw in reversed(data.splitlines()):
         try:
             entry = json.loads(raw)
-            return int(entry["n"]), str(entry["hash"])
+            return int(entry["n"]), str(entry["hash"]), data.endswith(b"\n")
         except (ValueError, KeyError, TypeError):
-            log.warning("! audit log %s ends with a damaged line; verify it", path)
+            log.warning("! audit log ends with a damaged line; run outlink-agent audit verify")
             continue
-    return 0, GENESIS
+    return 0, GENESIS, data.endswith(b"\n")
 
 
 def read_entries(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:

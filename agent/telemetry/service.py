@@ -48,7 +48,8 @@ class TelemetryAgent:
     """Everything telemetry on the agent. `register`, then `run()`.
 
     `connected` is set while a link is up (``ConnectionManager.connected``) and
-    `tunnel()` returns that link's tunnel.
+    `tunnel()` returns that link's tunnel. Pass the agent's `audit` log to share it
+    with other features (one file, one chain; appends lock the file anyway).
     """
 
     def __init__(
@@ -58,9 +59,10 @@ class TelemetryAgent:
         *,
         connected: asyncio.Event,
         tunnel: Callable[[], Tunnel | None],
+        audit: AuditLog | None = None,
     ) -> None:
         self.config = config.resolved(data_dir)
-        self.audit = AuditLog(Path(self.config.audit_file))
+        self.audit = audit or AuditLog(Path(self.config.audit_file))
         self.scrubber = Scrubber(self.config.scrub)
         self._connected = connected
         self._tunnel = tunnel

@@ -112,3 +112,47 @@ def test_cli_shows_and_verifies(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace('"outcome":"ok"', '"outcome":"no"', 1))
     broken = cli(*base, "verify")
     assert broken.returncode == 1 and "BROKEN at line 1" in broken.stdout
+
+
+def test_several_writers_keep_one_chain(tmp_path: Path) -> None:
+    """Two features with their own AuditLog, threads, and another process."""
+    import threading
+
+    path = tmp_path / "audit.log"
+    logs = [AuditLog(path), AuditLog(path)]
+
+    def write(i: int) -> None:
+        for n in range(25):
+            logs[i % 2].append("test", "ok", writer=i, n=n)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from agent.telemetry.audit import AuditLog;"
+            "log = AuditLog(Path(sys.argv[1]));"
+            "[log.append('cli', 'ok', n=n) for n in range(25)]",
+            str(path),
+        ],
+        cwd=REPO,
+    )
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert other.wait(60) == 0
+    verdict = verify(path)
+    assert verdict.ok and verdict.entries == 7 * 25
+
+
+def test_a_line_cut_by_a_crash_is_reported_and_the_chain_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    filled(path, 2)
+    with open(path, "a") as f:
+        f.write('{"n":3,"kind":"cut')  # the machine lost power mid-write
+    AuditLog(path).append("agent", "started")
+    lines = path.read_text().splitlines()
+    assert len(lines) == 4 and json.loads(lines[3])["n"] == 3
+    verdict = verify(path)
+    assert not verdict.ok and verdict.bad_line == 3
