@@ -404,7 +404,9 @@ def ingest(
         elif device_id not in props or props[device_id].seq < record.seq:
             props[device_id] = record
     if events:
-        session.execute(_insert(session, TelemetryEvent), events)
+        # With RETURNING, psycopg too gets multi-row INSERTs instead of one per row.
+        event_table = cast(Table, TelemetryEvent.__table__)
+        session.execute(_insert(session, TelemetryEvent).returning(event_table.c.id), events)
     if hours:
         pending = [{"device_id": d, "hour": h} for d, h in sorted(hours)]
         session.execute(_insert(session, TelemetryRollupPending), pending)
