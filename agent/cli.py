@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +36,14 @@ from agent.enroll import EnrollmentError, enroll
 from agent.proxy import redact, resolve_proxies
 from agent.status import StatusBook, read_status
 from agent.telemetry.audit import AuditLog
+from agent.telemetry.cli import add_audit_parser, audit_path, cmd_audit
+from agent.telemetry.config import (
+    TelemetryConfig,
+    TelemetryConfigError,
+    find_config,
+    load_telemetry_config,
+)
+from agent.telemetry.service import TelemetryAgent
 from agent.watchdog import Notifier, watchdog_loop
 from relay_server.logs import configure as configure_logging
 
@@ -56,12 +65,12 @@ def _load(args: argparse.Namespace) -> AgentConfig:
 # -- run ---------------------------------------------------------------------------------
 
 
-def cmd_run(config: AgentConfig) -> int:
+def cmd_run(config: AgentConfig, telemetry: TelemetryConfig) -> int:
     if not config.relay_urls:
         raise ConfigError("relay_urls: at least one wss:// relay URL is needed to run")
     configure_logging(config.log_level, config.log_format)
     _lower_priority(config.nice)
-    asyncio.run(_run(config))
+    asyncio.run(_run(config, telemetry))
     return EXIT_OK
 
 
@@ -78,13 +87,12 @@ def _lower_priority(niceness: int) -> None:
         logger.warning("! cannot lower priority: %s", exc)
 
 
-async def _run(config: AgentConfig) -> None:
+async def _run(config: AgentConfig, telemetry_config: TelemetryConfig) -> None:
     notifier = Notifier()
     registry = Registry()
     register_builtin(registry)
-    desktop = service_from_config(
-        config, os.environ, audit=AuditLog(Path(config.data_dir) / "audit.log")
-    )
+    audit = AuditLog(audit_path(config, telemetry_config))  # one chain for every feature
+    desktop = service_from_config(config, os.environ, audit=audit)
     if desktop is not None:
         desktop.register(registry)
     manager = ConnectionManager(
@@ -94,6 +102,14 @@ async def _run(config: AgentConfig) -> None:
         notifier=notifier,
         environ=os.environ,
     )
+    telemetry = TelemetryAgent(
+        telemetry_config,
+        Path(config.data_dir),
+        connected=manager.connected,
+        tunnel=lambda: manager.tunnel,
+        audit=audit,
+    )
+    telemetry.register(registry)
     loop = asyncio.get_running_loop()
 
     def stop(signame: str) -> None:
@@ -104,10 +120,15 @@ async def _run(config: AgentConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig.name)
     runner = asyncio.create_task(manager.run(), name="connection-manager")
+    collecting = asyncio.create_task(telemetry.run(), name="telemetry")
     watchdog = None
     if notifier.watchdog_interval is not None:
         watchdog = asyncio.create_task(
-            watchdog_loop(notifier, notifier.watchdog_interval, healthy=lambda: not runner.done()),
+            watchdog_loop(
+                notifier,
+                notifier.watchdog_interval,
+                healthy=lambda: not runner.done() and not collecting.done(),
+            ),
             name="watchdog",
         )
     notifier.ready(f"dialling {config.relay_urls[0]}")
@@ -115,11 +136,18 @@ async def _run(config: AgentConfig) -> None:
     try:
         await runner
     finally:
+        collecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collecting
         if desktop is not None:
             await desktop.aclose()
         if watchdog is not None:
             watchdog.cancel()
         logger.info("= outlink-agent stopped")
+
+
+def _telemetry_config(args: argparse.Namespace) -> TelemetryConfig:
+    return load_telemetry_config(find_config(args.telemetry, args.config))
 
 
 # -- enroll ------------------------------------------------------------------------------
@@ -236,7 +264,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", default=DEFAULT_CONFIG_PATH, help="agent TOML file")
         return sp
 
-    command("run", "keep the tunnel to the relay up (foreground)")
+    sp = command("run", "keep the tunnel to the relay up and send telemetry (foreground)")
+    sp.add_argument("--telemetry", help="telemetry TOML file (default: next to --config)")
     sp = command("enroll", "get this device its certificate with a one-time token")
     sp.add_argument("--token", help="enrolment token (or env OUTLINK_AGENT_ENROLL_TOKEN)")
     sp.add_argument("--url", help="enrolment URL (default: first relay's host, path /enroll)")
@@ -247,6 +276,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = command("desktop", "answer a remote desktop request or end a session, on the device")
     sp.add_argument("action", choices=answers.ACTIONS)
     sp.add_argument("session_id", help="the session id the prompt and the portal show")
+    add_audit_parser(sub)
     return parser
 
 
@@ -255,13 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _load(args)
         if args.command == "run":
-            return cmd_run(config)
+            return cmd_run(config, _telemetry_config(args))
+        if args.command == "audit":
+            return cmd_audit(config, args)
         if args.command == "enroll":
             return cmd_enroll(config, args)
         if args.command == "desktop":
             return cmd_desktop(config, args)
         return cmd_status(config, args)
-    except ConfigError as exc:
+    except (ConfigError, TelemetryConfigError) as exc:
         print(f"outlink-agent: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -120,6 +120,11 @@ class ConnectionManager:
         """Ask `run()` to close the tunnel cleanly and return."""
         self._stop.set()
 
+    @property
+    def tunnel(self) -> Tunnel | None:
+        """The live tunnel, or None between connections (features open channels on it)."""
+        return self._tunnel
+
     async def run(self) -> None:
         delay = 0.0
         try:

@@ -7,7 +7,7 @@ and sends with the agent's `Sender`; its `Poller` tails a log written by the dev
 simulator (`sim.device.Simulator`) and polls "system" readings (a synthetic source with
 the metric names and value ranges of `agent.telemetry.collectors`, so N agents on one
 machine do not all measure the same host). The relay is ``python -m
-relay_server.telemetry serve`` (the relay with telemetry attached), one process.
+relay_server`` (the relay, telemetry attached), one process.
 
 Phases (time compressed: one simulated minute = 60/COMPRESSION seconds):
 
@@ -128,13 +128,13 @@ FULL = Profile(agents=50, clients=2, backlog=4000, stream=60.0, idle_window=120.
 
 
 class TelemetryRelay(RelayProcess):
-    """The relay with telemetry attached (``python -m relay_server.telemetry serve``)."""
+    """The relay with its telemetry config (``python -m relay_server --telemetry FILE``)."""
 
     def start(self) -> None:
         self.write_config()
         telemetry = self.workdir / "relay-telemetry.toml"
         telemetry.write_text(f'upload_dir = "{self.workdir / "uploads"}"\n')
-        argv = [PYTHON, "-m", "relay_server.telemetry", "serve"]
+        argv = [PYTHON, "-m", "relay_server"]
         argv += ["--config", str(self.config_file), "--telemetry", str(telemetry)]
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(

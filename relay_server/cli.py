@@ -22,6 +22,12 @@ from relay_server import logs
 from relay_server.config import ConfigError, RelayConfig, load_config
 from relay_server.eventloop import new_event_loop
 from relay_server.server import Relay
+from relay_server.telemetry.config import (
+    TelemetryConfigError,
+    TelemetryServerConfig,
+    load_telemetry_config,
+)
+from relay_server.telemetry.service import TelemetryService
 from store.db import upgrade
 
 log = logging.getLogger("relay_server")
@@ -37,12 +43,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"TOML configuration file (default: ${CONFIG_ENV}, else built-in defaults)",
     )
     parser.add_argument(
+        "--telemetry",
+        help="telemetry TOML file: rules' notification targets, uploads, retention "
+        "(default: $OUTLINK_TELEMETRY_CONFIG, else built-in defaults)",
+    )
+    parser.add_argument(
         "--check-config", action="store_true", help="validate the configuration and exit"
     )
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
-    except ConfigError as exc:
+        telemetry = load_telemetry_config(args.telemetry)
+    except (ConfigError, TelemetryConfigError) as exc:
         print(f"outlink-relay: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
@@ -60,16 +72,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("! database migration failed: %s", exc)
         return 1
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(_serve(config, ca))
+        return runner.run(_serve(config, telemetry, ca))
 
 
-async def _serve(config: RelayConfig, ca: CertificateAuthority | None) -> int:
+async def _serve(
+    config: RelayConfig, telemetry_config: TelemetryServerConfig, ca: CertificateAuthority | None
+) -> int:
     relay = Relay(config, ca=ca)
+    telemetry = TelemetryService.for_relay(relay, telemetry_config)
+    telemetry.attach(relay)
+    await telemetry.start()
     try:
         await relay.start()
     except OSError as exc:
         log.error("! cannot listen: %s", exc)
         await relay.stop()
+        await telemetry.stop()
         return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -78,4 +96,5 @@ async def _serve(config: RelayConfig, ca: CertificateAuthority | None) -> int:
     await stop.wait()
     log.info("= signal received, shutting down")
     await relay.stop()
+    await telemetry.stop()
     return 0

@@ -23,7 +23,7 @@ import pytest
 
 from agent.status import read_status
 from pki.tls import client_context
-from relay_server.client import ServiceClient
+from relay_server.client import RpcError, ServiceClient
 from tests.agent.helpers import Tinyproxy, free_port, tinyproxy
 from tests.conftest import UNIT
 
@@ -168,8 +168,22 @@ async def test_enrol_run_instruct_and_revoke_through_tinyproxy(world: World) -> 
         await until(online, "agent online")
         assert world.proxy.connects() == 2  # and the tunnel is a CONNECT through it
 
-        answer = await portal.rpc("instruct", device=device_id, instruction={"action": "ping"})
-        result: dict[str, Any] = answer["result"]
+        # Presence shows the tunnel; instructions need the control channel the agent
+        # opens right after, so retry while the relay says it has none yet.
+        answers: list[dict[str, Any]] = []
+
+        async def pinged() -> bool:
+            try:
+                ping = {"action": "ping"}
+                answers.append(await portal.rpc("instruct", device=device_id, instruction=ping))
+            except RpcError as exc:
+                if exc.code != "offline":
+                    raise
+                return False
+            return True
+
+        await until(pinged, "agent answers instructions")
+        result: dict[str, Any] = answers[-1]["result"]
         assert result["pid"] == world.agent.pid
 
         # Revoked at the database, pushed to the relay: the tunnel is closed at once and

@@ -1,5 +1,5 @@
 """Nothing lost, nothing twice, with real processes: the relay (``python -m
-relay_server.telemetry serve``), the agent (``python -m agent.telemetry run``) and the
+relay_server``), the agent (``python -m agent run``) and the
 device simulator (``python -m sim``), killed with SIGKILL in the middle of a stream.
 
 The check is by content: every coded line the simulator wrote is one event row, once
@@ -118,8 +118,7 @@ codes = {{ "I*" = "routine", "W*" = "warning", "E9*" = "urgent" }}
 
     async def start_relay(self) -> None:
         self.relay = await self.spawn(
-            "relay_server.telemetry",
-            "serve",
+            "relay_server",
             "--config",
             "relay.toml",
             "--telemetry",
@@ -138,7 +137,7 @@ codes = {{ "I*" = "routine", "W*" = "warning", "E9*" = "urgent" }}
 
     async def start_agent(self) -> None:
         self.agent = await self.spawn(
-            "agent.telemetry", "run", "--config", "agent.toml", "--telemetry", "telemetry.toml"
+            "agent", "run", "--config", "agent.toml", "--telemetry", "telemetry.toml"
         )
 
     async def start_sim(self, ticks: int, interval: float = 0.01, *more: str) -> None:
