@@ -16,6 +16,8 @@ class Layout:
     ops_port: int = int(os.environ.get("OUTLINK_STACK_OPS_PORT", "9100"))
     portal_port: int = int(os.environ.get("OUTLINK_STACK_PORTAL_PORT", "8444"))
     viewer_port: int = int(os.environ.get("OUTLINK_STACK_VIEWER_PORT", "8445"))
+    smtp_port: int = int(os.environ.get("OUTLINK_STACK_SMTP_PORT", "8025"))
+    webhook_port: int = int(os.environ.get("OUTLINK_STACK_WEBHOOK_PORT", "8026"))
     host: str = "localhost"
 
     @classmethod
@@ -33,6 +35,10 @@ class Layout:
     @property
     def relay_config(self) -> Path:
         return self.root / "relay.toml"
+
+    @property
+    def relay_telemetry_config(self) -> Path:
+        return self.root / "relay-telemetry.toml"
 
     @property
     def agent_dir(self) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 from stack import processes
 from stack.layout import Layout
 
-EQUIPMENT = ("console", "simulator", "screen")  # the demo device's own programs
+EQUIPMENT = ("console", "simulator", "screen", "receivers")  # the demo's own programs
 
 
 def agent_status(directory: Path) -> dict[str, object]:
@@ -74,6 +74,8 @@ Outlink on this machine:
   Agents  {agent_lines}
   Device  screen {display} (what a desktop session shows)
           {", ".join(equipment)}; make it fail: echo "fail E9001" > {lay.root}/equipment/control
+          (rule "Urgent codes": alarm in the portal, e-mail and webhook land in
+          {lay.root}/notifications.jsonl; recover: echo ok > {lay.root}/equipment/control)
 
   Data    {lay.root}  (database {lay.db_url}; fleet CA {lay.pki / "ca.pem"})
   Logs    {lay.logs}/relay.log, portal.log, agent*.log

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from stack import devices, processes, screen
+from stack import devices, notifications, processes, screen
 from stack.layout import Layout
 from stack.status import print_status
 
@@ -124,7 +124,15 @@ def start_relay(lay: Layout) -> None:
         lay.run,
         lay.logs,
         "relay",
-        [sys.executable, "-m", "relay_server", "--config", str(lay.relay_config)],
+        [
+            sys.executable,
+            "-m",
+            "relay_server",
+            "--config",
+            str(lay.relay_config),
+            "--telemetry",
+            str(lay.relay_telemetry_config),
+        ],
     )
     processes.wait_until(
         lambda: _ready(f"http://127.0.0.1:{lay.ops_port}/readyz"), READY_TIMEOUT_S, "relay"
@@ -151,6 +159,9 @@ def up(lay: Layout) -> int:
     setup_pki(lay)
     write_configs(lay)
     password = init_portal(lay)
+    notifications.write_relay_telemetry_config(lay)
+    notifications.ensure_demo_rule(lay)
+    notifications.start_receivers(lay)
     start_relay(lay)
     start_portal(lay)
     display = screen.start_screen(lay)

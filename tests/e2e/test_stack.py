@@ -65,6 +65,8 @@ def test_up_add_device_up_again_down(tmp_path: Path) -> None:
         "OUTLINK_STACK_OPS_PORT": str(_free_port()),
         "OUTLINK_STACK_PORTAL_PORT": str(_free_port()),
         "OUTLINK_STACK_VIEWER_PORT": str(_free_port()),
+        "OUTLINK_STACK_SMTP_PORT": str(_free_port()),
+        "OUTLINK_STACK_WEBHOOK_PORT": str(_free_port()),
     }
     try:
         first = _stack(home, env, "up")
@@ -73,7 +75,8 @@ def test_up_add_device_up_again_down(tmp_path: Path) -> None:
         password_line = next(line for line in first.stdout.splitlines() if "password:" in line)
         assert "user: admin" in password_line and "(changed" not in password_line
         pids = _pids(home)
-        assert set(pids) == {"relay", "portal", "agent", "screen", "simulator", "console"}
+        expected = {"relay", "portal", "agent", "screen", "simulator", "console", "receivers"}
+        assert set(pids) == expected
 
         # The portal answers over TLS with a certificate from the install's own CA.
         context = ssl.create_default_context(cafile=str(home / "portal/staff-ca/ca.pem"))
