@@ -498,7 +498,12 @@ def main() -> None:
         env = Env(display, xserver.process, workload, browser_processes(), profile, args.shots)
         stacks: dict[str, Callable[[], AbstractContextManager[Stack]]] = {
             "peer": lambda: PeerStack(
-                display, workdir, pki.server_cert, pki.server_key, (free_port(), free_port())
+                display,
+                workdir,
+                pki.server_cert,
+                pki.server_key,
+                pki.ca_file,
+                (free_port(), free_port()),
             ),
             "ours": lambda: OursStack(display, workdir, pki),
         }
