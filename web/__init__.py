@@ -29,7 +29,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     then ``OUTLINK_PORTAL_*`` variables; ``test_config`` overrides both: lowercase
     keys are portal settings, UPPERCASE keys go to ``app.config`` as they are.
     """
+    import web.alarms
     import web.desktop
+    import web.telemetry
     from web import admin, api, audit, auth, authz, cli, errors, fleet, relay, security, templating
     from web.certauth import PeerCertMiddleware
     from web.db import db
@@ -63,7 +65,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     cli.init_app(app)
     for blueprint in (auth.bp, fleet.bp, admin.bp, audit.bp, api.bp):
         app.register_blueprint(blueprint)
-    web.desktop.init_app(app)
+    for area in (web.desktop, web.telemetry, web.alarms):
+        area.init_app(app)
     app.view_functions["static"] = authz.public(_static_view(app))
     app.jinja_env.globals.update(Perm=authz.Perm)
     app.wsgi_app = PeerCertMiddleware(app.wsgi_app)  # type: ignore[method-assign]

@@ -22,6 +22,8 @@ from pki.tokens import create_token
 from store.models import Site
 from store.portal import Permission, Role
 from tests.web.conftest import CSRF_RE, Fleet, make_user, new_client
+from tests.web.matrix_alarms import ALARMS_MATRIX
+from tests.web.matrix_telemetry import TELEMETRY_MATRIX
 from web.authz import ACCESS_ATTR, Perm
 from web.db import db
 
@@ -71,6 +73,8 @@ MATRIX: dict[str, str] = {
     "desktop.end": Perm.DESKTOP_VIEW,
     "desktop.consent": Perm.DESKTOP_CONSENT,
     "desktop.answer": Perm.DESKTOP_CONSENT,
+    **TELEMETRY_MATRIX,
+    **ALARMS_MATRIX,
 }
 
 #: The roles' permissions as specified (migration 0002 must seed exactly this).
