@@ -162,34 +162,14 @@ class TelemetryCollector:
 
     def collect(self) -> Iterator[Metric]:
         s = self._service
-        records = CounterMetricFamily(
-            "outlink_telemetry_messages",
-            "Telemetry batches and records by outcome",
-            labels=["what", "outcome"],
-        )
-        for (what, outcome), n in sorted(s.channels.stats.items()):
-            records.add_metric([what, outcome], n)
-        yield records
-        alarms = CounterMetricFamily(
-            "outlink_telemetry_alarm_firings", "Rule/urgent firings by result", labels=["result"]
-        )
-        for result, n in sorted(s.alarms.stats.items()):
-            alarms.add_metric([result], n)
-        yield alarms
-        notices = CounterMetricFamily(
-            "outlink_telemetry_notifications",
-            "Notifications by channel and status",
-            labels=["channel", "status"],
-        )
-        for (channel, status), n in sorted(s.notifier.stats.items()):
-            notices.add_metric([channel, status], n)
-        yield notices
-        uploads = CounterMetricFamily(
-            "outlink_telemetry_uploads", "Log uploads by outcome", labels=["outcome"]
-        )
-        for outcome, n in sorted(s.uploads.stats.items()):
-            uploads.add_metric([outcome], n)
-        yield uploads
+        yield _counter("outlink_telemetry_messages", "Telemetry batches and records by outcome",
+                       ["what", "outcome"], s.channels.stats)
+        yield _counter("outlink_telemetry_alarm_firings", "Rule/urgent firings by result",
+                       ["result"], s.alarms.stats)
+        yield _counter("outlink_telemetry_notifications", "Notifications by channel and status",
+                       ["channel", "status"], s.notifier.stats)
+        yield _counter("outlink_telemetry_uploads", "Log uploads by outcome",
+                       ["outcome"], s.uploads.stats)
         ingest = s.ingestor.stats
         yield GaugeMetricFamily(
             "outlink_telemetry_ingest_seconds", "Time spent writing telemetry", value=ingest.seconds
@@ -197,3 +177,12 @@ class TelemetryCollector:
         yield CounterMetricFamily(
             "outlink_telemetry_ingest_flushes", "Ingestion transactions", value=ingest.flushes
         )
+
+
+def _counter(name: str, documentation: str, labels: list[str],
+             stats: Mapping[Any, int]) -> CounterMetricFamily:
+    """One labelled counter family from a ``{label value(s): count}`` mapping."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key, n in sorted(stats.items()):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], n)
+    return family

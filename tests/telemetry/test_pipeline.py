@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -355,6 +356,9 @@ async def test_malformed_and_oversized_telemetry_is_refused_counted_and_containe
     assert stats[("batch", "wrong_device")] == 1
     assert stats[("record", "too_large")] == 1 and stats[("record", "wrong_device")] == 1
     assert stats[("batch", "too_large")] == 1
+    scrape = generate_latest(world.relay.metrics_registry).decode()
+    assert 'outlink_telemetry_messages_total{outcome="malformed",what="batch"} 1.0' in scrape
+    assert 'outlink_telemetry_messages_total{outcome="too_large",what="record"} 1.0' in scrape
     # Only the good record is stored, under the certificate's device id.
     rows = world.db(
         lambda s: s.execute(select(TelemetryRecord.device_id, TelemetryRecord.seq)).all()
