@@ -353,6 +353,7 @@ class ConnectionManager:
         handler = self.registry.channels.get(request.kind)
         if handler is None:
             logger.warning("! relay opened unknown channel kind %r; refused", request.kind)
+            self.registry.on_unknown("channel", request.kind)
             request.refuse(ErrorCode.REFUSED, "unknown channel kind")
             return
         logger.debug("< open %s", request.kind)

@@ -104,6 +104,9 @@ class Registry:
         self.channels: dict[str, ChannelHandler] = {}
         # The control channel of the link that is up, if any (set by ControlChannel.run).
         self.control: ControlChannel | None = None
+        #: Told ``(what, name)`` when the relay asks for an action or channel kind that is
+        #: not served ("instruction" / "channel"), so the local audit records the refusal.
+        self.on_unknown: Callable[[str, str], None] = lambda what, name: None
 
     async def send_event(self, name: str, **fields: Any) -> bool:
         """Send an event on the current link's control channel. False when no link is up
@@ -247,6 +250,7 @@ class ControlChannel:
         handler = self._registry.actions.get(action)
         if handler is None:
             logger.warning("! instruction %r unknown; refused", action)
+            self._registry.on_unknown("instruction", str(action))
             await self._send(encode_error(msg.id, ERR_UNKNOWN_ACTION, "unknown action"))
             return
         logger.info("< instruction %s id=%s", action, msg.id)

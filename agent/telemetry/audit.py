@@ -102,6 +102,11 @@ class AuditLog:
             registry.channels[kind] = functools.partial(
                 _audited_channel, self, kind, channel_handler
             )
+        registry.on_unknown = self._unknown
+
+    def _unknown(self, what: str, name: str) -> None:
+        key = "action" if what == "instruction" else "channel"
+        self.append(what, "refused", error="unknown", **{key: name})
 
 
 async def _audited_action(

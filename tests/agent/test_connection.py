@@ -19,6 +19,7 @@ from agent.connection import ConnectionManager
 from agent.control import InstructionError, Registry
 from agent.identity import IdentityFiles
 from agent.status import read_status
+from agent.telemetry.audit import AuditLog, read_entries
 from pki.identity import identity_from_cert
 from tests.agent.conftest import Fleet, expired, renewal_due
 from tests.agent.helpers import Blackhole, RecordingTLSServer, free_port, tinyproxy
@@ -107,6 +108,8 @@ async def test_instructions_run_only_registered_actions(
     async def crash(instruction: dict[str, Any]) -> None:
         raise RuntimeError("secret internal detail")
 
+    audit = AuditLog(tmp_path / "audit.log")
+    audit.wrap_actions(registry)
     run_agent(make_config(fleet, tmp_path, [relay.url]), registry)
     link = await relay.wait_link(0, T)
     reply = await relay.instruct(link, {"action": "ping", "n": 7}, T)
@@ -120,6 +123,11 @@ async def test_instructions_run_only_registered_actions(
     assert not reply.ok and reply.error == "internal"
     assert "secret" not in str(reply.body)
     assert seen == [{"action": "ping", "n": 7}]
+    # The local audit holds every instruction, the refused unknown one included (R21).
+    entries = [e for _, e, _ in read_entries(audit.path) if e]
+    assert [(e["outcome"], e["detail"]["action"]) for e in entries] == [
+        ("ok", "ping"), ("refused", "format_disk"), ("refused", "fail"), ("error", "crash"),
+    ]
 
 
 async def test_relay_opened_channels_go_to_registered_kinds_only(
@@ -133,6 +141,8 @@ async def test_relay_opened_channels_go_to_registered_kinds_only(
         async for message in channel:
             await channel.send(message)
 
+    audit = AuditLog(tmp_path / "audit.log")
+    audit.wrap_actions(registry)
     run_agent(make_config(fleet, tmp_path, [relay.url]), registry)
     link = await relay.wait_link(0, T)
     channel = await asyncio.wait_for(link.tunnel.open_channel("echo"), T)
@@ -142,6 +152,10 @@ async def test_relay_opened_channels_go_to_registered_kinds_only(
         with pytest.raises(ChannelRefusedError) as refused:
             await asyncio.wait_for(link.tunnel.open_channel(kind), T)
         assert refused.value.code is ErrorCode.REFUSED
+    entries = [e for _, e, _ in read_entries(audit.path) if e]
+    assert [(e["outcome"], e["detail"]["channel"]) for e in entries] == [
+        ("opened", "echo"), ("refused", "shell"), ("refused", "control"),
+    ]
 
 
 async def test_failover_to_the_second_relay(
