@@ -23,6 +23,7 @@ same transaction (suggested kinds are in ``docs/telemetry.md``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Iterable, Sequence
@@ -933,6 +934,7 @@ def decide_notification(
     ``pending``: send it, then `finish_notification`. Decided in the database so the
     limits hold across relay restarts and across relays.
     """
+    _take_turns(session, f"notify:{channel}:{target}")
     recent = (
         TelemetryNotification.status.in_((NOTIFY_PENDING, NOTIFY_SENT, NOTIFY_FAILED)),
         TelemetryNotification.target == target,
@@ -972,6 +974,19 @@ def decide_notification(
     session.add(row)
     session.flush()
     return row
+
+
+def _take_turns(session: Session, key: str) -> None:
+    """Serialise deciders of one `key` until the transaction ends.
+
+    Two relays deciding the same notice at once would both find no duplicate under
+    READ COMMITTED; on PostgreSQL a transaction-scoped advisory lock makes the second
+    wait for the first's commit and then see its row. SQLite needs nothing: it is the
+    single-node store, and it admits one writer at a time.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest, signed=True))))
 
 
 def finish_notification(

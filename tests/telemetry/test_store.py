@@ -3,10 +3,14 @@ downsampling, retention, alarms, rules, notification decisions, log uploads."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.orm import Session
 
 from pki.fleet import create_device, ensure_site
 from store.db import session_scope
@@ -48,6 +52,7 @@ from store.telemetry import (
 )
 from telemetry.records import Event, Metrics, Properties, Severity
 from telemetry.rules import RuleSyntaxError
+from tests.conftest import UNIT
 
 NOW = datetime(2026, 6, 1, 12, 30, tzinfo=UTC)
 T = NOW.timestamp()
@@ -318,3 +323,39 @@ def test_log_upload_requests(db_engine: Engine, devices: tuple) -> None:  # type
         (row,) = list_log_uploads(session, a)
         assert (row.state, row.error, row.requested_by) == ("refused", "forbidden_path", "eve")
         assert list_log_uploads(session, b) == []
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_two_relays_deciding_one_notice_at_once_send_it_once(db_engine: Engine) -> None:
+    """The second decider waits for the first's commit, then sees a duplicate."""
+
+    def decide(session: Session) -> str:
+        return decide_notification(
+            session, channel="webhook", target="https://hooks.example/x", dedup_key="d:E1",
+            alarm_id=None, rule_id=None, device_id=None, now=NOW,
+            dedup_window=timedelta(minutes=30), rate_limit=10, rate_window=timedelta(hours=1),
+        ).status
+
+    with ThreadPoolExecutor(1) as pool, session_scope(db_engine) as first:
+        assert decide(first) == NOTIFY_PENDING  # not committed yet
+        second = pool.submit(lambda: _decide_in_own_session(db_engine, decide))
+        deadline = time.monotonic() + 10 * UNIT
+        while not _someone_waits_for_an_advisory_lock(db_engine):
+            assert not second.done(), f"decided without waiting: {second.result()}"
+            assert time.monotonic() < deadline, "the second decider never waited"
+            time.sleep(0.01)  # polling a server-side state: there is no event to wait on
+        first.commit()
+        assert second.result(timeout=10 * UNIT) == NOTIFY_DUPLICATE
+
+
+def _decide_in_own_session(engine: Engine, decide: Callable[[Session], str]) -> str:
+    with session_scope(engine) as session:
+        return decide(session)
+
+
+def _someone_waits_for_an_advisory_lock(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        waiting = conn.scalar(
+            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        )
+    return bool(waiting)
