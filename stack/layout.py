@@ -41,6 +41,11 @@ class Layout:
         return self.root / "relay-telemetry.toml"
 
     @property
+    def upload_dir(self) -> Path:
+        """Log files devices uploaded: the relay writes them, the portal serves them."""
+        return self.root / "uploads"
+
+    @property
     def agent_dir(self) -> Path:
         return self.root / "agent"
 

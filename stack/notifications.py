@@ -30,7 +30,7 @@ def write_relay_telemetry_config(lay: Layout) -> None:
     fd = os.open(lay.relay_telemetry_config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(
-            f'upload_dir = "{lay.root / "uploads"}"\n'
+            f'upload_dir = "{lay.upload_dir}"\n'
             f'portal_url = "{lay.portal_url}"\n\n'
             f'[smtp]\nhost = "127.0.0.1"\nport = {lay.smtp_port}\n\n'
             f'[webhooks.demo]\nurl = "http://127.0.0.1:{lay.webhook_port}/"\n'

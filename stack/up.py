@@ -95,6 +95,7 @@ relay_url = "wss://{lay.host}:{lay.relay_port}/service"
 relay_ca = "{lay.pki / "ca.pem"}"
 relay_cert = "{lay.pki / "portal.pem"}"
 relay_key = "{lay.pki / "portal.key"}"
+upload_dir = "{lay.upload_dir}"
 """,
     )
 

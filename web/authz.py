@@ -33,7 +33,7 @@ ACCESS_ATTR = "_outlink_access"
 
 
 class Perm(StrEnum):
-    """Named permissions (seeded by migrations 0002 and 0004; a test keeps them in step)."""
+    """Named permissions (seeded by migrations 0002, 0004 and 0005; a test keeps them in step)."""
 
     DEVICE_VIEW = "device.view"
     TELEMETRY_VIEW = "telemetry.view"
@@ -48,6 +48,8 @@ class Perm(StrEnum):
     DEVICES_REVOKE = "devices.revoke"
     USERS_MANAGE = "users.manage"
     AUDIT_READ = "audit.read"
+    ALARMS_HANDLE = "alarms.handle"
+    RULES_MANAGE = "rules.manage"
 
 
 ROLE_NAMES = ("administrator", "service_engineer", "analyst", "site_contact")

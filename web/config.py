@@ -54,6 +54,9 @@ class PortalConfig:
     #: replaced by the host of the device's relay (from its ``service_url``); the port is
     #: the relays' ``[viewer] port``.
     relay_view_url: str = "wss://{host}:8445/view"
+    #: Where relays store uploaded log files (their telemetry ``upload_dir``, shared with
+    #: the portal); unset: uploads are listed but cannot be downloaded from this portal.
+    upload_dir: Path | None = None
     #: Who asks, as a device's consent prompt names the requester's organisation.
     organisation: str = "Remote service"
     session_idle_minutes: int = 30
@@ -105,6 +108,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
 
 _PATH_FIELDS = {
     "data_dir", "tls_cert", "tls_key", "staff_ca_dir", "relay_ca", "relay_cert", "relay_key",
+    "upload_dir",
 }
 
 

@@ -15,6 +15,8 @@ from wtforms import (
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, Regexp
 
 from store.portal import USERNAME_MAX
+from store.telemetry import MAX_RULE_NAME
+from telemetry.rules import MAX_RULE_LENGTH
 from web.passwords import MAX_LENGTH
 
 
@@ -70,3 +72,21 @@ class TokenForm(FlaskForm):
 
 class RevokeForm(FlaskForm):
     reason = StringField("Reason", validators=[DataRequired(), Length(max=500)])
+
+
+class RuleForm(FlaskForm):
+    """An alarm/notification rule: its name and one line of the rule language."""
+
+    name = StringField("Name", validators=[DataRequired(), Length(max=MAX_RULE_NAME)])
+    text = TextAreaField("Rule", validators=[DataRequired(), Length(max=MAX_RULE_LENGTH)])
+    enabled = BooleanField("Enabled", default=True)
+
+
+class LogUploadForm(FlaskForm):
+    """Ask a device for its logs: a configured log set by name, or one configured file."""
+
+    source = StringField("Log set", validators=[
+        Optional(), Length(max=32),
+        Regexp(r"^[a-z0-9][a-z0-9_-]*$", message="A configured name like app"),
+    ])
+    path = StringField("Or one file", validators=[Optional(), Length(max=1024)])

@@ -22,7 +22,7 @@ from pki.tokens import create_token
 from store.models import Site
 from store.portal import Permission, Role
 from tests.web.conftest import CSRF_RE, Fleet, make_user, new_client
-from tests.web.matrix_alarms import ALARMS_MATRIX
+from tests.web.matrix_alarms import ALARMS_MATRIX, ALARMS_URL_ARGS
 from tests.web.matrix_telemetry import TELEMETRY_MATRIX
 from web.authz import ACCESS_ATTR, Perm
 from web.db import db
@@ -77,13 +77,13 @@ MATRIX: dict[str, str] = {
     **ALARMS_MATRIX,
 }
 
-#: The roles' permissions as specified (migration 0002 must seed exactly this).
+#: The roles' permissions as specified (migrations 0002, 0004, 0005 must seed exactly this).
 ROLE_PERMS: dict[str, set[str]] = {
     "administrator": set(Perm),
     "service_engineer": {
         Perm.DEVICE_VIEW, Perm.TELEMETRY_VIEW, Perm.FILES_VIEW, Perm.DESKTOP_VIEW,
         Perm.DESKTOP_CONTROL, Perm.DESKTOP_CLIPBOARD, Perm.DIAGNOSTICS_SHELL, Perm.UPDATES_PUSH,
-        Perm.DEVICES_ENROLL,
+        Perm.DEVICES_ENROLL, Perm.ALARMS_HANDLE,
     },
     "analyst": {Perm.DEVICE_VIEW, Perm.TELEMETRY_VIEW, Perm.FILES_VIEW, Perm.AUDIT_READ},
     "site_contact": {Perm.DEVICE_VIEW, Perm.TELEMETRY_VIEW, Perm.DESKTOP_CONSENT},
@@ -127,7 +127,7 @@ def _url_args(app: Flask, fleet: Fleet, users: dict[str, int]) -> dict[str, Any]
         db.session.commit()
     return {"device_id": fleet.device_a1, "customer_id": fleet.customer_a,
             "site_id": fleet.site_a1, "user_id": victim, "token_id": token.id,
-            "filename": "portal.css"}
+            "filename": "portal.css", **ALARMS_URL_ARGS}
 
 
 def _allowed(role: str | None, rule: str) -> bool | None:
