@@ -1,12 +1,13 @@
-"""Splice two tunnel channels together: a pair of pumps passing data, EOF and errors.
+"""Splice two tunnel channels together: two forwards passing data, EOF and errors.
 
-Each direction is one loop: take a message from one channel (which returns credit
-to its sender only now), then wait until the other channel accepts it (`send` waits
-while that channel's backlog is above its high-water mark). So a slow reader on one
-side stops the pump, stops credit, and stops the sender at the far end: the relay
-holds at most one receive window plus one send backlog per direction, whatever the
-speeds. EOF (half-close) is passed on as EOF; a reset or a lost tunnel on one side
-resets the other with the same code, so neither end waits for data that cannot come.
+Each direction is a :class:`tunnel.aio.Forward`: DATA chunks are queued on the other
+channel as they arrive, without reassembling messages, and credit goes back to their
+sender only once the other channel has framed them (its receiver granted the credit).
+So a slow reader on one side stops credit at the far end: the relay holds at most one
+receive window per direction, whatever the speeds, and enforces the receiver's
+max_message on the message in flight. EOF (half-close) is passed on as EOF; a reset or
+a lost tunnel on one side resets the other with the same code, so neither end waits for
+data that cannot come.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import logging
 
 from tunnel import ErrorCode
-from tunnel.aio import Channel, ChannelError, ChannelResetError, TunnelClosedError
+from tunnel.aio import Channel, ChannelError, ChannelResetError, Forward, TunnelClosedError
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +34,15 @@ async def splice(a: Channel, b: Channel) -> tuple[int, int]:
 
 
 async def _pump(src: Channel, dst: Channel) -> int:
-    passed = 0
+    forward = Forward(src, dst)
     try:
-        while True:
-            try:
-                data = await src.recv()
-            except EOFError:
-                await dst.close()
-                log.debug("= %r -> %r: EOF passed on", src, dst)
-                return passed
-            await dst.send(data)
-            passed += len(data)
+        await forward.wait()
     except ChannelError as exc:
         code, reason = _propagated(exc)
         log.debug("! %r <-> %r: %s, resetting both", src, dst, exc)
         dst.reset(code, reason)
         src.reset(code, reason)
-    return passed
+    return forward.passed
 
 
 def _propagated(exc: ChannelError) -> tuple[ErrorCode, str]:

@@ -108,11 +108,15 @@ class ChannelState:
     """Everything the connection keeps for one live channel.
 
     Plain attributes, written only by :class:`~tunnel.connection.Connection`.
-    The send side is a queue of whole messages plus the offset already framed
-    from the head one; the receive side is the parts of one partial message.
+    The send side is a queue of ``(data, more)`` entries -- whole messages, or chunks
+    of one forwarded with ``send_chunk`` (``more``: the message continues) -- plus the
+    offset already framed from the head entry. The receive side is the parts of one
+    partial message, or in chunk mode (``chunked``) only the size of the message in
+    flight, counted against ``max_message``.
     """
 
     __slots__ = (
+        "chunked",
         "close_pending",
         "credit_queued",
         "credit_to_send",
@@ -131,6 +135,7 @@ class ChannelState:
         "state",
         "stats",
         "tx",
+        "tx_message",
         "tx_offset",
         "tx_queue",
         "tx_queued",
@@ -158,9 +163,12 @@ class ChannelState:
         # The peer's window arrives with its OPEN/ACCEPT; until then nothing may be sent.
         self.tx = SendCredit(0)
         self.peer_max_message = 0
-        self.tx_queue: deque[bytes] | None = None  # created on demand, dropped when empty
+        self.chunked = False
+        # Entries are (data, more); created on demand, dropped when empty.
+        self.tx_queue: deque[tuple[bytes | memoryview, bool]] | None = None
         self.tx_offset = 0
         self.tx_queued = 0
+        self.tx_message = 0  # bytes queued by send_chunk of a message not finished yet
         self.close_pending = False
         self.local_closed = False
         self.remote_closed = False

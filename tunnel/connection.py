@@ -31,6 +31,7 @@ from .events import (
     ChannelRefused,
     ChannelRequested,
     ChannelReset,
+    ChunkReceived,
     ConnectionFailed,
     Event,
     GoAwayReceived,
@@ -42,18 +43,26 @@ from .frames import (
     AcceptFrame,
     CloseFrame,
     CreditFrame,
-    DataFrame,
     GoAwayFrame,
     OpenFrame,
     PingFrame,
     PongFrame,
     RefuseFrame,
     ResetFrame,
+    decode_data_header,
     decode_frame,
     encode_credit,
     encode_data,
+    is_data,
 )
-from .limits import MAX_CHANNEL_ID, MAX_CHANNELS, MAX_CHUNK, MAX_CONTROL_BACKLOG, MAX_KIND_LENGTH
+from .limits import (
+    HEADER_SIZE,
+    MAX_CHANNEL_ID,
+    MAX_CHANNELS,
+    MAX_CHUNK,
+    MAX_CONTROL_BACKLOG,
+    MAX_KIND_LENGTH,
+)
 from .scheduler import Priority, Scheduler, priority_for_kind
 from .settings import Role, Settings
 from .stats import CONNECTION_KIND, KindStats, StatsTable
@@ -328,13 +337,7 @@ class Connection:
     def send_message(self, channel_id: int, data: bytes) -> None:
         """Queue one message (1 byte .. the peer's max_message). Do not mutate ``data``
         afterwards: it is framed lazily, in chunks, as credit and priority allow."""
-        channel = self._channels.get(channel_id)
-        if channel is None:
-            raise LocalProtocolError(ErrorCode.CANCELLED, f"channel {channel_id} is gone")
-        if NEXT[channel.state][Input.SEND_DATA] is None:
-            raise LocalProtocolError(
-                ErrorCode.PROTOCOL_ERROR, f"cannot send on a channel in {channel.state.name}"
-            )
+        channel = self._sending_channel(channel_id)
         size = len(data)
         if size > channel.peer_max_message:
             raise LocalProtocolError(
@@ -343,14 +346,67 @@ class Connection:
             )
         if size == 0:
             raise ValueError("messages must not be empty")
+        if channel.tx_message:
+            raise LocalProtocolError(
+                ErrorCode.PROTOCOL_ERROR, "a message sent in chunks is not finished"
+            )
+        self._queue_data(channel, data, False)
+
+    def send_chunk(self, channel_id: int, data: bytes | memoryview, more: bool) -> None:
+        """Queue part of a message, ``more`` = the message continues with the next chunk.
+
+        For relays forwarding :class:`ChunkReceived` chunks as they arrive, without
+        reassembling. The message's size so far is checked against the peer's
+        max_message (``LocalProtocolError`` MESSAGE_TOO_LARGE: the caller resets the
+        channel, the receiver never sees the partial message). Chunks of any size are
+        re-cut to MAX_CHUNK and credit like messages; do not mutate ``data``.
+        """
+        channel = self._sending_channel(channel_id)
+        size = len(data)
+        if size == 0:
+            raise ValueError("chunks must not be empty")
+        total = channel.tx_message + size
+        if total > channel.peer_max_message:
+            raise LocalProtocolError(
+                ErrorCode.MESSAGE_TOO_LARGE,
+                f"message of {total}+ bytes, the peer accepts {channel.peer_max_message}",
+            )
+        channel.tx_message = total if more else 0
+        self._queue_data(channel, data, more)
+
+    def _sending_channel(self, channel_id: int) -> ChannelState:
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            raise LocalProtocolError(ErrorCode.CANCELLED, f"channel {channel_id} is gone")
+        if NEXT[channel.state][Input.SEND_DATA] is None:
+            raise LocalProtocolError(
+                ErrorCode.PROTOCOL_ERROR, f"cannot send on a channel in {channel.state.name}"
+            )
+        return channel
+
+    def _queue_data(self, channel: ChannelState, data: bytes | memoryview, more: bool) -> None:
+        size = len(data)
         queue = channel.tx_queue
         if queue is None:
             queue = channel.tx_queue = deque()
-        queue.append(data)
+        queue.append((data, more))
         channel.tx_queued += size
         self._queued += size
         if channel.tx.credit > 0:
             self._scheduler.push(channel)
+
+    def receive_in_chunks(self, channel_id: int) -> list[bytes]:
+        """Switch a channel to chunk mode: from now on its DATA is reported as
+        :class:`ChunkReceived` as it arrives instead of reassembled into messages
+        (max_message is still enforced, by counting). Returns the parts of a message
+        already partly received, to be passed on first as chunks with ``more``. Messages
+        already reported whole stay whole. For relays; irreversible. Idempotent."""
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            raise LocalProtocolError(ErrorCode.CANCELLED, f"channel {channel_id} is gone")
+        channel.chunked = True
+        parts, channel.rx_parts = channel.rx_parts, []
+        return parts
 
     def close(self, channel_id: int) -> None:
         """Half-close: CLOSE is sent after the messages already queued. Idempotent."""
@@ -428,8 +484,11 @@ class Connection:
         self._now = self._last_recv = now
         self._probing = False
         try:
-            frame = decode_frame(data)
-            event = _HANDLERS[type(frame)](self, frame, len(data))
+            if is_data(data):  # the hot path: no frame object, the payload sliced once
+                event = self._on_data(data)
+            else:
+                frame = decode_frame(data)
+                event = _HANDLERS[type(frame)](self, frame, len(data))
             if self._control_bytes > MAX_CONTROL_BACKLOG:
                 raise FrameError(ErrorCode.PROTOCOL_ERROR, "control backlog exceeded")
         except FrameError as exc:
@@ -533,7 +592,7 @@ class Connection:
     def _frame_from(self, channel: ChannelState) -> bytes:
         queue = channel.tx_queue
         if queue:
-            message = queue[0]
+            message, more = queue[0]
             offset = channel.tx_offset
             remaining = len(message) - offset
             size = min(remaining, MAX_CHUNK, channel.tx.credit)
@@ -542,14 +601,14 @@ class Connection:
                 if not queue:
                     channel.tx_queue = None
                 channel.tx_offset = 0
-                flags = 0
+                flags = FLAG_MORE if more else 0
+                if offset:
+                    message = memoryview(message)[offset:]
             else:
                 channel.tx_offset = offset + size
                 flags = FLAG_MORE
-            if offset == 0 and flags == 0:
-                data = encode_data(channel.id, message, 0)
-            else:
-                data = encode_data(channel.id, memoryview(message)[offset : offset + size], flags)
+                message = memoryview(message)[offset : offset + size]
+            data = encode_data(channel.id, message, flags)
             channel.tx.spend(size)
             channel.tx_queued -= size
             self._queued -= size
@@ -604,6 +663,7 @@ class Connection:
         channel.tx_queue = None
         channel.close_pending = False
         channel.rx_parts = []
+        channel.rx_size = 0
         self._channels.pop(channel.id, None)
 
     def _queue_control(self, data: bytes, stats: KindStats) -> None:
@@ -616,7 +676,8 @@ class Connection:
     def _return_credit(self, channel: ChannelState) -> None:
         if channel.state not in _LIVE_SENDERS:
             return
-        increment = channel.rx.credit_due(channel.rx_size)
+        # A chunk-mode consumer takes partial messages: no deadlock to avoid by early credit.
+        increment = channel.rx.credit_due(0 if channel.chunked else channel.rx_size)
         if increment:
             channel.credit_to_send += increment
             if not channel.credit_queued:
@@ -653,14 +714,15 @@ class Connection:
         self._conn_stats.bytes_in += size
         return None
 
-    def _on_data(self, frame: DataFrame, size: int) -> Event | None:
-        channel = self._lookup(frame.channel_id, size)
+    def _on_data(self, data: bytes) -> Event | None:
+        channel_id, more = decode_data_header(data)
+        size = len(data)
+        channel = self._lookup(channel_id, size)
         if channel is None or channel.state is State.CLOSED:
             return None
         if NEXT[channel.state][Input.RECV_DATA] is None:
             return self._channel_error(channel, ErrorCode.PROTOCOL_ERROR, "unexpected DATA")
-        payload = frame.payload
-        length = len(payload)
+        length = size - HEADER_SIZE
         if not channel.rx.receive(length):
             return self._channel_error(channel, ErrorCode.FLOW_CONTROL_ERROR, "DATA beyond credit")
         total = channel.rx_size + length
@@ -668,7 +730,11 @@ class Connection:
             return self._channel_error(
                 channel, ErrorCode.MESSAGE_TOO_LARGE, "message exceeds max_message"
             )
-        if frame.more:
+        if channel.chunked:  # forwarded as it comes: count the message, keep nothing
+            channel.rx_size = total if more else 0
+            return ChunkReceived(channel_id, memoryview(data)[HEADER_SIZE:], more)
+        payload = data[HEADER_SIZE:]
+        if more:
             channel.rx_parts.append(payload)
             channel.rx_size = total
             self._return_credit(channel)
@@ -783,7 +849,7 @@ class Connection:
         target = NEXT[channel.state][Input.RECV_CLOSE]
         if target is None:
             return self._channel_error(channel, ErrorCode.PROTOCOL_ERROR, "unexpected CLOSE")
-        if channel.rx_parts:
+        if channel.rx_size:
             return self._channel_error(channel, ErrorCode.PROTOCOL_ERROR, "CLOSE inside a message")
         channel.state = target
         channel.remote_closed = True
@@ -831,7 +897,6 @@ class Connection:
 
 
 _HANDLERS: Final[dict[type, Callable[[Connection, Any, int], Event | None]]] = {
-    DataFrame: Connection._on_data,
     OpenFrame: Connection._on_open,
     AcceptFrame: Connection._on_accept,
     RefuseFrame: Connection._on_refuse,

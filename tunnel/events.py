@@ -56,6 +56,18 @@ class MessageReceived(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ChunkReceived(Event):
+    """One DATA chunk of a channel in chunk mode (``Connection.receive_in_chunks``):
+    ``more`` = the message continues. ``data`` is a read-only view of the received
+    frame. Call ``message_consumed(channel_id, len(data))`` once it has been passed on:
+    that returns credit to the sender, as for whole messages."""
+
+    channel_id: int
+    data: memoryview
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelEnded(Event):
     """The peer half-closed: no more messages will arrive on this channel."""
 

@@ -51,6 +51,7 @@ _GOAWAY: Final = struct.Struct("!HI")
 
 _DATA: Final = int(FrameType.DATA)
 _CREDIT: Final = int(FrameType.CREDIT)
+_DATA_TYPE: Final = bytes([_DATA])
 
 assert HEADER.size == HEADER_SIZE
 
@@ -373,6 +374,33 @@ _DECODERS: Final = (
 _CONNECTION_TYPES: Final = frozenset({FrameType.PING, FrameType.PONG, FrameType.GOAWAY})
 
 
+def is_data(data: bytes) -> bool:
+    """Whether a message claims to be a DATA frame (then :func:`decode_data_header`)."""
+    return data[:1] == _DATA_TYPE
+
+
+def decode_data_header(data: bytes) -> tuple[int, bool]:
+    """Check a DATA frame and return ``(channel_id, more)``; the payload is
+    ``data[HEADER_SIZE:]``, left to the caller to slice or view (the receive hot path:
+    a relay forwarding chunks passes views on without copying). Raises
+    :class:`FrameError` like :func:`decode_frame`."""
+    size = len(data)
+    if size > MAX_FRAME_SIZE:
+        raise FrameError(ErrorCode.FRAME_TOO_LARGE, f"frame of {size} bytes")
+    if size < HEADER_SIZE:
+        raise _malformed("frame shorter than its header")
+    if size == HEADER_SIZE:
+        raise _malformed("empty DATA frame")
+    frame_type, flags, channel_id = HEADER.unpack_from(data)
+    if frame_type != _DATA:
+        raise _malformed("not a DATA frame")
+    if flags & ~FLAG_MORE:
+        raise _malformed("reserved DATA flags set")
+    if channel_id == 0:
+        raise _malformed("DATA on channel 0")
+    return channel_id, bool(flags)
+
+
 def decode_frame(data: bytes) -> Frame:
     """Parse one WebSocket message into a frame.
 
@@ -387,13 +415,8 @@ def decode_frame(data: bytes) -> Frame:
         raise _malformed("frame shorter than its header")
     frame_type, flags, channel_id = HEADER.unpack_from(data)
     if frame_type == _DATA:
-        if flags & ~FLAG_MORE:
-            raise _malformed("reserved DATA flags set")
-        if channel_id == 0:
-            raise _malformed("DATA on channel 0")
-        if size == HEADER_SIZE:
-            raise _malformed("empty DATA frame")
-        return DataFrame(channel_id, data[HEADER_SIZE:], bool(flags))
+        channel_id, more = decode_data_header(data)
+        return DataFrame(channel_id, data[HEADER_SIZE:], more)
     if not 0 < frame_type < len(_DECODERS):
         raise _malformed("unknown frame type")
     if flags:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .channel import Channel, IncomingChannel
 from .exceptions import ChannelError, ChannelRefusedError, ChannelResetError, TunnelClosedError
+from .forward import Forward
 from .negotiation import select_subprotocol, websocket_options
 from .tunnel import OpenHandler, Tunnel, close_code_for
 
@@ -21,6 +22,7 @@ __all__ = [
     "ChannelError",
     "ChannelRefusedError",
     "ChannelResetError",
+    "Forward",
     "IncomingChannel",
     "OpenHandler",
     "Tunnel",

@@ -14,6 +14,7 @@ from ..scheduler import Priority
 from .exceptions import ChannelError, ChannelResetError
 
 if TYPE_CHECKING:
+    from .forward import Forward
     from .tunnel import Tunnel
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class Channel:
         "_eof",
         "_error",
         "_finished",
+        "_forward_in",
+        "_forward_out",
         "_inbox",
         "_local_closed",
         "_recv_waiter",
@@ -79,6 +82,8 @@ class Channel:
         self._local_closed = False
         self._finished = False
         self._error: ChannelError | None = None
+        self._forward_out: Forward | None = None  # our received data goes there
+        self._forward_in: Forward | None = None  # it sends on our behalf
 
     def __repr__(self) -> str:
         return f"<Channel {self.id} {self.kind} on {self._tunnel.name!r}>"
@@ -105,6 +110,8 @@ class Channel:
         got past the wait. Raises ``LocalProtocolError`` after :meth:`close` or for an
         oversize message.
         """
+        if self._forward_in is not None:
+            raise RuntimeError(f"{self!r} is the target of a forward")
         tunnel = self._tunnel
         conn = tunnel._conn
         high = tunnel.settings.send_high_water
@@ -132,6 +139,8 @@ class Channel:
 
     async def recv(self) -> bytes:
         """The next message. ``EOFError`` once the peer half-closed and all was read."""
+        if self._forward_out is not None:
+            raise RuntimeError(f"{self!r} is being forwarded")
         while not self._inbox:
             if self._error is not None:
                 raise self._error.with_traceback(None)
@@ -166,6 +175,9 @@ class Channel:
     async def close(self) -> None:
         """Half-close: the peer gets EOF after the messages already sent. Idempotent;
         does nothing if the channel already failed."""
+        self._close_now()
+
+    def _close_now(self) -> None:
         if self._local_closed or self._error is not None:
             return
         self._local_closed = True
@@ -217,8 +229,17 @@ class Channel:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _take_inbox(self) -> deque[bytes]:
+        """Hand over the messages not read yet (a forward starts with them)."""
+        inbox = self._inbox or deque()
+        self._inbox = None
+        self._buffered = 0
+        return inbox
+
     def _on_eof(self) -> None:
         self._eof = True
+        if self._forward_out is not None:
+            self._forward_out._eof()
         self._wake_receiver()
         if self._local_closed:
             self._finish()
@@ -229,6 +250,9 @@ class Channel:
         self._error = error
         self._inbox = None
         self._buffered = 0
+        for forward in (self._forward_out, self._forward_in):
+            if forward is not None:
+                forward._fail(error)
         self._wake_receiver()
         self._wake_senders()
         self._finish()

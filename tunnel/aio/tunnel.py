@@ -27,6 +27,7 @@ from ..events import (
     ChannelRefused,
     ChannelRequested,
     ChannelReset,
+    ChunkReceived,
     ConnectionFailed,
     Event,
     GoAwayReceived,
@@ -38,6 +39,7 @@ from ..stats import StatsTable
 from ..subprotocol import SUBPROTOCOLS
 from .channel import Channel, IncomingChannel
 from .exceptions import ChannelRefusedError, ChannelResetError, TunnelClosedError
+from .forward import Forward
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +130,7 @@ class Tunnel:
         "_closing",
         "_conn",
         "_finished",
+        "_forwards",
         "_incoming",
         "_loop",
         "_on_open",
@@ -170,6 +173,7 @@ class Tunnel:
         self._incoming: dict[int, IncomingChannel] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._blocked: set[Channel] = set()
+        self._forwards: set[Forward] | None = None  # forwards into our channels; on demand
         self._wake: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -380,6 +384,9 @@ class Tunnel:
                     ws.transport.writelines([d for d in ws.protocol.data_to_send() if d])
                 if self._blocked:
                     self._release_senders()
+                if self._forwards:
+                    for forward in self._forwards:
+                        forward._framed()
         except ConnectionClosed:
             return
         except Exception:  # a bug: never leave a tunnel that silently stopped writing
@@ -455,7 +462,14 @@ class Tunnel:
     def _dispatch(self, events: list[Event]) -> None:
         """Apply core events to channels and waiters. Must never await."""
         for event in events:
-            if type(event) is MessageReceived:
+            if type(event) is ChunkReceived:
+                channel = self._channels.get(event.channel_id)
+                forward = channel._forward_out if channel is not None else None
+                if forward is not None:
+                    forward._chunk(event.data, event.more)
+                else:  # the forward ended an instant ago: give the credit back
+                    self._conn.message_consumed(event.channel_id, len(event.data))
+            elif type(event) is MessageReceived:
                 channel = self._channels.get(event.channel_id)
                 if channel is not None:
                     channel._deliver(event.data)
@@ -576,6 +590,17 @@ class Tunnel:
         conn.message_consumed(channel_id, nbytes)
         if conn.wants_write:
             self._kick()
+
+    def _add_forward(self, forward: Forward) -> None:
+        if self._forwards is None:
+            self._forwards = set()
+        self._forwards.add(forward)
+
+    def _remove_forward(self, forward: Forward) -> None:
+        if self._forwards is not None:
+            self._forwards.discard(forward)
+            if not self._forwards:
+                self._forwards = None
 
     def _release_senders(self) -> None:
         """Wake senders whose channel backlog fell to the low-water mark (half the high)."""
