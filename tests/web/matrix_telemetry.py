@@ -2,4 +2,10 @@
 
 from __future__ import annotations
 
-TELEMETRY_MATRIX: dict[str, str] = {}
+from web.authz import Perm
+
+TELEMETRY_MATRIX: dict[str, str] = {
+    "telemetry.series": Perm.TELEMETRY_VIEW,
+    "telemetry.events": Perm.TELEMETRY_VIEW,
+    "telemetry.attention": Perm.TELEMETRY_VIEW,
+}
