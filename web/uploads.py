@@ -186,7 +186,7 @@ def _failed(device: Device, upload: TelemetryLogUpload, code: str,
     else:
         refuse_log_upload(db.session, upload.id, code)
         _audit("telemetry.logs_refused", device, upload, "log request refused by the device",
-               outcome="refused", error=code, **details)
+               outcome="failure", error=code, **details)
         flash(f"The device refused: {reason_text(code)}.", "error")
 
 
