@@ -5,6 +5,11 @@ is the one we ship, on ``mss`` (on X11 its XCB backend reads the screen through
 MIT-SHM ``XShmGetImage`` and falls back to ``XGetImage`` by itself; GDI on Windows,
 CoreGraphics on macOS). Calls block (a 1280x800 grab is ~0.6 ms with MIT-SHM), so the
 streamer makes them from its worker thread, and always from that same thread.
+
+A source may also say *where* the screen was drawn: its ``damage`` attribute, a
+:class:`~desktop.xdamage.DamageWatch` or ``None``. ``MssSource`` offers one on an X
+server with the DAMAGE extension; the streamer then captures on damage instead of
+polling (a Windows backend would offer DXGI's dirty rectangles the same way).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import mss
 from mss.exception import ScreenShotError
 
 from .geometry import Rect
+from .x11 import X11Error
+from .xdamage import DamageWatch, XDamageWatch
 
 logger = logging.getLogger(__name__)
 
@@ -76,17 +83,25 @@ class ScreenSource(Protocol):
 
 
 class MssSource:
-    """:class:`ScreenSource` on ``mss``; ``display`` (X11 only) defaults to ``$DISPLAY``."""
+    """:class:`ScreenSource` on ``mss``; ``display`` (X11 only) defaults to ``$DISPLAY``.
+    ``watch_damage=False`` leaves :attr:`damage` ``None`` (the streamer polls)."""
 
-    def __init__(self, display: str | None = None) -> None:
+    def __init__(self, display: str | None = None, *, watch_damage: bool = True) -> None:
         kwargs: dict[str, Any] = {}
-        if display is not None and sys.platform.startswith("linux"):
+        linux = sys.platform.startswith("linux")
+        if display is not None and linux:
             kwargs["display"] = display
         try:
             self._mss = mss.MSS(**kwargs)
         except ScreenShotError as exc:
             raise CaptureError(f"cannot open the display: {exc}") from exc
         self._monitors: list[Monitor] | None = None
+        self.damage: DamageWatch | None = None
+        if watch_damage and linux:
+            try:
+                self.damage = XDamageWatch(display)
+            except X11Error as exc:
+                logger.info("= no damage reports, polling the screen: %s", exc)
 
     def monitors(self) -> list[Monitor]:
         if self._monitors is None:
@@ -134,3 +149,5 @@ class MssSource:
 
     def close(self) -> None:
         self._mss.close()
+        if self.damage is not None:
+            self.damage.close()

@@ -35,33 +35,63 @@ def _grid(width: int, height: int, tile: int) -> tuple[int, int]:
 
 
 def changed_tiles(
-    prev: bytes | bytearray, cur: bytes | bytearray, width: int, height: int, tile: int = TILE
+    prev: bytes | bytearray,
+    cur: bytes | bytearray,
+    width: int,
+    height: int,
+    tile: int = TILE,
+    within: Sequence[Rect] | None = None,
 ) -> bytearray:
-    """Row-major flags, one per tile (``cols * rows``): 1 where ``cur`` differs from ``prev``."""
+    """Row-major flags, one per tile (``cols * rows``): 1 where ``cur`` differs from ``prev``.
+
+    ``within`` (the areas the X server reported drawn) limits the compare to the tiles
+    they touch; the caller vouches that nothing changed elsewhere. ``None``: everywhere.
+    """
     cols, rows = _grid(width, height, tile)
     stride = width * BYTES_PER_PIXEL
     if len(prev) != stride * height or len(cur) != stride * height:
         raise ValueError("frame buffers do not match the geometry")
     flags = bytearray(cols * rows)
-    if prev == cur:
-        return flags
+    if within is None:
+        if prev == cur:
+            return flags
+        todo = bytearray(b"\x01") * (cols * rows)
+    else:
+        todo = tile_mask(within, width, height, tile)
     tile_bytes = tile * BYTES_PER_PIXEL
     for row in range(rows):
+        base = row * cols
+        runs = _runs(todo, flags, base, cols)  # columns to look at, not known dirty yet
+        if not runs:
+            continue
         band_start = row * tile * stride
         band_end = min((row + 1) * tile, height) * stride
-        if prev[band_start:band_end] == cur[band_start:band_end]:
+        if within is None and prev[band_start:band_end] == cur[band_start:band_end]:
             continue
-        base = row * cols
-        runs = [(0, cols)]  # maximal runs of columns of this band not known dirty yet
         for line in range(band_start, band_end, stride):
             found = 0
             for c0, c1 in runs:
                 found += _bisect(prev, cur, line, line + stride, c0, c1, tile_bytes, flags, base)
             if found:
-                runs = _clean_runs(flags, base, cols)
+                runs = _runs(todo, flags, base, cols)
                 if not runs:
                     break
     return flags
+
+
+def tile_mask(areas: Sequence[Rect], width: int, height: int, tile: int = TILE) -> bytearray:
+    """Row-major flags of the tiles that ``areas`` touch (clipped to the screen)."""
+    cols, rows = _grid(width, height, tile)
+    mask = bytearray(cols * rows)
+    for area in areas:
+        x0, y0 = max(0, area.x), max(0, area.y)
+        x1, y1 = min(width, area.right), min(height, area.bottom)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        c0, c1 = x0 // tile, (x1 + tile - 1) // tile
+        for row in range(y0 // tile, (y1 + tile - 1) // tile):
+            mask[row * cols + c0 : row * cols + c1] = b"\x01" * (c1 - c0)
+    return mask
 
 
 def _bisect(
@@ -95,15 +125,16 @@ def _bisect(
     )
 
 
-def _clean_runs(flags: bytearray, base: int, cols: int) -> list[tuple[int, int]]:
+def _runs(todo: bytearray, flags: bytearray, base: int, cols: int) -> list[tuple[int, int]]:
+    """Maximal runs of columns of one tile row that are to be looked at and not dirty."""
     runs = []
     col = 0
     while col < cols:
-        if flags[base + col]:
+        if flags[base + col] or not todo[base + col]:
             col += 1
             continue
         start = col
-        while col < cols and not flags[base + col]:
+        while col < cols and todo[base + col] and not flags[base + col]:
             col += 1
         runs.append((start, col))
     return runs
@@ -145,10 +176,17 @@ def merge_tiles(flags: Sequence[int], width: int, height: int, tile: int = TILE)
 
 
 def diff(
-    prev: bytes | bytearray, cur: bytes | bytearray, width: int, height: int, tile: int = TILE
+    prev: bytes | bytearray,
+    cur: bytes | bytearray,
+    width: int,
+    height: int,
+    tile: int = TILE,
+    within: Sequence[Rect] | None = None,
 ) -> list[Rect]:
-    """The changed regions between two frames of the same size; ``[]`` when identical."""
-    return merge_tiles(changed_tiles(prev, cur, width, height, tile), width, height, tile)
+    """The changed regions between two frames of the same size; ``[]`` when identical.
+    ``within``: as for :func:`changed_tiles`."""
+    flags = changed_tiles(prev, cur, width, height, tile, within)
+    return merge_tiles(flags, width, height, tile)
 
 
 class Damage(NamedTuple):
@@ -186,10 +224,17 @@ class DamageTracker:
         """Forget the reference: the next update is a full frame (viewer asked to refresh)."""
         self._prev = None
 
-    def update(self, pixels: bytes | bytearray, width: int, height: int) -> Damage:
+    def update(
+        self,
+        pixels: bytes | bytearray,
+        width: int,
+        height: int,
+        within: Sequence[Rect] | None = None,
+    ) -> Damage:
         """What differs in ``pixels`` from the previous update's frame.
 
-        Keeps a reference to ``pixels``: the caller must not modify the buffer
+        ``within``: every area drawn since that frame (X DAMAGE reports); only those are
+        compared. Keeps a reference to ``pixels``: the caller must not modify the buffer
         afterwards (``mss`` hands out a fresh buffer per grab).
         """
         prev, self._prev = self._prev, pixels
@@ -197,11 +242,13 @@ class DamageTracker:
             self._size = (width, height)
             _grid(width, height, self._tile)
             return Damage(None, [Rect(0, 0, width, height)])
-        rects = diff(prev, pixels, width, height, self._tile)
+        rects = diff(prev, pixels, width, height, self._tile, within)
         if not (self._scroll and rects):
             return Damage(None, rects)
         copy = find_vertical_scroll(prev, pixels, width, bounding_box(rects))
         if copy is None:
             return Damage(None, rects)
         moved = apply_copy(prev, width, copy)
-        return Damage(copy, diff(moved, pixels, width, height, self._tile))
+        # ``moved`` differs from ``prev`` only where the copy landed.
+        within = None if within is None else [*within, copy.rect]
+        return Damage(copy, diff(moved, pixels, width, height, self._tile, within))

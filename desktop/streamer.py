@@ -15,6 +15,14 @@ Each pass: wait for ``ready()``; wait for the pacer (fps cap, CPU budget, idle
 backoff) unless poked; grab the watched monitor; diff against the last frame *sent*;
 encode and send the changed rectangles as one update, then the cursor position or
 shape if they changed. An unchanged screen sends nothing at all.
+
+When the source offers a :class:`~desktop.xdamage.DamageWatch` (its ``damage``
+attribute: ``MssSource`` on an X server with DAMAGE), capture is event-driven: the loop
+sleeps until the watch reports drawing (its socket becomes readable), then -- within
+the fps cap and CPU budget -- grabs and compares only the reported areas. Drawing while
+the channel is busy accumulates in the watch and goes out as one update. Without
+drawing, a pass every ``1 / idle_fps`` seconds (and after injected input) only looks
+at the cursor. Without a watch, the screen is polled as described above.
 """
 
 from __future__ import annotations
@@ -27,12 +35,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import wire
-from .capture import Monitor, ScreenSource
+from .capture import Frame, Monitor, ScreenSource
 from .cursor import CursorSource
-from .damage import DamageTracker
+from .damage import Damage, DamageTracker
 from .encode import QUALITY_DEFAULT, Encoder, QualityController
 from .geometry import Rect
 from .pacing import LinkEstimator, Pacer, PacerSettings
+from .xdamage import DamageWatch
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +88,7 @@ class _Pass:
     update_bytes: int
     had_photo: bool
     changed: bool
+    grabbed: bool
 
 
 class Streamer:
@@ -100,6 +110,7 @@ class Streamer:
         settings: StreamerSettings | None = None,
     ) -> None:
         self._source = source
+        self._watch: DamageWatch | None = getattr(source, "damage", None)
         self._send = send
         self._ready = ready
         self._cursor = cursor
@@ -113,6 +124,9 @@ class Streamer:
         self._monitors: list[Monitor] = []
         self._index = 0
         self._refresh = False
+        self._drawn = True  # damage reported (or not yet asked): the next pass grabs
+        self._poked = False
+        self._last_pass = 0.0
         # Worker-thread state: touched only inside _step.
         self._tracker = DamageTracker()
         self._encoder = Encoder()
@@ -136,6 +150,7 @@ class Streamer:
     def poke(self) -> None:
         """The screen is about to change (input was injected): capture at full rate now."""
         self._pacer.poke(time.monotonic())
+        self._poked = True
         self._wake.set()
 
     def request_refresh(self) -> None:
@@ -164,6 +179,7 @@ class Streamer:
         exception propagates; the caller ends the session)."""
         loop = asyncio.get_running_loop()
         pool = ThreadPoolExecutor(1, thread_name_prefix="desktop-capture")
+        watch = self._watch
         try:
             self._monitors = await loop.run_in_executor(pool, self._source.monitors)
             self._index = self._initial_monitor()
@@ -178,23 +194,43 @@ class Streamer:
                 await self._pace()
                 start = time.monotonic()
                 index, refresh, quality = self._index, self._refresh, self._current_quality()
-                self._refresh = False
+                self._refresh = self._drawn = self._poked = False
+                if watch is not None:
+                    loop.remove_reader(watch.fileno())  # the worker reads the connection
                 result = await loop.run_in_executor(pool, self._step, index, refresh, quality)
+                if watch is not None:
+                    loop.add_reader(watch.fileno(), self._on_damage)
+                self._last_pass = start
                 self._account(start, result)
                 if result.messages:
                     sent_at = loop.time()
                     await self._emit(result.messages)
                     pending = result.update_bytes
         finally:
+            if watch is not None:
+                loop.remove_reader(watch.fileno())
             # Let an encode in flight finish off the loop before the caller closes the
             # source it is using; never block the loop on it.
             await asyncio.shield(loop.run_in_executor(None, pool.shutdown))
 
+    def _on_damage(self) -> None:
+        """The watch's connection is readable: something was drawn."""
+        assert self._watch is not None
+        asyncio.get_running_loop().remove_reader(self._watch.fileno())  # until the pass read it
+        self._drawn = True
+        self._pacer.poke(time.monotonic())
+        self._wake.set()
+
     async def _pace(self) -> None:
-        """Wait until the pacer allows the next capture; a refresh request skips the wait."""
+        """Wait until the pacer allows the next capture; a refresh request skips the wait.
+        With a damage watch, a pass without drawing or input is due only for the cursor,
+        at the idle rate."""
         while not self._refresh:
             now = time.monotonic()
-            due = self._pacer.next_capture(now)
+            if self._watch is None or self._drawn or self._poked:
+                due = self._pacer.next_capture(now)
+            else:
+                due = self._last_pass + 1.0 / self._pacer.settings.idle_fps
             if due <= now:
                 return
             self._wake.clear()
@@ -211,7 +247,8 @@ class Streamer:
             self.stats.bytes_sent += len(message)
 
     def _account(self, start: float, result: _Pass) -> None:
-        self._pacer.captured(start, result.cpu, result.changed)
+        if result.grabbed:  # a cursor-only pass costs next to nothing: no frame slot
+            self._pacer.captured(start, result.cpu, result.changed)
         stats = self.stats
         stats.captures += 1
         stats.cpu_seconds += result.cpu
@@ -247,45 +284,57 @@ class Streamer:
     def _step(self, index: int, refresh: bool, quality: int) -> _Pass:
         """One capture pass on the worker thread; returns the messages to send."""
         cpu_start = time.thread_time()
+        monitor = self._monitors[index]
+        within: list[Rect] | None = None
+        if self._watch is not None:
+            within = _clip(self._watch.take(), monitor)  # before the grab: see xdamage
         if refresh or index != self._streamed_index:
             self._tracker.reset()
             self._streamed_index = index
             self._cursor_sent = None
-        frame = self._source.grab(index)
-        damage = self._tracker.update(frame.pixels, frame.width, frame.height)
+            within = None
         messages: list[bytes] = []
         had_photo = False
-        update_bytes = 0
-        if damage.copy or damage.rects:
-            self._encoder.quality = quality
-            encoded = self._encoder.encode(frame.pixels, frame.width, frame.height, damage.rects)
-            if damage.copy is not None:  # first: it reads the picture before the rest lands
-                rect, src_x, src_y = damage.copy
-                copy = wire.EncodedRect(rect, wire.Codec.COPY, wire.copy_payload(src_x, src_y))
-                encoded.insert(0, copy)
-            had_photo = any(r.codec is wire.Codec.JPEG for r in encoded)
-            self._seq = (self._seq + 1) & 0xFFFF_FFFF
-            full = damage.rects == [Rect(0, 0, frame.width, frame.height)]
-            messages = wire.frame_messages(
-                self._seq, index, frame.width, frame.height, encoded, full
-            )
-            update_bytes = sum(len(m) for m in messages)
-            logger.debug(
-                "> update %d: %d rects, %d bytes, q=%d",
-                self._seq,
-                len(encoded),
-                update_bytes,
-                quality,
-            )
+        grabbed = within is None or bool(within)
+        if grabbed:
+            frame = self._source.grab(index)
+            monitor = frame.monitor
+            damage = self._tracker.update(frame.pixels, frame.width, frame.height, within)
+            if damage.copy or damage.rects:
+                messages, had_photo = self._update(index, frame, damage, quality)
+        update_bytes = sum(len(m) for m in messages)
         if self._cursor is not None:
-            messages.extend(self._cursor_messages(frame.monitor))
+            messages.extend(self._cursor_messages(monitor))
         return _Pass(
             messages=messages,
             cpu=time.thread_time() - cpu_start,
             update_bytes=update_bytes,
             had_photo=had_photo,
             changed=bool(messages),
+            grabbed=grabbed,
         )
+
+    def _update(
+        self, index: int, frame: Frame, damage: Damage, quality: int
+    ) -> tuple[list[bytes], bool]:
+        """The FRAME messages of one update, and whether it has photographic parts."""
+        self._encoder.quality = quality
+        encoded = self._encoder.encode(frame.pixels, frame.width, frame.height, damage.rects)
+        if damage.copy is not None:  # first: it reads the picture before the rest lands
+            rect, src_x, src_y = damage.copy
+            copy = wire.EncodedRect(rect, wire.Codec.COPY, wire.copy_payload(src_x, src_y))
+            encoded.insert(0, copy)
+        self._seq = (self._seq + 1) & 0xFFFF_FFFF
+        full = damage.rects == [Rect(0, 0, frame.width, frame.height)]
+        messages = wire.frame_messages(self._seq, index, frame.width, frame.height, encoded, full)
+        logger.debug(
+            "> update %d: %d rects, %d bytes, q=%d",
+            self._seq,
+            len(encoded),
+            sum(len(m) for m in messages),
+            quality,
+        )
+        return messages, any(r.codec is wire.Codec.JPEG for r in encoded)
 
     def _cursor_messages(self, monitor: Monitor) -> list[bytes]:
         assert self._cursor is not None
@@ -311,3 +360,15 @@ class Streamer:
             out.append(wire.CursorPosition(*position).encode())
             self._cursor_sent = position
         return out
+
+
+def _clip(drawn: list[Rect], monitor: Monitor) -> list[Rect]:
+    """Desktop-coordinate damage as rectangles of ``monitor``'s frame (``[]``: none on it)."""
+    out = []
+    for r in drawn:
+        x0, y0 = max(r.x, monitor.left), max(r.y, monitor.top)
+        x1 = min(r.right, monitor.left + monitor.width)
+        y1 = min(r.bottom, monitor.top + monitor.height)
+        if x0 < x1 and y0 < y1:
+            out.append(Rect(x0 - monitor.left, y0 - monitor.top, x1 - x0, y1 - y0))
+    return out

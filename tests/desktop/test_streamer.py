@@ -15,7 +15,7 @@ from PIL import Image
 
 from desktop import wire
 from desktop.capture import Frame, Monitor, MssSource
-from desktop.cursor import XCursorSource
+from desktop.cursor import CursorState, XCursorSource
 from desktop.encode import paint, region_image
 from desktop.geometry import Rect
 from desktop.pacing import PacerSettings
@@ -28,35 +28,66 @@ FAST = StreamerSettings(pacer=PacerSettings(max_fps=60, idle_fps=60, cpu_budget=
 """Tests poll at full rate so that 'N captures happened' comes quickly."""
 
 
-class CountingSource:
-    """The real source, counting grabs so a test can wait for "N more captures"."""
+class Count:
+    """A counter the worker thread bumps and a test can wait on ("N more")."""
 
-    def __init__(self, display: str) -> None:
-        self.inner = MssSource(display)
-        self.grabs = 0
+    def __init__(self) -> None:
+        self.n = 0
         self._lock = threading.Lock()
         self._waiters: list[tuple[int, threading.Event]] = []
+
+    def bump(self) -> None:
+        with self._lock:
+            self.n += 1
+            for target, event in self._waiters:
+                if self.n >= target:
+                    event.set()
+
+    async def more(self, n: int) -> None:
+        event = threading.Event()
+        with self._lock:
+            self._waiters.append((self.n + n, event))
+        assert await asyncio.to_thread(event.wait, 10 * UNIT), "the streamer stopped"
+
+
+class CountingSource:
+    """The real source, counting grabs so a test can wait for "N more captures".
+    ``damage``: offer the X DAMAGE watch (event-driven capture) or not (polling)."""
+
+    def __init__(self, display: str, *, damage: bool = False) -> None:
+        self.inner = MssSource(display, watch_damage=damage)
+        self.damage = self.inner.damage
+        self.grab_count = Count()
+
+    @property
+    def grabs(self) -> int:
+        return self.grab_count.n
 
     def monitors(self) -> list[Monitor]:
         return self.inner.monitors()
 
     def grab(self, index: int) -> Frame:
         frame = self.inner.grab(index)
-        with self._lock:
-            self.grabs += 1
-            for target, event in self._waiters:
-                if self.grabs >= target:
-                    event.set()
+        self.grab_count.bump()
         return frame
 
     async def more_grabs(self, n: int) -> None:
-        event = threading.Event()
-        with self._lock:
-            self._waiters.append((self.grabs + n, event))
-        assert await asyncio.to_thread(event.wait, 10 * UNIT), "the streamer stopped capturing"
+        await self.grab_count.more(n)
 
     def close(self) -> None:
         self.inner.close()
+
+
+class CountingCursor(XCursorSource):
+    """The real cursor source, counting polls: every streamer pass makes one."""
+
+    def __init__(self, display: str) -> None:
+        super().__init__(display)
+        self.polls = Count()
+
+    def poll(self) -> CursorState:
+        self.polls.bump()
+        return super().poll()
 
 
 @dataclass
@@ -99,8 +130,9 @@ async def streaming(
     ready: Callable[[], object],
     display: str,
     settings: StreamerSettings = FAST,
+    cursor: XCursorSource | None = None,
 ) -> AsyncIterator[Streamer]:
-    cursor = XCursorSource(display)
+    cursor = cursor or XCursorSource(display)
     streamer = Streamer(source, send, ready, cursor=cursor, settings=settings)  # type: ignore[arg-type]
     task = asyncio.create_task(streamer.run())
     try:
@@ -113,8 +145,9 @@ async def streaming(
         cursor.close()
 
 
+@pytest.mark.parametrize("damage", [False, True], ids=["polling", "xdamage"])
 async def test_viewer_paints_exactly_the_screen_and_then_only_changes(
-    xdisplay: str, app: App
+    xdisplay: str, app: App, damage: bool
 ) -> None:
     viewer = Viewer()
     got_update = asyncio.Event()
@@ -127,7 +160,8 @@ async def test_viewer_paints_exactly_the_screen_and_then_only_changes(
     async def ready() -> None:
         pass
 
-    source = CountingSource(xdisplay)
+    source = CountingSource(xdisplay, damage=damage)
+    assert (source.damage is not None) == damage
     async with streaming(source, send, ready, xdisplay) as streamer:
         await asyncio.wait_for(got_update.wait(), 10 * UNIT)
         assert viewer.monitors is not None and viewer.monitors.current == 1
@@ -140,7 +174,8 @@ async def test_viewer_paints_exactly_the_screen_and_then_only_changes(
 
         got_update.clear()
         viewer.updates.clear()
-        await asyncio.to_thread(app.fill, 650, 460, 30, 30, "#abcdef")  # inside tile (10, 7)
+        colour = "#abcdef" if damage else "#fedcba"  # a change in both runs
+        await asyncio.to_thread(app.fill, 650, 460, 30, 30, colour)  # inside tile (10, 7)
         await asyncio.wait_for(got_update.wait(), 10 * UNIT)
         rects = [r.rect for part in viewer.updates[0] for r in part.rects]
         # The classifier may cut the dirty tile in pieces, but it is exactly that tile.
@@ -179,8 +214,42 @@ async def test_idle_screen_sends_nothing(xdisplay: str, app: App) -> None:
         assert streamer.stats.captures >= 20
 
 
-async def test_slow_viewer_gets_fewer_fresher_updates_never_a_queue(
+async def test_with_damage_an_idle_screen_is_never_grabbed_and_a_drawing_is(
     xdisplay: str, app: App
+) -> None:
+    viewer = Viewer()
+    got_update = asyncio.Event()
+
+    async def send(data: bytes) -> None:
+        viewer.take(data)
+        if viewer.updates:
+            got_update.set()
+
+    async def ready() -> None:
+        pass
+
+    source = CountingSource(xdisplay, damage=True)
+    cursor = CountingCursor(xdisplay)
+    async with streaming(source, send, ready, xdisplay, cursor=cursor) as streamer:
+        await asyncio.wait_for(got_update.wait(), 10 * UNIT)
+        grabs, sent = source.grabs, streamer.stats.messages
+        await cursor.polls.more(10)  # ten passes (at idle_fps) looked at the cursor only
+        assert source.grabs == grabs
+        assert streamer.stats.messages == sent
+
+        got_update.clear()
+        viewer.updates.clear()
+        await asyncio.to_thread(app.fill, 300, 500, 20, 10, "#0a0b0c")  # inside tile (4, 7)
+        await asyncio.wait_for(got_update.wait(), 10 * UNIT)
+        rects = [r.rect for part in viewer.updates[0] for r in part.rects]
+        assert all(r.x >= 256 and r.right <= 320 and r.y >= 448 and r.bottom <= 512 for r in rects)
+        assert viewer.canvas is not None and viewer.canvas.tobytes() == screen(xdisplay).tobytes()
+        assert source.grabs > grabs
+
+
+@pytest.mark.parametrize("damage", [False, True], ids=["polling", "xdamage"])
+async def test_slow_viewer_gets_fewer_fresher_updates_never_a_queue(
+    xdisplay: str, app: App, damage: bool
 ) -> None:
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     drained = asyncio.Event()
@@ -225,7 +294,7 @@ async def test_slow_viewer_gets_fewer_fresher_updates_never_a_queue(
             app.fill(64, 640, 64, 64, colour)
             fills += 1
 
-    source = CountingSource(xdisplay)
+    source = CountingSource(xdisplay, damage=damage)
     consumer = asyncio.create_task(slow_consumer())
     try:
         async with streaming(source, send, ready, xdisplay) as streamer:
