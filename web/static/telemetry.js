@@ -16,6 +16,16 @@
   const STROKE = "#1f5fbf";
   const BAND = "rgba(31, 95, 191, 0.12)";
   const EDGE = "rgba(31, 95, 191, 0.35)";
+  // uPlot's time-axis table (tick step, label, then the extra line when the year, month,
+  // day, hour, minute or second changes): 24-hour clock and day-month, like the portal.
+  const TIME_AXIS = [
+    [86400 * 365, "{YYYY}", null, null, null, null, null, null, 1],
+    [86400 * 28, "{MMM}", "\n{YYYY}", null, null, null, null, null, 1],
+    [86400, "{D} {MMM}", "\n{YYYY}", null, null, null, null, null, 1],
+    [3600, "{HH}:{mm}", "\n{D} {MMM}", null, "\n{D} {MMM}", null, null, null, 1],
+    [60, "{HH}:{mm}", "\n{D} {MMM}", null, "\n{D} {MMM}", null, null, null, 1],
+    [1, ":{ss}", "\n{D} {MMM} {HH}:{mm}", null, "\n{D} {MMM} {HH}:{mm}", null, "\n{HH}:{mm}", null, 1],
+  ];
 
   function onReady(fn) {
     if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", fn);
@@ -117,7 +127,7 @@
     }
     this.target.dataset.state = "ready";
     this.target.dataset.points = String(series.t.length);
-    this.target.dataset.metric = series.metric;
+    this.target.dataset.series = series.metric;
   };
 
   Chart.prototype.options = function () {
@@ -136,7 +146,7 @@
       ],
       bands: [{series: [3, 2], fill: BAND}],
       axes: [
-        {stroke: "#6b7585", grid: {stroke: "#eef0f3"}, ticks: {stroke: "#e2e6ec"}},
+        {stroke: "#6b7585", grid: {stroke: "#eef0f3"}, ticks: {stroke: "#e2e6ec"}, values: TIME_AXIS},
         {stroke: "#6b7585", grid: {stroke: "#eef0f3"}, ticks: {stroke: "#e2e6ec"}, size: 60,
          values: (u, splits) => splits.map((v) => number(v, unit()))},
       ],
