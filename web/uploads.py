@@ -98,18 +98,18 @@ def reason_text(code: str | None) -> str:
 
 
 def describe(upload: TelemetryLogUpload) -> str:
-    """The upload's state in words."""
+    """The upload's state in words, next to its state badge."""
     if upload.state == UPLOAD_REQUESTED:
-        return "requested: the device is preparing the files"
+        return "the device is preparing the files"
     if upload.state == UPLOAD_RECEIVING:
         if upload.size:
-            return f"receiving: {upload.received * 100 // upload.size} % of {_size(upload.size)}"
-        return "receiving"
+            return f"{upload.received * 100 // upload.size} % of {_size(upload.size)}"
+        return "the upload has started"
     if upload.state == UPLOAD_COMPLETE:
-        return f"complete: {_size(upload.size or 0)}, SHA-256 verified"
+        return f"{_size(upload.size or 0)}, SHA-256 verified"
     if upload.state == UPLOAD_REFUSED:
-        return f"refused by the device: {reason_text(upload.error)}"
-    return f"failed: {reason_text(upload.error)}"
+        return f"by the device: {reason_text(upload.error)}"
+    return reason_text(upload.error)
 
 
 def _size(n: int) -> str:
