@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -74,9 +75,9 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedPortal]:
 
 
 @pytest.fixture
-def page(browser: object, portal: ServedPortal) -> Iterator[object]:  # noqa: F811
+def page(browser: Any, portal: ServedPortal) -> Iterator[Any]:  # noqa: F811
     # ignore_https_errors: the staff CA is not in this throwaway profile (see test_browser.py).
-    context = browser.new_context(ignore_https_errors=True, base_url=portal.base_url,  # type: ignore[attr-defined]
+    context = browser.new_context(ignore_https_errors=True, base_url=portal.base_url,
                                   viewport={"width": 1360, "height": 900})
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
@@ -94,89 +95,91 @@ def page(browser: object, portal: ServedPortal) -> Iterator[object]:  # noqa: F8
     context.close()
 
 
-def chart_points(page: object) -> list[int]:
-    return page.eval_on_selector_all(  # type: ignore[attr-defined,no-any-return]
+def chart_points(page: Any) -> list[int]:
+    points: list[int] = page.eval_on_selector_all(
         "[data-chart]", "els => els.map(e => Number(e.dataset.points))")
+    return points
 
 
-def inked_pixels(page: object) -> int:
+def inked_pixels(page: Any) -> int:
     """Pixels of the first chart's canvas that are not blank (the plot was drawn)."""
-    return page.evaluate("""() => {  // type: ignore
+    inked: int = page.evaluate("""() => {
         const c = document.querySelector("[data-chart] canvas");
         const px = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
         let n = 0;
         for (let i = 3; i < px.length; i += 4) if (px[i] > 0) n++;
         return n;
-    }""")  # type: ignore[attr-defined,no-any-return]
+    }""")
+    return inked
 
 
-def wait_for_charts(page: object, window: str) -> None:
+def wait_for_charts(page: Any, window: str) -> None:
     expect = sync_api.expect
-    expect(page.locator(f"[data-telemetry][data-window='{window}']")).to_have_count(1)  # type: ignore[attr-defined]
-    expect(page.locator("[data-chart][data-state='ready']")).to_have_count(4)  # type: ignore[attr-defined]
+    expect(page.locator(f"[data-telemetry][data-window='{window}']")).to_have_count(1)
+    expect(page.locator("[data-chart][data-state='ready']")).to_have_count(4)
 
 
 def test_device_page_draws_history_and_follows_ranges_and_zoom(
-    page: object, portal: ServedPortal
+    page: Any, portal: ServedPortal
 ) -> None:
     expect = sync_api.expect
     sign_in(page, "admin", portal.admin_password)
-    page.goto(f"/devices/{DEVICE}")  # type: ignore[attr-defined]
+    page.goto(f"/devices/{DEVICE}")
     wait_for_charts(page, "24h")
     day = chart_points(page)
     assert all(n > 200 for n in day), day  # a day of 5-minute polls, minus the outage
     assert inked_pixels(page) > 1000
-    metrics = page.eval_on_selector_all("[data-chart]", "els => els.map(e => e.dataset.series)")  # type: ignore[attr-defined]
+    metrics = page.eval_on_selector_all("[data-chart]", "els => els.map(e => e.dataset.series)")
     assert metrics == ["cpu.percent", "mem.percent", "disk.percent:/", "temp.c:gantry"]
-    expect(page.locator("#latest-values")).to_contain_text("Memory used")  # type: ignore[attr-defined]
-    expect(page.locator("#latest-values")).to_contain_text("CT9-004711")  # type: ignore[attr-defined]
-    events = page.locator("#recent-events")  # type: ignore[attr-defined]
+    expect(page.locator("#latest-values")).to_contain_text("Memory used")
+    expect(page.locator("#latest-values")).to_contain_text("CT9-004711")
+    events = page.locator("#recent-events")
     expect(events).to_contain_text("W2103")
     expect(events).to_contain_text(HOSTILE)  # shown as text, not markup
-    assert page.locator("#recent-events img").count() == 0  # type: ignore[attr-defined]
+    assert page.locator("#recent-events img").count() == 0
     shot(page, "20-device-telemetry")
 
-    page.click("[data-range-button='7d']")  # type: ignore[attr-defined]
+    page.click("[data-range-button='7d']")
     wait_for_charts(page, "7d")
-    expect(page.locator("[data-resolution]").first).to_have_text(re.compile("hourly"))  # type: ignore[attr-defined]
+    expect(page.locator("[data-resolution]").first).to_have_text(re.compile("hourly"))
     week = chart_points(page)
     assert all(100 <= n <= 24 * 7 for n in week), week
     shot(page, "21-device-telemetry-7d")
 
-    box = page.locator("[data-chart] .u-over").first.bounding_box()  # type: ignore[attr-defined]
+    box = page.locator("[data-chart] .u-over").first.bounding_box()
     y = box["y"] + box["height"] / 2
-    page.mouse.move(box["x"] + box["width"] * 0.80, y)  # type: ignore[attr-defined]
-    page.mouse.down()  # type: ignore[attr-defined]
-    page.mouse.move(box["x"] + box["width"] * 0.95, y, steps=8)  # type: ignore[attr-defined]
-    page.mouse.up()  # type: ignore[attr-defined]
+    page.mouse.move(box["x"] + box["width"] * 0.80, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.95, y, steps=8)
+    page.mouse.up()
     wait_for_charts(page, "zoom")
-    expect(page.locator("[data-range-label]")).to_contain_text("Zoomed")  # type: ignore[attr-defined]
-    expect(page.locator("[data-zoom-reset]")).to_be_visible()  # type: ignore[attr-defined]
-    expect(page.locator("[data-resolution]").first).to_have_text("samples")  # type: ignore[attr-defined]
+    expect(page.locator("[data-range-label]")).to_contain_text("Zoomed")
+    expect(page.locator("[data-zoom-reset]")).to_be_visible()
+    expect(page.locator("[data-resolution]").first).to_have_text("samples")
     assert all(n > 50 for n in chart_points(page))  # about a day at full resolution
-    page.click("[data-zoom-reset]")  # type: ignore[attr-defined]
+    page.click("[data-zoom-reset]")
     wait_for_charts(page, "7d")
 
-    page.select_option("select[data-metric] >> nth=3", "proc.up:scanner")  # type: ignore[attr-defined]
-    expect(page.locator("[data-chart] >> nth=3")).to_have_attribute(  # type: ignore[attr-defined]
+    page.select_option("select[data-metric] >> nth=3", "proc.up:scanner")
+    expect(page.locator("[data-chart] >> nth=3")).to_have_attribute(
         "data-series", "proc.up:scanner")
-    assert page.problems == []  # type: ignore[attr-defined]  (no CSP violation, no script error)
+    assert page.problems == []  # no CSP violation, no script error
 
 
-def test_attention_page_and_events_list(page: object, portal: ServedPortal) -> None:
+def test_attention_page_and_events_list(page: Any, portal: ServedPortal) -> None:
     expect = sync_api.expect
     sign_in(page, "admin", portal.admin_password)
-    page.click("nav >> text=Needs attention")  # type: ignore[attr-defined]
-    expect(page.locator("h1")).to_have_text("Needs attention now")  # type: ignore[attr-defined]
-    first = page.locator("table tbody tr").first  # type: ignore[attr-defined]
+    page.click("nav >> text=Needs attention")
+    expect(page.locator("h1")).to_have_text("Needs attention now")
+    first = page.locator("table tbody tr").first
     expect(first).to_contain_text("acme-ct-00")
     expect(first).to_contain_text("1 active alarm (urgent)")
-    expect(page.locator("table tbody")).to_contain_text("offline")  # type: ignore[attr-defined]
+    expect(page.locator("table tbody")).to_contain_text("offline")
     shot(page, "22-attention")
     first.locator("a", has_text="urgent event").click()
-    expect(page.locator("h1")).to_have_text("Events")  # type: ignore[attr-defined]
-    expect(page.locator("table tbody tr")).to_have_count(1)  # type: ignore[attr-defined]
-    page.select_option("select[name=severity]", "routine")  # type: ignore[attr-defined]
-    expect(page.locator("table tbody tr")).to_have_count(4)  # type: ignore[attr-defined]
+    expect(page.locator("h1")).to_have_text("Events")
+    expect(page.locator("table tbody tr")).to_have_count(1)
+    page.select_option("select[name=severity]", "routine")
+    expect(page.locator("table tbody tr")).to_have_count(4)
     shot(page, "23-events")
-    assert page.problems == []  # type: ignore[attr-defined]
+    assert page.problems == []
