@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -39,66 +40,66 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedPortal]:
 
 
 def test_engineer_acknowledges_and_closes_an_alarm_with_a_note(
-    page: object, portal: ServedPortal  # noqa: F811  (the fixture from test_browser)
+    page: Any, portal: ServedPortal  # noqa: F811  (the fixture from test_browser)
 ) -> None:
     expect = sync_api.expect
     sign_in(page, "eng", ENGINEER_PASSWORD)
-    page.goto("/alarms")  # type: ignore[attr-defined]
-    row = page.locator("table.alarms tbody tr")  # type: ignore[attr-defined]
+    page.goto("/alarms")
+    row = page.locator("table.alarms tbody tr")
     expect(row).to_have_count(1)
     expect(row).to_contain_text("E9001: X-ray tube arc detected")
     expect(row).to_contain_text("acme-ct-00")
     shot(page, "alarms-01-list")
-    page.click("text=E9001: X-ray tube arc detected")  # type: ignore[attr-defined]
-    page.click("#acknowledge")  # type: ignore[attr-defined]
+    page.click("text=E9001: X-ray tube arc detected")
+    page.click("#acknowledge")
     expect(page.locator(".flash-success")).to_contain_text("Alarm acknowledged")
     expect(page.locator(".page-head")).to_contain_text("acknowledged")
-    page.fill("#comment-text", "Called the site: scans paused, engineer on the way.")  # type: ignore[attr-defined]
-    page.click("#add-comment")  # type: ignore[attr-defined]
+    page.fill("#comment-text", "Called the site: scans paused, engineer on the way.")
+    page.click("#add-comment")
     expect(page.locator(".comments")).to_contain_text("scans paused")
-    page.fill("#close-note", "Tube replaced; test scans fine.")  # type: ignore[attr-defined]
-    page.click("#close")  # type: ignore[attr-defined]
+    page.fill("#close-note", "Tube replaced; test scans fine.")
+    page.click("#close")
     expect(page.locator(".flash-success")).to_contain_text("Alarm closed")
     expect(page.locator(".page-head")).to_contain_text("closed")
     expect(page.locator(".comments li")).to_have_count(2)
     expect(page.locator(".comments")).to_contain_text("Tube replaced; test scans fine.")
     expect(page.locator("#close")).to_have_count(0)
     shot(page, "alarms-02-closed")
-    page.goto("/alarms")  # type: ignore[attr-defined]
+    page.goto("/alarms")
     expect(page.locator("table.alarms")).to_contain_text("No alarms.")
-    page.click(".filters >> text=closed")  # type: ignore[attr-defined]
+    page.click(".filters >> text=closed")
     expect(page.locator("table.alarms tbody tr")).to_contain_text("closed")
 
 
 def test_admin_saves_a_rule_after_reading_the_syntax_error(
-    page: object, portal: ServedPortal  # noqa: F811  (the fixture from test_browser)
+    page: Any, portal: ServedPortal  # noqa: F811  (the fixture from test_browser)
 ) -> None:
     expect = sync_api.expect
     sign_in(page, "admin", portal.admin_password)
-    page.goto("/rules/new")  # type: ignore[attr-defined]
-    page.fill("#name", "Hot CPU")  # type: ignore[attr-defined]
-    page.fill("#text", "when metric cpu.percent > ninety for 5m then alarm warning")  # type: ignore[attr-defined]
-    page.click("#save-rule")  # type: ignore[attr-defined]
-    error = page.locator("#rule-error")  # type: ignore[attr-defined]
+    page.goto("/rules/new")
+    page.fill("#name", "Hot CPU")
+    page.fill("#text", "when metric cpu.percent > ninety for 5m then alarm warning")
+    page.click("#save-rule")
+    error = page.locator("#rule-error")
     expect(error).to_contain_text("at column 27: expected a number, got 'ninety'")
-    expect(page.locator("#name")).to_have_value("Hot CPU")  # type: ignore[attr-defined]
+    expect(page.locator("#name")).to_have_value("Hot CPU")
     shot(page, "alarms-03-rule-syntax-error")
-    page.fill("#text", "when metric cpu.percent > 90 for 5m then alarm warning")  # type: ignore[attr-defined]
-    page.click("#save-rule")  # type: ignore[attr-defined]
+    page.fill("#text", "when metric cpu.percent > 90 for 5m then alarm warning")
+    page.click("#save-rule")
     expect(page.locator(".flash-success")).to_contain_text("Rule 'Hot CPU' saved")
     expect(page.locator("table")).to_contain_text("when metric cpu.percent > 90 for 5m")
     shot(page, "alarms-04-rules")
 
 
 def test_engineer_asks_an_unreachable_device_for_its_logs(
-    page: object, portal: ServedPortal  # noqa: F811  (the fixture from test_browser)
+    page: Any, portal: ServedPortal  # noqa: F811  (the fixture from test_browser)
 ) -> None:
     """No relay runs here: the request is recorded as failed and said so in plain words
     (the real relay and agent path is ``test_uploads.py``)."""
     expect = sync_api.expect
     sign_in(page, "eng", ENGINEER_PASSWORD)
-    page.goto(f"/devices/{DEVICE}")  # type: ignore[attr-defined]
-    section = page.locator("#device-logs")  # type: ignore[attr-defined]
+    page.goto(f"/devices/{DEVICE}")
+    section = page.locator("#device-logs")
     expect(section).to_contain_text("No log uploads yet.")
     shot(page, "alarms-05-device")
     section.locator("input[name=source]").fill("app")
