@@ -332,7 +332,7 @@ def _offline() -> dict[str, datetime | None]:
         scoped(Device, Device.id, Presence.last_seen)
         .outerjoin(Presence, Presence.device_id == Device.id)
         .where(Device.revoked_at.is_(None), not_(func.coalesce(online_clause(), False)))
-        .order_by(Presence.last_seen.desc())
+        .order_by(Presence.last_seen.desc().nulls_last())  # PostgreSQL sorts NULL first
         .limit(ATTENTION_LIMIT)
     )
     return {device_id: seen for device_id, seen in rows}
