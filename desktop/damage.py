@@ -16,6 +16,7 @@ in ``docs/desktop-encoding.md``.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Final, NamedTuple
 
@@ -189,6 +190,58 @@ def diff(
     return merge_tiles(flags, width, height, tile)
 
 
+TRIM_MAX_PIXELS: Final = 64 * 1024
+"""Rectangles up to this area (16 tiles) are trimmed to the exact bounds of their
+changed pixels (a typed character is ~10x20 pixels of its 64x64 tile: the encoder then
+sends a fraction of the pixels). Larger ones are sent as they are: they are motion or a
+new window, where the tile margin costs little, and trimming one costs up to ~25 us per
+row (measured)."""
+
+
+def trim(prev: bytes | bytearray, cur: bytes | bytearray, width: int, rect: Rect) -> Rect | None:
+    """The bounding box of the pixels of ``rect`` that differ (``None``: none do).
+
+    Row by row: equal rows are one ``memcmp``; in a changed row, the XOR of the two
+    rows as big integers has its highest set bit in the first differing byte and its
+    lowest in the last (``int.from_bytes`` runs in C).
+    """
+    stride = width * BYTES_PER_PIXEL
+    span = rect.w * BYTES_PER_PIXEL
+
+    def row(y: int) -> tuple[bytes | bytearray, bytes | bytearray]:
+        start = y * stride + rect.x * BYTES_PER_PIXEL
+        return prev[start : start + span], cur[start : start + span]
+
+    changed = [y for y in range(rect.y, rect.bottom) if operator.ne(*row(y))]
+    if not changed:
+        return None
+    left, right = span, 0
+    for y in changed:
+        a, b = row(y)
+        x = int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
+        left = min(left, span - 1 - (x.bit_length() - 1) // 8)
+        right = max(right, span - 1 - ((x & -x).bit_length() - 1) // 8)
+        if left == 0 and right == span - 1:
+            break
+    top, bottom = changed[0], changed[-1]
+    x0 = rect.x + left // BYTES_PER_PIXEL
+    x1 = rect.x + right // BYTES_PER_PIXEL + 1
+    return Rect(x0, top, x1 - x0, bottom + 1 - top)
+
+
+def trimmed(
+    prev: bytes | bytearray, cur: bytes | bytearray, width: int, rects: Sequence[Rect]
+) -> list[Rect]:
+    """``rects`` with the small ones trimmed (see :data:`TRIM_MAX_PIXELS`)."""
+    out = []
+    for rect in rects:
+        if rect.area > TRIM_MAX_PIXELS:
+            out.append(rect)
+        elif (exact := trim(prev, cur, width, rect)) is not None:
+            out.append(exact)
+    return out
+
+
 class Damage(NamedTuple):
     """What changed: an optional ``copy`` (scrolled content the viewer moves itself),
     then ``rects`` to encode, relative to the picture after the copy."""
@@ -244,11 +297,12 @@ class DamageTracker:
             return Damage(None, [Rect(0, 0, width, height)])
         rects = diff(prev, pixels, width, height, self._tile, within)
         if not (self._scroll and rects):
-            return Damage(None, rects)
+            return Damage(None, trimmed(prev, pixels, width, rects))
         copy = find_vertical_scroll(prev, pixels, width, bounding_box(rects))
         if copy is None:
-            return Damage(None, rects)
+            return Damage(None, trimmed(prev, pixels, width, rects))
         moved = apply_copy(prev, width, copy)
         # ``moved`` differs from ``prev`` only where the copy landed.
         within = None if within is None else [*within, copy.rect]
-        return Damage(copy, diff(moved, pixels, width, height, self._tile, within))
+        rest = diff(moved, pixels, width, height, self._tile, within)
+        return Damage(copy, trimmed(moved, pixels, width, rest))

@@ -76,6 +76,14 @@ LOSSLESS_EFFORT: Final = 75
 for the same time as lower efforts (see docs/desktop-encoding.md)."""
 
 
+SMALL_PIXELS: Final = 64 * 64
+"""Lossless images up to this area (a typed character, a caret, a toggled widget) are
+compressed harder: ``SMALL_METHOD`` at effort 100 is a third smaller than method 0 on
+text and at this size costs well under a millisecond (measured, docs)."""
+
+SMALL_METHOD: Final = 2
+
+
 class Content(Enum):
     TEXT = "text"
     PHOTO = "photo"
@@ -204,7 +212,10 @@ class Encoder:
         flat = image.getcolors(1)
         if flat is not None:
             return EncodedRect(rect, Codec.FILL, bytes(cast(tuple[int, int, int], flat[0][1])))
-        image.save(out, "WEBP", lossless=True, method=0, quality=LOSSLESS_EFFORT)
+        if image.width * image.height <= SMALL_PIXELS:
+            image.save(out, "WEBP", lossless=True, method=SMALL_METHOD, quality=100)
+        else:
+            image.save(out, "WEBP", lossless=True, method=0, quality=LOSSLESS_EFFORT)
         return EncodedRect(rect, Codec.WEBP_LOSSLESS, out.getvalue())
 
 

@@ -113,6 +113,39 @@ def test_damage_is_exact_at_tile_granularity(
         assert r.bottom == height or r.h % tile == 0
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    width=st.integers(1, 150),
+    height=st.integers(1, 150),
+    data=st.data(),
+)
+def test_trim_is_the_exact_bounding_box_and_within_finds_the_same(
+    width: int, height: int, data: st.DataObject
+) -> None:
+    a = blank(width, height)
+    b = bytearray(a)
+    points = data.draw(
+        st.lists(
+            st.tuples(st.integers(0, width - 1), st.integers(0, height - 1)),
+            max_size=6,
+            unique=True,  # a second poke of a pixel would undo the first
+        )
+    )
+    for x, y in points:
+        poke(b, width, x, y, channel=data.draw(st.integers(0, 3)))
+    everything = Rect(0, 0, width, height)
+    if not points:
+        assert damage.trim(a, b, width, everything) is None
+        return
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    box = Rect(min(xs), min(ys), max(xs) + 1 - min(xs), max(ys) + 1 - min(ys))
+    assert damage.trim(a, b, width, everything) == box
+    # Comparing only within the reported areas finds what a full compare finds.
+    reported = [Rect(x, y, 1, 1) for x, y in points]
+    assert damage.diff(a, b, width, height, 16, reported) == damage.diff(a, b, width, height, 16)
+    assert damage.diff(a, b, width, height, 16, []) == []
+
+
 def test_tracker_starts_full_and_resets_on_request_or_resize() -> None:
     tracker = DamageTracker()
     a = blank(100, 80)
@@ -123,7 +156,7 @@ def test_tracker_starts_full_and_resets_on_request_or_resize() -> None:
     assert tracker.update(blank(50, 80), 50, 80) == Damage(None, [Rect(0, 0, 50, 80)])
 
 
-def test_real_screen_damage_is_exactly_the_painted_tiles(xdisplay: str, app: App) -> None:
+def test_real_screen_damage_is_exactly_the_painted_pixels(xdisplay: str, app: App) -> None:
     with contextlib.closing(MssSource(xdisplay)) as source:
         tracker = DamageTracker()
         frame = source.grab(1)
@@ -135,12 +168,12 @@ def test_real_screen_damage_is_exactly_the_painted_tiles(xdisplay: str, app: App
         app.fill(400, 300, 40, 20, "#00ff00")  # x 400..439, y 300..319: tile (6, 4)
         frame = source.grab(1)
         damage_ = tracker.update(frame.pixels, frame.width, frame.height)
-        assert damage_ == Damage(None, [Rect(384, 256, 64, 64)])
+        assert damage_ == Damage(None, [Rect(400, 300, 40, 20)])  # tile (6, 4), trimmed
 
         app.fill(500, 330, 100, 40, "#ffff00")  # across tiles (7..9, 5)
         frame = source.grab(1)
         damage_ = tracker.update(frame.pixels, frame.width, frame.height)
-        assert damage_ == Damage(None, [Rect(448, 320, 192, 64)])
+        assert damage_ == Damage(None, [Rect(500, 330, 100, 40)])
 
         frame = source.grab(1)
         assert tracker.update(frame.pixels, frame.width, frame.height).rects == []

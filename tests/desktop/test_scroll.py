@@ -53,7 +53,9 @@ def test_scrolled_page_is_one_copy_and_a_strip() -> None:
     tracker.update(prev, W, height)
     damage = tracker.update(cur, W, height)
     assert damage.copy == copy
-    assert damage.rects == [Rect(0, 128, W, 32)]  # the exposed 24 rows, tile-aligned
+    # The exposed 24 rows at most (trimmed to the rows that differ from the copy).
+    [strip] = damage.rects
+    assert strip.y >= height - 24 and strip.bottom <= height
     out, _ = rebuild(prev, cur, W, height)
     assert out == cur
 
