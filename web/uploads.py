@@ -80,6 +80,7 @@ DELIVERY_FAILURES = frozenset({"no-relay", "unreachable", "bad-answer", "offline
 REASONS = {
     "forbidden_path": "that file is not one of the device's configured log files",
     "unknown_source": "the device has no log set of that name",
+    "no_default_source": "the device has several log sets (or none): name one",
     "bad_request": "the device did not understand the request",
     "busy": "the device is busy with another upload",
     "nothing_to_upload": "no log file matched on the device",
@@ -97,6 +98,13 @@ def reason_text(code: str | None) -> str:
     return REASONS.get(code or "", code or "unknown error")
 
 
+def refusal_text(code: str | None, source: str) -> str:
+    """Why the agent said no; an unnamed request is refused when it has several sets."""
+    if code == "unknown_source" and not source:
+        code = "no_default_source"
+    return reason_text(code)
+
+
 def describe(upload: TelemetryLogUpload) -> str:
     """The upload's state in words, next to its state badge."""
     if upload.state == UPLOAD_REQUESTED:
@@ -108,7 +116,7 @@ def describe(upload: TelemetryLogUpload) -> str:
     if upload.state == UPLOAD_COMPLETE:
         return f"{_size(upload.size or 0)}, SHA-256 verified"
     if upload.state == UPLOAD_REFUSED:
-        return f"by the device: {reason_text(upload.error)}"
+        return f"by the device: {refusal_text(upload.error, upload.source)}"
     return reason_text(upload.error)
 
 
@@ -187,7 +195,7 @@ def _failed(device: Device, upload: TelemetryLogUpload, code: str,
         refuse_log_upload(db.session, upload.id, code)
         _audit("telemetry.logs_refused", device, upload, "log request refused by the device",
                outcome="failure", error=code, **details)
-        flash(f"The device refused: {reason_text(code)}.", "error")
+        flash(f"The device refused: {refusal_text(code, upload.source)}.", "error")
 
 
 def _safe_name(text: str) -> str:

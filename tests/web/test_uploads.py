@@ -175,7 +175,9 @@ async def test_a_file_outside_the_configured_ones_is_refused_and_audited(
     directory = equipment_logs(tmp_path)
     (tmp_path / "secret.txt").write_text("not a log\n")
     agent = await world.agent(telemetry={"uploads": [
-        {"name": "app", "path": str(directory / "app.log*")}]})
+        {"name": "app", "path": str(directory / "app.log*")},
+        {"name": "sys", "path": str(directory / "sys.log")},
+    ]})
     eng = engineer(portal)
     for path in ("/etc/passwd", f"{directory}/../secret.txt"):
         page = await ask(eng, agent.device_id, path=path)
@@ -183,14 +185,17 @@ async def test_a_file_outside_the_configured_ones_is_refused_and_audited(
                 "files.") in page
     page = await ask(eng, agent.device_id, source="nosuch")
     assert "The device refused: the device has no log set of that name." in page
+    page = await ask(eng, agent.device_id, source="")
+    assert "The device refused: the device has several log sets (or none): name one." in page
     rows = world.db(lambda s: [(u.state, u.error) for u in s.scalars(
         select(TelemetryLogUpload).order_by(TelemetryLogUpload.created_at))])
-    assert rows == [("refused", "forbidden_path")] * 2 + [("refused", "unknown_source")]
+    assert rows == [("refused", "forbidden_path")] * 2 + [("refused", "unknown_source")] * 2
     refusals = [(k, o, d.get("path"), d.get("error")) for k, o, d in audit(world)
                 if k == "telemetry.logs_refused"]
     assert refusals == [
         ("telemetry.logs_refused", "failure", "/etc/passwd", "forbidden_path"),
         ("telemetry.logs_refused", "failure", f"{directory}/../secret.txt", "forbidden_path"),
+        ("telemetry.logs_refused", "failure", None, "unknown_source"),
         ("telemetry.logs_refused", "failure", None, "unknown_source"),
     ]
     entries = [e for _, e, _ in read_entries(agent.data_dir / "audit.log") if e]
