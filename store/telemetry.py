@@ -1095,10 +1095,14 @@ def downloadable_upload(
 
 
 def downsample(session: Session, *, now: datetime, limit: int = DOWNSAMPLE_BATCH) -> int:
-    """Recompute the hourly aggregates of hours that received samples; returns how many.
+    """Recompute the hourly aggregates of hours that received samples.
 
-    The pending marker of a finished hour is removed; the current hour stays pending
-    (it is recomputed until it is over). Late samples mark their hour again.
+    Returns how many *finished* hours were rolled up: their pending markers are removed,
+    so a caller loops while a batch came back full (``== limit``) and stops otherwise --
+    looping "while not zero" would spin for ever, since the current hour stays pending
+    (it is recomputed on each call that reaches it, until it is over). Markers are taken
+    oldest hour first, so the current hour is reached once the backlog is done. Late
+    samples mark their hour again.
     """
     pending = session.execute(
         select(TelemetryRollupPending.device_id, TelemetryRollupPending.hour)
@@ -1106,8 +1110,10 @@ def downsample(session: Session, *, now: datetime, limit: int = DOWNSAMPLE_BATCH
         .limit(limit)
     ).all()
     current = _hour(now)
+    finished = 0
     for device_id, hour in pending:
         if hour < current:
+            finished += 1
             # Delete the marker first: it takes SQLite's write lock (and the row lock in
             # PostgreSQL), so samples committed after our read mark the hour again.
             session.execute(
@@ -1155,7 +1161,7 @@ def downsample(session: Session, *, now: datetime, limit: int = DOWNSAMPLE_BATCH
                     for metric, (n, low, high, total) in aggregates.items()
                 ],
             )
-    return len(pending)
+    return finished
 
 
 @dataclass(frozen=True, slots=True)

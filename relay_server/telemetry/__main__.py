@@ -27,7 +27,7 @@ from relay_server.telemetry.config import (
     load_telemetry_config,
 )
 from store.db import make_engine, session_scope
-from store.telemetry import downsample, prune
+from store.telemetry import DOWNSAMPLE_BATCH, downsample, prune
 
 log = logging.getLogger("relay_server")
 
@@ -60,7 +60,7 @@ def maintain(db_url: str, config: TelemetryServerConfig) -> int:
             with session_scope(engine) as session:
                 step = downsample(session, now=now)
             hours += step
-            if step == 0:
+            if step < DOWNSAMPLE_BATCH:
                 break
         with session_scope(engine) as session:
             report = prune(

@@ -34,7 +34,7 @@ from relay_server.telemetry.notify import Notifier
 from relay_server.telemetry.uploads import UploadReceiver
 from store.db import make_sessionmaker, session_scope
 from store.portal import append_audit
-from store.telemetry import downsample, refuse_log_upload, request_log_upload
+from store.telemetry import DOWNSAMPLE_BATCH, downsample, refuse_log_upload, request_log_upload
 
 if TYPE_CHECKING:
     from relay_server.server import Relay
@@ -96,7 +96,7 @@ class TelemetryService:
         while True:
             await asyncio.sleep(self.config.downsample_interval)
             try:
-                while await asyncio.to_thread(self._downsample_step):
+                while await asyncio.to_thread(self._downsample_step) == DOWNSAMPLE_BATCH:
                     pass
             except Exception:
                 log.exception(
