@@ -604,13 +604,12 @@ def list_events(
     until: datetime | None = None,
     min_severity: Severity = Severity.ROUTINE,
     code: str | None = None,
-    before_id: int | None = None,
     limit: int = 100,
 ) -> list[TelemetryEvent]:
-    """Events newest first: of one device, or of every device in `devices` scope.
-
-    `code` matches a prefix; page with `before_id` (the last id of the previous page).
-    """
+    """The newest `limit` events, newest first (by device time): of one device, or of
+    every device in `devices` scope. `code` matches a prefix. (Pages deeper than that
+    page by offset, not by id: a backlog resent after an outage has newer ids than
+    newer events.)"""
     stmt = select(TelemetryEvent).where(TelemetryEvent.severity >= int(min_severity))
     if device_id is not None:
         stmt = stmt.where(TelemetryEvent.device_id == device_id)
@@ -622,8 +621,6 @@ def list_events(
         stmt = stmt.where(TelemetryEvent.ts < until)
     if code:
         stmt = stmt.where(TelemetryEvent.code.startswith(code, autoescape=True))
-    if before_id is not None:
-        stmt = stmt.where(TelemetryEvent.id < before_id)
     stmt = stmt.order_by(TelemetryEvent.ts.desc(), TelemetryEvent.id.desc())
     return list(session.scalars(stmt.limit(max(1, min(limit, 1000)))))
 
