@@ -123,13 +123,16 @@ def load_alarm(alarm_id: int) -> tuple[TelemetryAlarm, Device]:
 @bp.route("/alarms/<int:alarm_id>")
 @requires(Perm.TELEMETRY_VIEW)
 def alarm(alarm_id: int) -> str:
+    """The alarm, its comments and, for those who handle alarms, who was notified (the
+    vendor's addresses are not for every viewer: site contacts see alarms too)."""
     row, device = load_alarm(alarm_id)
+    can_handle = current_user().can(Perm.ALARMS_HANDLE)
+    notifications = (list_notifications(db.session, alarm_id=row.id, limit=ALARM_NOTIFICATIONS)
+                     if can_handle else None)
     return render_template(
         "alarms/alarm.html", alarm=row, device=device,
-        comments=alarm_comments(db.session, row.id),
-        notifications=list_notifications(db.session, alarm_id=row.id,
-                                         limit=ALARM_NOTIFICATIONS),
-        can_handle=current_user().can(Perm.ALARMS_HANDLE), max_comment=MAX_COMMENT,
+        comments=alarm_comments(db.session, row.id), notifications=notifications,
+        can_handle=can_handle, max_comment=MAX_COMMENT,
     )
 
 

@@ -115,6 +115,9 @@ def test_rules_and_the_notifications_log_are_for_rule_managers_only(
     for user in ("eng", "ana", "contact"):
         assert client_for(user).get("/rules").status_code == 403
         assert client_for(user).get("/rules/notifications").status_code == 403
-    # The alarm's own page lists its notifications to whoever may see the alarm.
+    # The alarm's own page lists its notifications to those who handle alarms only.
     alarm_page = client_for("eng").get(f"/alarms/{alarm_id}").get_data(as_text=True)
     assert "service@vendor.example" in alarm_page
+    for viewer in ("ana", "contact"):
+        page = client_for(viewer).get(f"/alarms/{alarm_id}").get_data(as_text=True)
+        assert "E9001" in page and "service@vendor.example" not in page
