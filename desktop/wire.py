@@ -23,6 +23,14 @@ Viewer -> device::
     0x14 SELECT_MONITOR index:u8                  0 = all monitors, 1.. = one
     0x15 SETTINGS       max_fps:u8 quality:u8     0 = device default / adapt to the link
 
+Relay -> device (on the same channel; the relay refuses it from a viewer)::
+
+    0x16 RIGHTS         clipboard:u8              the viewer's clipboard right changed
+
+CLIPBOARD needs the clipboard right, which the relay gives in the channel's meta and
+updates with RIGHTS; both ends enforce it (the relay filters, the device reads or
+writes its clipboard only while the right stands, and writes only in a control session).
+
 FRAME ``flags``: bit 0 ``FINAL`` (last message of this screen update: the viewer
 paints once it has it), bit 1 ``FULL`` (the update covers the whole screen: a viewer
 that lost track may resync here). A large update is split into several FRAME messages
@@ -107,6 +115,7 @@ class MessageType(IntEnum):
     REFRESH = 0x13
     SELECT_MONITOR = 0x14
     SETTINGS = 0x15
+    RIGHTS = 0x16
 
 
 class Codec(IntEnum):
@@ -132,6 +141,7 @@ _WHEEL: Final = struct.Struct("!Bbb")
 _KEY: Final = struct.Struct("!BBI")
 _SELECT: Final = struct.Struct("!BB")
 _SETTINGS: Final = struct.Struct("!BBB")
+_RIGHTS: Final = struct.Struct("!BB")
 
 _COPY: Final = struct.Struct("!HH")
 _JPEG_MAGIC: Final = b"\xff\xd8\xff"
@@ -375,6 +385,16 @@ class StreamSettings:
         return _pack(_SETTINGS, MessageType.SETTINGS, self.max_fps, self.quality)
 
 
+@dataclass(frozen=True, slots=True)
+class Rights:
+    """From the relay: whether the viewer may use the clipboard from now on."""
+
+    clipboard: bool
+
+    def encode(self) -> bytes:
+        return _pack(_RIGHTS, MessageType.RIGHTS, int(self.clipboard))
+
+
 def frame_messages(
     seq: int, monitor: int, width: int, height: int, rects: list[EncodedRect], full: bool
 ) -> list[bytes]:
@@ -410,8 +430,9 @@ ViewerMessage = (
     | RefreshRequest
     | SelectMonitor
     | StreamSettings
+    | Rights
 )
-"""What a viewer sends and the device decodes."""
+"""What a viewer (or, for `Rights`, only the relay) sends and the device decodes."""
 
 
 # -- shared checks (one rule, two error types: ValueError when encoding, WireError when decoding)
@@ -580,4 +601,9 @@ def decode_viewer_message(data: bytes) -> ViewerMessage:
         _, max_fps, quality = _exact(data, _SETTINGS, "SETTINGS")
         _check_settings(max_fps, quality, WireError)
         return StreamSettings(max_fps, quality)
+    if kind == MessageType.RIGHTS:
+        _, clipboard = _exact(data, _RIGHTS, "RIGHTS")
+        if clipboard not in (0, 1):
+            raise WireError("RIGHTS: clipboard must be 0 or 1")
+        return Rights(bool(clipboard))
     raise WireError(f"unexpected message type {kind:#x} from a viewer")

@@ -30,7 +30,8 @@ the session starts (the relay filters it live) -- and passes messages both ways:
 * text messages are the relay's own JSON: ``{"op": "hello", "session_id", "mode",
   "clipboard"}`` and ``{"op": "ping", "t", "rtt_ms", "device_rtt_ms"}`` to the viewer,
   which answers ``{"op": "pong", "t"}``; ``{"op": "rights", "clipboard"}`` when that
-  right changes.
+  right changes (the device gets `desktop.wire.Rights` on the channel at the same time:
+  it enforces the right too, and a viewer's RIGHTS message is malformed).
 
 Every RECHECK_INTERVAL the relay checks the user again (`store.desktop.recheck_viewer`:
 active, permission, scope, session still running); if that fails the viewer is closed
@@ -144,6 +145,8 @@ def screen_to_device(data: bytes, mode: Mode, clipboard: bool) -> Verdict:
     except wire.WireError:
         return Verdict.BAD
     kind = data[0]
+    if kind == wire.MessageType.RIGHTS:
+        return Verdict.BAD  # the relay's own message to the device: a viewer cannot send it
     if kind == wire.MessageType.CLIPBOARD:
         return Verdict.PASS if clipboard and mode is Mode.CONTROL else Verdict.DROP
     if kind in _INPUT and mode is not Mode.CONTROL:
@@ -397,6 +400,10 @@ class ViewerService:
         joined = time.monotonic()
         outcome = Outcome.VIEWER_LEFT
         try:
+            if reattached and admission.clipboard != live.clipboard:
+                # the new ticket carries the user's rights as they are now
+                live.clipboard = admission.clipboard
+                await live.channel.send(wire.Rights(admission.clipboard).encode())
             await ws.send(_json(op="hello", session_id=admission.session_id,
                                 mode=str(admission.mode), clipboard=live.clipboard))
             if reattached:  # the picture in the new page is blank: ask for all of it
@@ -567,11 +574,20 @@ class ViewerService:
                         return Outcome.ENDED_ELSEWHERE
                     return Outcome.WITHDRAWN
                 failures = 0
-                if rights.clipboard != live.clipboard:
-                    live.clipboard = rights.clipboard
-                    await ws.send(_json(op="rights", clipboard=rights.clipboard))
+                await self._set_clipboard(live, ws, rights.clipboard)
         except ConnectionClosed:
             return Outcome.VIEWER_LEFT
+
+    async def _set_clipboard(self, live: LiveSession, ws: ServerConnection, allowed: bool) -> None:
+        """A changed clipboard right: the relay filters by it from now on, and the
+        viewer and the device (which enforces it too) are told."""
+        if allowed == live.clipboard:
+            return
+        live.clipboard = allowed
+        log.info("= session %s: clipboard %s", live.admission.session_id,
+                 "granted" if allowed else "withdrawn")
+        await live.channel.send(wire.Rights(allowed).encode())
+        await ws.send(_json(op="rights", clipboard=allowed))
 
     def _recheck(self, admission: Admission) -> desktop.ViewerRights:
         with session_scope(self._sessions) as session:

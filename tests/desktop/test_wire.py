@@ -117,6 +117,7 @@ viewer_messages = st.one_of(
     st.just(RefreshRequest()),
     st.builds(SelectMonitor, st.integers(0, wire.MAX_MONITORS - 1)),
     st.builds(StreamSettings, st.integers(0, wire.MAX_FPS), st.integers(0, 100)),
+    st.builds(wire.Rights, st.booleans()),
 )
 
 
@@ -229,6 +230,8 @@ def test_device_decoder_rejects(data: bytes, reason: str) -> None:
         (bytes([0x14, wire.MAX_MONITORS]), "index"),
         (bytes([0x15, wire.MAX_FPS + 1, 0]), "settings"),
         (bytes([0x15, 30, 101]), "settings"),
+        (b"\x16\x02", "RIGHTS"),
+        (b"\x16", "RIGHTS"),
         (_frame().encode(), "from a viewer"),
     ],
 )

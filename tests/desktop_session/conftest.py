@@ -1,7 +1,8 @@
 """A stage for desktop sessions through the real relay: relay in-process (real TLS, fresh
 SQLite), the real agent in-process (its `ConnectionManager` and `DesktopService`; only
-the X11 screen and input are replaced by a fixed picture and a recording sink), and
-viewer WebSockets as a browser opens them (Origin, subprotocol, ticket).
+the X11 screen and input are replaced by a fixed picture and a recording sink; the
+clipboard is the real one of the test X server), and viewer WebSockets as a browser
+opens them (Origin, subprotocol, ticket).
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class Stage:
     desktop: DesktopService
     sink: RecordingSink
     channel_metas: list[dict[str, Any]]
+    display: str
 
     @property
     def relay_url(self) -> str:
@@ -248,7 +250,7 @@ async def stage(
             await wait_for(lambda: world.device_a in fleet.relay.registry.agents)
             link = fleet.relay.registry.agents[world.device_a]
             await wait_for(lambda: link.control is not None)
-            yield Stage(fleet, relay_db, world, cert, agent, service, sink, metas)
+            yield Stage(fleet, relay_db, world, cert, agent, service, sink, metas, xdisplay)
         finally:
             await service.aclose()
             agent.stop()

@@ -8,6 +8,7 @@ upgrade of a view-only ticket.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -30,6 +31,22 @@ from tests.desktop_session.conftest import (
     first_frame,
 )
 from tests.desktop_session.world import disable_user, revoke_permission
+
+
+async def pasted(display: str, expected: bytes) -> bool:
+    """Whether a paste on the device's X server (``xclip``, Debian package xclip) gives
+    ``expected`` within 10 s: another program, asked until it does."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10 * UNIT
+    while loop.time() < deadline:
+        done = await asyncio.create_subprocess_exec(
+            "xclip", "-o", "-selection", "clipboard", env={**os.environ, "DISPLAY": display},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        out, _ = await done.communicate()
+        if out == expected:
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 async def refused(stage: Stage, ticket: str | None, status: int = 403, **kwargs: object) -> None:
@@ -184,20 +201,28 @@ async def test_clipboard_needs_its_own_right_checked_live(stage: Stage) -> None:
     live = stage.fleet.relay.viewers.live[sid]
     paste = wire.Clipboard("serial 1234").encode()
     await ws.send(paste)
-    async with asyncio.timeout(5 * UNIT):
-        while live.bytes_from_viewer < len(paste):
-            await asyncio.sleep(0.01)
+    assert await pasted(stage.display, b"serial 1234")  # the device's real clipboard
     revoke_permission(stage.engine, "service_engineer", "desktop.clipboard")
     async with asyncio.timeout(10 * UNIT):  # the next re-check tells the viewer
         while '"op":"rights"' not in (message := await ws.recv()):
             pass
     assert '"clipboard":false' in message
+    # ... and the device, which gives its clipboard up at once.
+    assert await pasted(stage.display, b"")
     passed, dropped = live.bytes_from_viewer, live.inputs_dropped
     await ws.send(paste)
     await ws.send(wire.RefreshRequest().encode())
     await first_frame(ws)  # the refresh went through: the clipboard before it did not
     assert live.bytes_from_viewer == passed + 1
     assert live.inputs_dropped == dropped + 1
+
+
+async def test_a_viewer_cannot_send_the_relays_rights_message(stage: Stage) -> None:
+    sid = await stage.accepted()
+    ws = await stage.viewer(stage.ticket(sid))
+    await first_frame(ws)
+    await ws.send(wire.Rights(clipboard=True).encode())
+    assert await closed_code(ws, 5 * UNIT) == 4400
 
 
 async def test_a_viewer_that_drops_can_come_back_with_a_new_ticket(stage: Stage) -> None:
