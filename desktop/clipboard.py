@@ -17,9 +17,12 @@ own display connection and an unmapped window, for as long as the session lasts:
   selection;
 * with an ``on_copy`` callback it watches ``CLIPBOARD`` only (XFIXES
   ``SetSelectionOwnerNotify``), fetches each new owner's text as ``UTF8_STRING`` (or
-  ``STRING``) and passes it on. ``PRIMARY`` is not watched: it changes with every
-  highlight, and a highlight is not a decision to share. Only text copied during the
-  session crosses; what was on the clipboard before stays on the device.
+  ``STRING``) and passes it on. A program that copies again while it still owns the
+  clipboard (Tk does) tells the server nothing, so while another program owns it the
+  text is also fetched every :data:`POLL_INTERVAL` and passed on when it changed.
+  ``PRIMARY`` is not watched: it changes with every highlight, and a highlight is not a
+  decision to share. Only text copied during the session crosses; what was on the
+  clipboard when watching began stays on the device.
 
 Text is bounded by :data:`MAX_TEXT` both ways; there is no INCR transfer (see there).
 """
@@ -27,11 +30,13 @@ Text is bounded by :data:`MAX_TEXT` both ways; there is no INCR transfer (see th
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import os
 import queue
 import select
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Final, Protocol
@@ -53,10 +58,23 @@ units of 4 bytes (python-xlib does not use BIG-REQUESTS): 262140 bytes minus the
 request's 24-byte header. 255 KiB stays below that and below the wire's
 ``MAX_CLIPBOARD``; larger copies on the device are not sent (logged)."""
 
+POLL_INTERVAL: Final = 1.0
+"""Seconds between fetches of another program's clipboard text (see the module
+docstring): one round trip to that program a second, only during a session with the
+clipboard right, and a copy reaches the viewer within a second even from Tk."""
+
 CLOSE_WAIT: Final = 5.0
 """How long :meth:`X11Clipboard.close` waits for the thread to give up the selections."""
 
 _TARGETS: Final = ("TARGETS", "UTF8_STRING", "STRING", "TEXT")
+
+class Report(enum.Enum):
+    """What becomes of the clipboard text being fetched."""
+
+    ALWAYS = "always"  # a program just copied
+    IF_CHANGED = "if-changed"  # a poll: the same program may have copied again
+    NEVER = "never"  # what was there when watching began
+
 
 OnCopy = Callable[[str], None]
 """Called on the backend's own thread with text copied on the device."""
@@ -110,6 +128,9 @@ class X11Clipboard:
         self._on_copy = on_copy
         self._owned: bytes | None = None  # the text we serve while we own the selections
         self._converting: int | None = None  # the target asked of the owner, if any
+        self._report: Report = Report.NEVER  # what to do with the text being fetched
+        self._seen: bytes | None = None  # the last text fetched from another program
+        self._foreign = False  # whether another program owns the clipboard
         self._puts: queue.SimpleQueue[tuple[str, Future[bool]]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -147,10 +168,22 @@ class X11Clipboard:
 
     def _run(self) -> None:
         try:
+            if self._on_copy is not None:
+                owner = self._d.get_selection_owner(self._atoms["CLIPBOARD"])
+                if owner not in (X.NONE, self._window):  # what is there stays unreported
+                    self._foreign = True
+                    self._ask(self._atoms["UTF8_STRING"], X.CurrentTime, Report.NEVER)
+            next_poll = time.monotonic() + POLL_INTERVAL
             while not self._stop.is_set():
                 while self._d.pending_events():
                     self._handle(self._d.next_event())
-                readable, _, _ = select.select([self._d.fileno(), self._wake_r], [], [])
+                now = time.monotonic()
+                if self._foreign and now >= next_poll:
+                    # An unanswered earlier fetch is given up: this one replaces it.
+                    self._ask(self._atoms["UTF8_STRING"], X.CurrentTime, Report.IF_CHANGED)
+                    next_poll = now + POLL_INTERVAL
+                wait = max(0.0, next_poll - now) if self._foreign else None
+                readable, _, _ = select.select([self._d.fileno(), self._wake_r], [], [], wait)
                 if self._wake_r in readable:
                     os.read(self._wake_r, 4096)
                 while not self._puts.empty():
@@ -184,9 +217,10 @@ class X11Clipboard:
     def _handle(self, ev: Any) -> None:
         if ev.type == self._owner_event:  # python-xlib's event classes defy isinstance
             owner = getattr(ev.owner, "id", ev.owner)
-            if ev.sub_code == xfixes.XFixesSetSelectionOwnerNotify and \
-                    owner not in (X.NONE, self._window.id):
-                self._ask(self._atoms["UTF8_STRING"], ev.selection_timestamp)
+            if ev.sub_code == xfixes.XFixesSetSelectionOwnerNotify:
+                self._foreign = owner not in (X.NONE, self._window.id)
+                if self._foreign:
+                    self._ask(self._atoms["UTF8_STRING"], ev.selection_timestamp, Report.ALWAYS)
         elif ev.type == X.SelectionRequest:
             self._answer(ev)
         elif ev.type == X.SelectionClear:
@@ -195,10 +229,11 @@ class X11Clipboard:
         elif ev.type == X.SelectionNotify:
             self._received(ev)
 
-    def _ask(self, target: int, time: int) -> None:
+    def _ask(self, target: int, when: int, report: Report) -> None:
         self._converting = target
+        self._report = report
         self._window.convert_selection(self._atoms["CLIPBOARD"], target,
-                                       self._atoms["OUTLINK_CLIP"], time)
+                                       self._atoms["OUTLINK_CLIP"], when)
         self._d.flush()
 
     def _received(self, ev: Any) -> None:
@@ -207,7 +242,7 @@ class X11Clipboard:
             return
         if ev.property == X.NONE:
             if target == self._atoms["UTF8_STRING"]:
-                self._ask(Xatom.STRING, ev.time)  # an older program: Latin-1 then
+                self._ask(Xatom.STRING, ev.time, self._report)  # an older program: Latin-1
             return
         words = (self.max_bytes + 3) // 4
         prop = self._window.get_property(ev.property, X.AnyPropertyType, 0, words, delete=True)
@@ -220,7 +255,9 @@ class X11Clipboard:
                         self.max_bytes)
             return
         data = bytes(prop.value)
-        if len(data) > self.max_bytes:
+        changed, self._seen = data != self._seen, data
+        if len(data) > self.max_bytes or self._report is Report.NEVER or (
+                self._report is Report.IF_CHANGED and not changed):
             return
         try:
             text = data.decode("utf-8") if target != Xatom.STRING else data.decode("latin-1")

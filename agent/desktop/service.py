@@ -9,8 +9,10 @@ Registered with the agent's `Registry` (:meth:`DesktopService.register`):
 * action ``desktop.answer`` {session_id, decision: accept|deny, by {user, name}}: a site
   contact's answer from the portal; ``forbidden`` unless the policy allows it;
 * action ``desktop.end`` {session_id}: the portal ends a session (or withdraws a request);
-* channel kind ``desktop`` with meta {session_id, mode, viewer}: the viewer, joined by
-  the relay. Refused FORBIDDEN unless `SessionBook.join` agrees.
+* channel kind ``desktop`` with meta {session_id, mode, viewer, clipboard}: the viewer,
+  joined by the relay. Refused FORBIDDEN unless `SessionBook.join` agrees. The
+  clipboard right (and the relay's later `desktop.wire.Rights`) is enforced here too
+  (`agent.desktop.clipboard`).
 
 Every state change is reported as ``{"op": "event", "name": "desktop.state", ...}``
 on the control channel (`Registry.send_event`) and written to the local audit log, in
@@ -20,7 +22,8 @@ while some session is live: an idle agent does no desktop work at all.
 
 No screen source, cursor source or input sink exists before a viewer joined an
 accepted session: only the ``desktop`` channel handler creates them, after the book
-said yes, and a view-only session gets a `ViewOnly` sink (no X input connection).
+said yes, and a view-only session gets a `ViewOnly` sink (no X input connection);
+likewise no clipboard backend exists without the clipboard right.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from agent.config import AgentConfig
 from agent.control import InstructionError, Registry
 from desktop import wire
 from desktop.capture import CaptureError, MssSource, ScreenSource
+from desktop.clipboard import ClipboardFactory, x11_clipboard
 from desktop.cursor import CursorSource, XCursorSource
 from desktop.inject import InputPump, InputSink, ViewOnly, XTestSink
 from desktop.pacing import PacerSettings
@@ -49,6 +53,7 @@ from tunnel import ErrorCode, Priority
 from tunnel.aio import Channel, ChannelError, IncomingChannel
 
 from .answers import POLL_INTERVAL, Answer, AnswerBox, answers_dir
+from .clipboard import SessionClipboard
 from .policy import (
     AGENT_STOPPING,
     BAD_REQUEST,
@@ -156,6 +161,7 @@ class DesktopService:
         source_factory: Callable[[str], ScreenSource] = MssSource,
         sink_factory: Callable[[str], InputSink] = _xtest_sink,
         cursor_factory: Callable[[str], CursorSource | None] = _optional_cursor,
+        clipboard_factory: ClipboardFactory = x11_clipboard,
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -167,6 +173,7 @@ class DesktopService:
         self._source_factory = source_factory
         self._sink_factory = sink_factory
         self._cursor_factory = cursor_factory
+        self._clipboard_factory = clipboard_factory
         self._environ = child_environment(environ or {})
         self._clock = clock
         self._report: Report | None = None
@@ -426,6 +433,7 @@ class DesktopService:
             session_id = parse_session_id(meta.get("session_id"))
             mode = parse_mode(meta.get("mode"))
             viewer = parse_name(meta.get("viewer"), "viewer")
+            clipboard = meta.get("clipboard") is True
             changes = self.book.join(session_id, mode, viewer, self._clock())
         except Refusal as exc:
             logger.warning("! desktop channel refused: %s", exc.message)
@@ -452,12 +460,14 @@ class DesktopService:
         assert task is not None
         self._streams[session_id] = task
         try:
-            await self._serve(session, channel, mode)
+            await self._serve(session, channel, mode, clipboard)
         finally:
             self._streams.pop(session_id, None)
             self._stops.pop(session_id, None)
 
-    async def _serve(self, session: Session, channel: Channel, mode: Mode) -> None:
+    async def _serve(
+        self, session: Session, channel: Channel, mode: Mode, clipboard: bool
+    ) -> None:
         """Stream to the viewer and replay its input until the session ends, whoever
         ends it; then release everything and tell the viewer how it ended."""
         stop = self._stops[session.id]
@@ -477,15 +487,23 @@ class DesktopService:
             while channel.queued_bytes:  # noqa: ASYNC110 - no drained-wait on Channel
                 await asyncio.sleep(DRAIN_POLL)
 
+        async def send_clipboard(text: str) -> None:
+            await send(wire.Clipboard(text).encode())
+
         streamer = Streamer(
             devices.source, send, drained, cursor=devices.cursor, settings=self._settings
         )
+        clip = SessionClipboard(
+            session.id, self.policy.display, self._clipboard_factory, allowed=clipboard,
+            control=mode is Mode.CONTROL, send=send_clipboard, note=self._note,
+        )
         streaming = asyncio.create_task(streamer.run(), name=f"desktop-stream-{session.id[:8]}")
         reading = asyncio.create_task(
-            self._read_viewer(session, channel, streamer, pump),
+            self._read_viewer(session, channel, streamer, pump, clip),
             name=f"desktop-input-{session.id[:8]}",
         )
         stopping = asyncio.create_task(stop.wait(), name=f"desktop-stop-{session.id[:8]}")
+        clipping = asyncio.create_task(clip.run(), name=f"desktop-clipboard-{session.id[:8]}")
         tasks = (streaming, reading, stopping)
         # What stands if this task is cancelled: the tunnel is closing under us.
         reason: str | None = CHANNEL_RESET
@@ -494,9 +512,11 @@ class DesktopService:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             reason, code = _outcome(streaming, reading, stopping)
         finally:
-            for task in tasks:
+            for task in (*tasks, clipping):
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, clipping, return_exceptions=True)
+            if not clipping.cancelled() and clipping.exception() is not None:
+                logger.error("! the clipboard failed", exc_info=clipping.exception())
             await pump.aclose()  # lets go of held keys and buttons, restores autorepeat
             await asyncio.to_thread(devices.close_capture)
             self._finish(session, channel, reason, code)
@@ -525,7 +545,12 @@ class DesktopService:
         return _Devices(source, cursor, sink)
 
     async def _read_viewer(
-        self, session: Session, channel: Channel, streamer: Streamer, pump: InputPump
+        self,
+        session: Session,
+        channel: Channel,
+        streamer: Streamer,
+        pump: InputPump,
+        clip: SessionClipboard,
     ) -> str:
         """Apply the viewer's messages; returns why it stopped (an end reason)."""
         view_only = isinstance(pump.sink, ViewOnly)
@@ -548,8 +573,10 @@ class DesktopService:
                         logger.debug("< no monitor %d to select", message.index)
                 elif isinstance(message, wire.StreamSettings):
                     streamer.apply(message)
-                else:  # clipboard: not served yet (needs its own permission in the meta)
-                    logger.debug("< clipboard from the viewer ignored")
+                elif isinstance(message, wire.Clipboard):
+                    clip.from_viewer(message.text)
+                else:
+                    await clip.set_right(message.clipboard)
                 self.book.received(session.id, len(data), self._clock(), dropped=dropped)
         except wire.WireError as exc:
             logger.warning("! session %s: bad message from the viewer: %s", session.id, exc)

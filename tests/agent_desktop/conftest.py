@@ -133,11 +133,14 @@ class Device:
         assert event["name"] == "desktop.state" and event["state"] == state, event
         return event
 
-    async def open_desktop(self, session_id: str, mode: str, viewer: str = "erika") -> Channel:
+    async def open_desktop(
+        self, session_id: str, mode: str, viewer: str = "erika", *, clipboard: bool = False
+    ) -> Channel:
         """What the relay does when a viewer with a valid ticket joins."""
         return await self.link.tunnel.open_channel(
             "desktop",
-            meta={"session_id": session_id, "mode": mode, "viewer": viewer},
+            meta={"session_id": session_id, "mode": mode, "viewer": viewer,
+                  "clipboard": clipboard},
             priority=Priority.DESKTOP,
             window=2 * wire.MAX_MESSAGE,
             max_message=wire.MAX_MESSAGE,

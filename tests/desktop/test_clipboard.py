@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from desktop.clipboard import MAX_TEXT, X11Clipboard
+from desktop.clipboard import MAX_TEXT, POLL_INTERVAL, X11Clipboard
 from tests.conftest import UNIT
 
 T = 10 * UNIT
@@ -175,6 +175,36 @@ def test_text_copied_on_the_device_is_reported(xdisplay: str, tk_clipboard: TkCl
         assert xclip_out(xdisplay) == b"from the viewer"
         tk_clipboard.copy("after")
         assert copies.next() == "after"
+    finally:
+        clip.close()
+
+
+def test_copies_by_the_program_that_owns_the_clipboard_are_seen(
+    xdisplay: str, tk_clipboard: TkClipboard
+) -> None:
+    """Tk copies again without telling the X server: the poll sees it."""
+    copies = Copies()
+    clip = X11Clipboard(xdisplay, copies)
+    try:
+        tk_clipboard.copy("first")
+        assert copies.next() == "first"
+        tk_clipboard.copy("second")
+        assert copies.next() == "second"
+        assert copies.none_within(2 * POLL_INTERVAL)  # unchanged text is not sent again
+    finally:
+        clip.close()
+
+
+def test_what_was_copied_before_stays_on_the_device(
+    xdisplay: str, tk_clipboard: TkClipboard
+) -> None:
+    tk_clipboard.copy("copied before the session")
+    copies = Copies()
+    clip = X11Clipboard(xdisplay, copies)
+    try:
+        assert copies.none_within(2 * POLL_INTERVAL)
+        tk_clipboard.copy("copied during the session")
+        assert copies.next() == "copied during the session"
     finally:
         clip.close()
 
