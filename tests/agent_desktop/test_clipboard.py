@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +24,8 @@ from tunnel.aio import Channel
 
 from .conftest import Device, StartDevice, T
 
-pytestmark = pytest.mark.skipif(
-    subprocess.run(["which", "xclip"], capture_output=True).returncode != 0,
-    reason="xclip is not installed (Debian package xclip)",
-)
+pytestmark = pytest.mark.skipif(shutil.which("xclip") is None,
+                                reason="xclip is not installed (Debian package xclip)")
 
 QUIET = 8 * MIN_INTERVAL
 """How long a viewer listens to conclude that no clipboard text is coming: a copy the

@@ -19,8 +19,8 @@ from tests.conftest import UNIT
 
 T = 10 * UNIT
 
-if shutil.which("xclip") is None:
-    pytest.skip("xclip is not installed (Debian package xclip)", allow_module_level=True)
+pytestmark = pytest.mark.skipif(shutil.which("xclip") is None,
+                                reason="xclip is not installed (Debian package xclip)")
 
 TK_CLIPBOARD = r"""
 import json, sys, tkinter as tk

@@ -33,6 +33,7 @@ from store.models import Device, Presence, Site
 from tests.agent.helpers import free_port
 from tests.conftest import UNIT
 from tests.desktop.conftest import App
+from tests.desktop.test_clipboard import TkClipboard
 from tests.desktop.tkapp import BACKGROUND, BLOCK, BLOCK_COLOUR
 from tests.pki_fixtures import FleetPKI
 from tests.web.served import ENGINEER_PASSWORD, ServedPortal, serve_portal
@@ -321,3 +322,54 @@ def test_unanswered_request_times_out_with_a_clear_message(page: Any, stack: Sta
         "Nobody answered at the device in time: the request was declined automatically.")
     assert page.locator("#viewer").is_hidden()
     shot(page, "desktop-05-timeout")
+
+
+def device_paste(display: str, expected: str) -> bool:
+    """Whether pasting on the device (``xclip -o``, Debian package xclip) gives
+    ``expected`` within 20 s: another program, asked until it does."""
+    deadline = time.monotonic() + 20 * UNIT
+    while time.monotonic() < deadline:
+        done = subprocess.run(["xclip", "-o", "-selection", "clipboard"], capture_output=True,
+                              env={**os.environ, "DISPLAY": display}, timeout=10 * UNIT)
+        if done.stdout.decode("utf-8", "replace") == expected:
+            return True
+        time.sleep(0.05 * UNIT)
+    return False
+
+
+@pytest.mark.skipif(shutil.which("xclip") is None, reason="xclip (Debian package) is missing")
+def test_clipboard_both_ways_through_the_relay(
+    page: Any, stack: Stack, screen: App, xdisplay: str
+) -> None:
+    expect = sync_api.expect
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"],
+                                   origin=stack.portal.base_url)
+    sid = request_desktop(page, stack, "control")
+    stack.answer("accept", sid)
+    expect(page.locator("#desktop")).to_have_attribute("data-state", "started")
+    page.wait_for_function("window.outlinkViewer.screen.painted > 0")
+    # The engineer's text, through the panel, is pasteable in a program on the device.
+    page.click("#viewer-clip-toggle")
+    page.fill("#viewer-clip-local", "Ticket #4711: käse ✓")
+    page.click("#viewer-clip-send")
+    expect(page.locator("#viewer-clip-note")).to_contain_text("sent to the device")
+    assert device_paste(xdisplay, "Ticket #4711: käse ✓")
+    # Ctrl+V in the screen sends the engineer's own clipboard first, then the keys.
+    page.evaluate("navigator.clipboard.writeText('from my laptop')")
+    page.locator("#viewer-canvas").focus()
+    screen.drain()
+    page.keyboard.press("Control+V")
+    screen.expect(lambda e: e["event"] == "key" and e["keysym"] in ("v", "V"))
+    assert device_paste(xdisplay, "from my laptop")
+    # Text copied by a program on the device shows in the viewer.
+    copier = TkClipboard(xdisplay)
+    try:
+        copier.copy("log line 7: überhitzt")
+        expect(page.locator("#viewer-clip-remote")).to_have_value("log line 7: überhitzt")
+        page.click("#viewer-clip-copy")
+        assert page.evaluate("navigator.clipboard.readText()") == "log line 7: überhitzt"
+        shot(page, "desktop-06-clipboard")
+    finally:
+        copier.close()
+    page.click("#desktop-end")
+    expect(page.locator("#desktop")).to_have_attribute("data-state", "ended")

@@ -59,6 +59,9 @@ const ui = {
   clipLocal: $("viewer-clip-local"),
   clipCopy: $("viewer-clip-copy"),
   clipSend: $("viewer-clip-send"),
+  clipToggle: $("viewer-clip-toggle"),
+  clipToDevice: $("viewer-clip-to-device"),
+  clipNote: $("viewer-clip-note"),
 };
 
 const session = {
@@ -154,7 +157,8 @@ class Viewer {
     this.active = false; // wants to be connected
     this.attempt = 0;
     this.mode = cfg.mode;
-    this.clipboard = false;
+    this.clipboard = false; // may send text to the device's clipboard
+    this.clipboardAllowed = false; // may see the panel (the right)
     this.bytes = 0;
     this.latency = null;
     this.screen = new Screen(ui.canvas, (what) => this.recover(what));
@@ -306,16 +310,31 @@ class Viewer {
     select.disabled = message.monitors.length <= 2; // "all" and the only one are the same
   }
 
+  // The clipboard right (the relay's hello and rights messages): with it, text copied
+  // on the device shows in the panel; with it in a control session, text goes to the
+  // device too. The device enforces the same rule.
   setClipboard(allowed) {
+    const had = this.clipboardAllowed;
+    this.clipboardAllowed = allowed;
     this.clipboard = allowed && this.mode === "control";
-    ui.clipboard.hidden = !allowed;
+    ui.clipToggle.hidden = !allowed;
+    if (!allowed) showClipboardPanel(false);
+    ui.clipToDevice.hidden = !this.clipboard;
     ui.clipLocal.disabled = ui.clipSend.disabled = !this.clipboard;
+    if (had && !allowed) ui.conn.textContent = "clipboard access withdrawn";
   }
 
   remoteClipboard(text) {
+    if (!this.clipboardAllowed) return;
     ui.clipRemote.value = text;
+    ui.clipCopy.disabled = false;
+    clipNote(`${text.length} characters copied on the device.`);
+    if (ui.clipboard.hidden) ui.clipToggle.classList.add("viewer-clip-new");
     if (navigator.clipboard && document.hasFocus()) {
-      navigator.clipboard.writeText(text).catch(() => {}); // the panel still has it
+      navigator.clipboard.writeText(text).then(
+        () => clipNote(`${text.length} characters copied on the device, now in your clipboard too.`),
+        () => {}, // not allowed here: the panel has it, and its button copies it
+      );
     }
   }
 
@@ -323,10 +342,11 @@ class Viewer {
     if (!this.clipboard) return false;
     const data = encode.clipboard(text);
     if (data === null) {
-      ui.conn.textContent = "clipboard text too long";
+      clipNote("That text is too long for the clipboard (256 KB at most).");
       return false;
     }
     this.send(data);
+    clipNote(`${text.length} characters sent to the device's clipboard.`);
     return true;
   }
 
@@ -422,6 +442,33 @@ class Viewer {
   }
 }
 
+function clipNote(text) {
+  ui.clipNote.textContent = text;
+}
+
+function showClipboardPanel(shown) {
+  ui.clipboard.hidden = !shown;
+  ui.clipToggle.setAttribute("aria-expanded", String(shown));
+  if (shown) ui.clipToggle.classList.remove("viewer-clip-new");
+}
+
+/** The device's text into the engineer's clipboard: the Clipboard API where the browser
+ * allows it, else the old way (select the text, copy). */
+async function copyToLocal() {
+  const text = ui.clipRemote.value;
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch (e) {
+    ui.clipRemote.focus();
+    ui.clipRemote.select();
+    if (!document.execCommand("copy")) {
+      clipNote("Your browser did not allow copying: the text is selected, press Ctrl+C.");
+      return;
+    }
+  }
+  clipNote(`${text.length} characters copied to your clipboard.`);
+}
+
 /** Browser buttons (1 left, 2 right, 4 middle) -> wire (bit 0 left, 1 middle, 2 right). */
 function browserButtons(b) {
   return (b & 1) | ((b & 4) ? 2 : 0) | ((b & 2) ? 4 : 0);
@@ -479,9 +526,8 @@ function wire() {
     if (ui.stage.requestFullscreen) ui.stage.requestFullscreen().catch(() => {});
   });
   document.addEventListener("fullscreenchange", () => viewer.screen.applyScale());
-  ui.clipCopy.addEventListener("click", () => {
-    if (navigator.clipboard) navigator.clipboard.writeText(ui.clipRemote.value).catch(() => {});
-  });
+  ui.clipToggle.addEventListener("click", () => showClipboardPanel(ui.clipboard.hidden));
+  ui.clipCopy.addEventListener("click", () => copyToLocal());
   ui.clipSend.addEventListener("click", () => {
     if (viewer.sendClipboard(ui.clipLocal.value)) ui.clipLocal.value = "";
   });
