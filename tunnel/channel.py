@@ -158,7 +158,7 @@ class ChannelState:
         self.priority = 0
         self.rx = ReceiveWindow(window)
         self.max_message = max_message
-        self.rx_parts: list[bytes] = []
+        self.rx_parts: list[memoryview] = []
         self.rx_size = 0
         # The peer's window arrives with its OPEN/ACCEPT; until then nothing may be sent.
         self.tx = SendCredit(0)

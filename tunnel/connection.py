@@ -395,7 +395,7 @@ class Connection:
         if channel.tx.credit > 0:
             self._scheduler.push(channel)
 
-    def receive_in_chunks(self, channel_id: int) -> list[bytes]:
+    def receive_in_chunks(self, channel_id: int) -> list[memoryview]:
         """Switch a channel to chunk mode: from now on its DATA is reported as
         :class:`ChunkReceived` as it arrives instead of reassembled into messages
         (max_message is still enforced, by counting). Returns the parts of a message
@@ -733,17 +733,18 @@ class Connection:
         if channel.chunked:  # forwarded as it comes: count the message, keep nothing
             channel.rx_size = total if more else 0
             return ChunkReceived(channel_id, memoryview(data)[HEADER_SIZE:], more)
-        payload = data[HEADER_SIZE:]
-        if more:
-            channel.rx_parts.append(payload)
+        if more:  # views: the parts are copied once, by the join
+            channel.rx_parts.append(memoryview(data)[HEADER_SIZE:])
             channel.rx_size = total
             self._return_credit(channel)
             return None
         if channel.rx_parts:
-            channel.rx_parts.append(payload)
+            channel.rx_parts.append(memoryview(data)[HEADER_SIZE:])
             payload = b"".join(channel.rx_parts)
             channel.rx_parts = []
             channel.rx_size = 0
+        else:
+            payload = data[HEADER_SIZE:]
         return MessageReceived(channel.id, payload)
 
     def _on_open(self, frame: OpenFrame, size: int) -> Event | None:
