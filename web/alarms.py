@@ -52,6 +52,7 @@ from telemetry.records import Severity
 from web.authz import Perm, current_user, requires
 from web.db import db
 from web.fleet import load_device
+from web.paging import page_number
 from web.recorder import record
 from web.scope import current_scope
 
@@ -72,11 +73,6 @@ DEVICE_SECTION_ROWS = 10
 ALARM_NOTIFICATIONS = 50
 
 
-def _page() -> int:
-    value = request.args.get("page", "")
-    return int(value) if value.isdigit() and 0 < len(value) < 7 and int(value) > 0 else 1
-
-
 def _severity_arg() -> Severity:
     try:
         return Severity.parse(request.args.get("severity", "") or "routine")
@@ -93,7 +89,7 @@ def alarms() -> str:
         state = "active"
     severity = _severity_arg()
     size = current_app.config["OUTLINK"].page_size
-    number = _page()
+    number = page_number()
     rows = list_alarms(db.session, devices=current_scope().devices(), states=STATE_FILTERS[state],
                        min_severity=severity, limit=size + 1, offset=(number - 1) * size)
     more = len(rows) > size
