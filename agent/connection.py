@@ -297,6 +297,7 @@ class ConnectionManager:
                 device_id,
             )
             link_tasks.append(self._spawn(self._renewal(control, identity, url), "renewal"))
+            link_tasks.extend(self._spawn(hook(), "announce") for hook in self.registry.on_link)
             stopper = self._spawn(self._stop.wait(), "stop-wait")
             link_tasks.append(stopper)
             # The link lives while the tunnel runs AND the control channel is open.

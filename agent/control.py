@@ -107,6 +107,9 @@ class Registry:
         #: Told ``(what, name)`` when the relay asks for an action or channel kind that is
         #: not served ("instruction" / "channel"), so the local audit records the refusal.
         self.on_unknown: Callable[[str, str], None] = lambda what, name: None
+        #: Run once per link, after the relay answered ``hello``: features announce what
+        #: the relay should know about this device (e.g. ``desktop.policy``) as events.
+        self.on_link: list[Callable[[], Coroutine[Any, Any, None]]] = []
 
     async def send_event(self, name: str, **fields: Any) -> bool:
         """Send an event on the current link's control channel. False when no link is up
