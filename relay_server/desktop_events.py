@@ -1,5 +1,11 @@
 """Desktop sessions in the database: the agents' ``desktop.state`` events, the relay's own
-session changes, and the server-side deadlines.
+session changes, the server-side deadlines, and each device's consent setting.
+
+On connecting, the agent reports its consent setting (`store.desktop.record_policy`;
+the portal shows it before anyone asks)::
+
+    {"id": 2, "op": "event", "name": "desktop.policy", "consent_required": true,
+     "consent_timeout_s": 30, "remote_consent_allowed": false}
 
 The agent reports every change of a session's state on its control channel::
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EVENT_NAME: Final = "desktop.state"
+POLICY_EVENT: Final = "desktop.policy"
 
 MAX_BACKLOG: Final = 1000
 """Queued writes. A device reports a handful per session; a full queue means the
@@ -123,6 +131,28 @@ def parse_state(device_id: str, fields: dict[str, Any]) -> StateEvent:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyEvent:
+    """One valid ``desktop.policy`` report: the device's consent setting."""
+
+    device_id: str
+    consent_required: bool
+    consent_timeout_s: int
+    remote_consent_allowed: bool
+
+
+def parse_policy(device_id: str, fields: dict[str, Any]) -> PolicyEvent:
+    """Check a ``desktop.policy`` event. Raises ValueError (a local diagnostic)."""
+    flags = [fields.get(k) for k in ("consent_required", "remote_consent_allowed")]
+    if not all(isinstance(f, bool) for f in flags):
+        raise ValueError("consent_required and remote_consent_allowed must be booleans")
+    timeout = fields.get("consent_timeout_s")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+            0 < timeout <= desktop.CONSENT_TIMEOUT_MAX):
+        raise ValueError(f"consent_timeout_s must be in (0, {desktop.CONSENT_TIMEOUT_MAX}]")
+    return PolicyEvent(device_id, bool(flags[0]), math.ceil(timeout), bool(flags[1]))
+
+
 def apply_state(session: Session, event: StateEvent, actor: Actor, now: datetime) -> bool:
     """Record ``event``; False when the state table ignores it (late or duplicate)."""
     sid, dev = event.session_id, event.device_id
@@ -174,6 +204,28 @@ class DesktopEvents:
                 self.ignored += 1
                 log.info("= desktop.state %s %s ignored (late, duplicate or not this "
                          "device's)", event.session_id, event.state)
+
+        self.submit(job)
+
+    def record_policy(self, link: AgentLink, fields: dict[str, Any]) -> None:
+        """`ControlContext.events` handler for ``desktop.policy`` (sent on connecting)."""
+        try:
+            event = parse_policy(link.device_id, fields)
+        except ValueError as exc:
+            self.invalid += 1
+            log.info("! bad desktop.policy event dropped: %s", exc)
+            return
+        log.info("< desktop.policy consent %s, %d s, remote answers %s",
+                 "required" if event.consent_required else "OFF", event.consent_timeout_s,
+                 "allowed" if event.remote_consent_allowed else "not allowed")
+
+        def job(session: Session) -> None:
+            desktop.record_policy(
+                session, event.device_id, consent_required=event.consent_required,
+                consent_timeout_s=event.consent_timeout_s,
+                remote_consent_allowed=event.remote_consent_allowed,
+                now=datetime.now(UTC), actor=self.actor,
+            )
 
         self.submit(job)
 

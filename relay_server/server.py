@@ -48,6 +48,7 @@ from relay_server.agent_link import AgentLink, ControlContext
 from relay_server.audit import AuditLog
 from relay_server.config import RelayConfig
 from relay_server.desktop_events import EVENT_NAME as DESKTOP_STATE_EVENT
+from relay_server.desktop_events import POLICY_EVENT as DESKTOP_POLICY_EVENT
 from relay_server.enrollment import EnrollmentService, serve_enrollment
 from relay_server.limits import SourceLimiter
 from relay_server.links import Link, jittered_retry_ms
@@ -168,6 +169,7 @@ class Relay:
         )
         self.viewers = ViewerService(self)
         self.control.events[DESKTOP_STATE_EVENT] = self.viewers.events.record
+        self.control.events[DESKTOP_POLICY_EVENT] = self.viewers.events.record_policy
         self.enrollment = EnrollmentService(self.engine, ca) if ca is not None else None
         self.metrics_registry = make_registry(self)
         self._connection_class = type("RelayConnection", (RelayConnection,), {"relay": self})

@@ -8,6 +8,10 @@ Tables (migration ``0004``):
 * ``viewer_tickets``   single-use, short-lived credentials for the relay's ``/view``
   endpoint; only the SHA-256 of the secret is stored.
 
+And (migration ``0006``) ``desktop_policies``: each device's consent setting as its
+agent reports it on connecting (:func:`record_policy`), so the portal shows it before
+anyone asks for a session.
+
 The portal (``web.desktop``) and the relay (``relay_server.viewer``,
 ``relay_server.desktop_events``) both call these functions, so a rule is written once:
 who may watch (:func:`viewer_rights`), how a ticket is spent (:func:`redeem_ticket`),
@@ -207,6 +211,20 @@ class DesktopSession(Base):
     end_reason: Mapped[str | None] = mapped_column(String(MAX_END_REASON))
     bytes_to_viewer: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_from_viewer: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class DevicePolicy(Base):
+    """A device's consent setting, as its agent last reported it (one row per device)."""
+
+    __tablename__ = "desktop_policies"
+
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    consent_required: Mapped[bool] = mapped_column(Boolean)
+    consent_timeout_s: Mapped[int] = mapped_column(Integer)
+    remote_consent_allowed: Mapped[bool] = mapped_column(Boolean)
+    reported_at: Mapped[datetime]
 
 
 class ViewerTicket(Base):
@@ -644,10 +662,54 @@ class ConsentPolicy:
     consent_required: bool
     remote_consent_allowed: bool | None
     reported_at: datetime
+    consent_timeout_s: int | None = None
+
+
+def record_policy(
+    session: Session,
+    device_id: str,
+    *,
+    consent_required: bool,
+    consent_timeout_s: int,
+    remote_consent_allowed: bool,
+    now: datetime,
+    actor: Actor,
+) -> bool:
+    """Store what the device's agent reported on connecting; whether it changed (a
+    change, and the first report, are audited: consent turned off is a fact to keep)."""
+    timeout = max(1, min(consent_timeout_s, CONSENT_TIMEOUT_MAX))
+    values = (consent_required, timeout, remote_consent_allowed)
+    row = session.get(DevicePolicy, device_id)
+    before = None if row is None else (
+        row.consent_required, row.consent_timeout_s, row.remote_consent_allowed)
+    if row is None:
+        row = DevicePolicy(device_id=device_id)
+        session.add(row)
+    row.consent_required, row.consent_timeout_s, row.remote_consent_allowed = values
+    row.reported_at = now
+    if before == values:
+        return False
+    append_audit(
+        session, "desktop.policy_reported", actor=actor.name, user_id=actor.user_id,
+        source=actor.source, device_id=device_id, now=now,
+        summary="the device reported its consent setting: " + (
+            "consent required" if consent_required else "NO consent asked"),
+        details={"consent_required": consent_required, "consent_timeout_s": timeout,
+                 "remote_consent_allowed": remote_consent_allowed,
+                 "previous": None if before is None else dict(zip(
+                     ("consent_required", "consent_timeout_s", "remote_consent_allowed"),
+                     before, strict=True))},
+    )
+    return True
 
 
 def last_reported_policy(session: Session, device_id: str) -> ConsentPolicy | None:
-    """From the newest request the agent answered (None before any)."""
+    """What the agent reported on connecting or, from an agent that does not report it
+    then, with the newest request it answered; None before either."""
+    reported = session.get(DevicePolicy, device_id)
+    if reported is not None:
+        return ConsentPolicy(reported.consent_required, reported.remote_consent_allowed,
+                             reported.reported_at, reported.consent_timeout_s)
     row = session.execute(
         select(DesktopSession.consent_required, DesktopSession.remote_consent_allowed,
                DesktopSession.requested_at)

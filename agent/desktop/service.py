@@ -2,6 +2,8 @@
 
 Registered with the agent's `Registry` (:meth:`DesktopService.register`):
 
+* on every link, event ``desktop.policy`` {consent_required, consent_timeout_s,
+  remote_consent_allowed}: the device's own setting, shown in the portal;
 * action ``desktop.request`` {session_id, mode, requester {user, name, organisation},
   reason} -> ``{"state": "prompting", "consent_required": true, "timeout_s": N,
   "remote_consent_allowed": bool}``, or ``{"state": "accepted", "consent_required":
@@ -92,6 +94,7 @@ from .prompt import (
 logger = logging.getLogger(__name__)
 
 EVENT: Final = "desktop.state"
+POLICY_EVENT: Final = "desktop.policy"
 AUDIT_KIND: Final = "desktop"
 
 CHANNEL_WINDOW: Final = wire.MAX_MESSAGE
@@ -202,6 +205,7 @@ class DesktopService:
         registry.add_action("desktop.answer", self._on_answer)
         registry.add_action("desktop.end", self._on_end)
         registry.add_channel("desktop", self._on_channel)
+        registry.on_link.append(self._announce_policy)
         self._report = registry.send_event
 
     async def aclose(self) -> None:
@@ -216,6 +220,18 @@ class DesktopService:
                 task.cancel()
         await asyncio.gather(
             *(t for t in (self._watcher, self._sender) if t), return_exceptions=True
+        )
+
+    async def _announce_policy(self) -> None:
+        """On every link: the device's consent setting, so the portal shows it before
+        anyone asks for a session (the relay stores it; the agent still decides)."""
+        policy = self.policy
+        assert self._report is not None
+        await self._report(
+            POLICY_EVENT,
+            consent_required=policy.consent_required,
+            consent_timeout_s=seconds_field(policy.consent_timeout_s),
+            remote_consent_allowed=policy.allow_remote_consent,
         )
 
     # -- instructions -------------------------------------------------------------------

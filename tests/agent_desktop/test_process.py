@@ -90,7 +90,9 @@ display = "{xdisplay}"
         code, out = await run("desktop", "deny", session_id, "--config", str(config))
         assert code == 0 and "denied" in out
         async with asyncio.timeout(T):
+            announced = await relay.events.get()  # on connecting: the consent setting
             event = await relay.events.get()
+        assert announced["name"] == "desktop.policy" and announced["consent_required"] is True
         assert (event["session_id"], event["state"], event["by"]) == (
             session_id,
             "denied",

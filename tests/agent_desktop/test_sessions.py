@@ -340,3 +340,15 @@ async def test_no_prompt_possible_still_means_no(start_device: StartDevice) -> N
     await device.event(session_id, "timeout")
     await refused(device, session_id)
     assert device.sources.made == []
+
+
+async def test_the_device_announces_its_consent_setting_when_it_connects(
+    start_device: StartDevice,
+) -> None:
+    device = await start_device(consent_timeout_s=12.0, allow_remote_consent=True)
+    async with asyncio.timeout(T):
+        event = await device.relay.events.get()
+    assert event["name"] == "desktop.policy"
+    assert {k: event[k] for k in ("consent_required", "consent_timeout_s",
+                                  "remote_consent_allowed")} == {
+        "consent_required": True, "consent_timeout_s": 12, "remote_consent_allowed": True}

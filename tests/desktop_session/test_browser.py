@@ -29,6 +29,7 @@ from sqlalchemy import select
 
 from pki.identity import DeviceId
 from store.db import make_engine, session_scope
+from store.desktop import DevicePolicy
 from store.models import Device, Presence, Site
 from tests.agent.helpers import free_port
 from tests.conftest import UNIT
@@ -123,6 +124,15 @@ def _online(database_url: str, device_id: str) -> bool:
         with session_scope(engine) as session:
             row = session.get(Presence, device_id)
             return bool(row and row.online and row.relay_id == "relay-desktop")
+    finally:
+        engine.dispose()
+
+
+def _policy_reported(database_url: str, device_id: str) -> bool:
+    engine = make_engine(database_url)
+    try:
+        with session_scope(engine) as session:
+            return session.get(DevicePolicy, device_id) is not None
     finally:
         engine.dispose()
 
@@ -266,6 +276,17 @@ def canvas_pixel(page: Any, x: int, y: int) -> tuple[int, int, int]:
 
 def close_to(a: tuple[int, int, int], b: tuple[int, int, int], tolerance: int = 24) -> bool:
     return all(abs(p - q) <= tolerance for p, q in zip(a, b, strict=True))
+
+
+def test_the_device_page_shows_the_consent_setting_before_any_request(
+    page: Any, stack: Stack
+) -> None:
+    _until(lambda: _policy_reported(stack.portal.database_url, stack.device_id),
+           "the device's consent setting", stack.agent, stack.dir / "agent.log")
+    page.goto(f"/devices/{stack.device_id}")
+    setting = page.locator("#desktop-consent-setting")
+    sync_api.expect(setting).to_have_attribute("data-consent", "required")
+    sync_api.expect(setting).to_contain_text(f"within {CONSENT_TIMEOUT_S} s")
 
 
 def test_accepted_session_shows_the_device_screen_and_drives_it(

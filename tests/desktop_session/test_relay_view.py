@@ -17,6 +17,7 @@ from sqlalchemy import update
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from desktop import wire
+from relay_server.desktop_events import parse_policy
 from relay_server.viewer import CHANNEL_WINDOW
 from store import desktop
 from store.db import session_scope
@@ -333,3 +334,31 @@ async def test_undecided_requests_time_out_on_the_server(stage: Stage) -> None:
             now=datetime.now(UTC) - timedelta(seconds=10)).id
     await stage.wait_state(sid, "timeout", timeout=5 * UNIT)
     assert stage.state(sid).decided_by == desktop.BY_SERVER_TIMEOUT
+
+
+async def test_the_device_reports_its_consent_setting_on_connecting(stage: Stage) -> None:
+    async with asyncio.timeout(10 * UNIT):
+        while True:
+            await stage.fleet.relay.viewers.events.flush()
+            with session_scope(stage.engine) as session:
+                policy = desktop.last_reported_policy(session, stage.world.device_a)
+            if policy is not None:
+                break
+            await asyncio.sleep(0.02)
+    # The stage's device asks for no consent; the agent's default timeout is 30 s.
+    assert (policy.consent_required, policy.consent_timeout_s,
+            policy.remote_consent_allowed) == (False, 30, False)
+    assert "desktop.policy_reported" in audit_kinds(stage.engine)
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"consent_required": 1, "consent_timeout_s": 30, "remote_consent_allowed": False},
+    {"consent_required": True, "consent_timeout_s": True, "remote_consent_allowed": False},
+    {"consent_required": True, "consent_timeout_s": 0, "remote_consent_allowed": False},
+    {"consent_required": True, "consent_timeout_s": 601, "remote_consent_allowed": False},
+    {"consent_required": True, "consent_timeout_s": "30", "remote_consent_allowed": None},
+])
+def test_a_malformed_policy_report_is_refused(fields: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="must"):
+        parse_policy("device", fields)

@@ -235,3 +235,34 @@ def test_sweep_times_out_undecided_and_ends_unjoined(db_engine: Engine, world: W
         assert verify_chain(session).ok
     with pytest.raises(Refused):
         admit(db_engine, ticket, later)
+
+
+def test_the_reported_policy_is_stored_and_changes_are_audited(
+    db_engine: Engine, world: World
+) -> None:
+    def report(required: bool, timeout: int, remote: bool, at: datetime) -> bool:
+        with session_scope(db_engine) as session:
+            return desktop.record_policy(
+                session, world.device_a, consent_required=required, consent_timeout_s=timeout,
+                remote_consent_allowed=remote, now=at, actor=RELAY)
+
+    def audited() -> list[str]:
+        with session_scope(db_engine) as session:
+            return list(session.scalars(select(AuditEvent.details).where(
+                AuditEvent.kind == "desktop.policy_reported").order_by(AuditEvent.id)))
+
+    with session_scope(db_engine) as session:
+        assert desktop.last_reported_policy(session, world.device_a) is None
+    assert report(True, 30, False, NOW)  # the first report
+    assert not report(True, 30, False, NOW + timedelta(hours=1))  # reconnect, same setting
+    with session_scope(db_engine) as session:
+        policy = desktop.last_reported_policy(session, world.device_a)
+    assert policy == desktop.ConsentPolicy(True, False, NOW + timedelta(hours=1), 30)
+    assert report(False, 9999, False, NOW + timedelta(hours=2))  # the customer turned it off
+    with session_scope(db_engine) as session:
+        policy = desktop.last_reported_policy(session, world.device_a)
+    assert policy is not None and not policy.consent_required
+    assert policy.consent_timeout_s == desktop.CONSENT_TIMEOUT_MAX
+    details = audited()
+    assert len(details) == 2
+    assert '"previous":{"consent_required":true' in details[1].replace(" ", "")

@@ -13,6 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
+from store import desktop
 from store.desktop import DesktopSession
 from store.portal import AuditEvent
 from tests.desktop_session.portal.conftest import AgentStandIn
@@ -217,3 +218,25 @@ def test_device_page_shows_consent_policy_and_the_way_in(
     assert "asked to accept each session" in page and "site contacts may also answer" in page
     assert "Remote desktop" not in client_for("ana").get(
         f"/devices/{fleet.device_a1}").get_data(as_text=True)
+
+
+def test_device_page_shows_the_setting_the_device_reported_before_any_request(
+    app: Flask, fleet: Fleet, client_for: Callable[[str], FlaskClient],
+) -> None:
+    def report(required: bool, timeout: int, remote: bool) -> None:
+        with app.app_context():
+            desktop.record_policy(
+                db.session, fleet.device_a1, consent_required=required,
+                consent_timeout_s=timeout, remote_consent_allowed=remote,
+                now=datetime.now(UTC), actor=desktop.Actor("relay:test"))
+            db.session.commit()
+
+    eng = client_for("eng")
+    report(True, 45, True)
+    page = eng.get(f"/devices/{fleet.device_a1}").get_data(as_text=True)
+    assert 'data-consent="required"' in page and "within 45 s" in page
+    assert "site contacts may also answer" in page
+    assert "within 45 s" in eng.get(f"/devices/{fleet.device_a1}/desktop").get_data(as_text=True)
+    report(False, 30, False)  # the customer turned consent off; the agent reconnected
+    page = eng.get(f"/devices/{fleet.device_a1}").get_data(as_text=True)
+    assert 'data-consent="off"' in page and "does not ask for consent" in page
