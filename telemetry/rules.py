@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
 from telemetry.records import METRIC_KEY, Event, Metrics, Record, Severity, metric_allowed
@@ -525,8 +525,9 @@ class DeviceInfo:
 class Firing:
     """A rule (or an urgent code) fired for a device.
 
-    `key` identifies the alarm it opens or bumps (``rule:<id>`` or ``code:<code>``),
-    so repeated firings of one problem stay one alarm.
+    `key` identifies the alarm it opens or bumps (``code:<code>`` for an event's code,
+    whether an urgent code or an event rule fired; ``rule:<id>`` for metric, rate and
+    offline rules), so repeated firings of one problem stay one alarm.
     """
 
     device_id: str
@@ -580,20 +581,25 @@ class RuleEngine:
                 del self._state[key]
 
     def on_record(self, device: DeviceInfo, record: Record) -> list[Firing]:
-        firings: list[Firing] = []
+        firings = self._rule_firings(device, record)
         if isinstance(record, Event) and record.severity is Severity.URGENT:
-            title = f"{record.code}: {record.message}"[:200]
-            firings.append(
-                Firing(
-                    device.device_id,
-                    f"code:{record.code}",
-                    Severity.URGENT,
-                    title,
-                    record.ts,
-                    None,
-                    URGENT_ACTIONS,
+            # An urgent code always has an alarm, at least urgent; when a rule on this
+            # event opens one (same key), that is the alarm -- never two for one event.
+            key = f"code:{record.code}"
+            for i, firing in enumerate(firings):
+                if firing.key == key and any(a.kind == "alarm" for a in firing.actions):
+                    firings[i] = replace(firing, severity=max(firing.severity, Severity.URGENT))
+                    break
+            else:
+                title = f"{record.code}: {record.message}"[:200]
+                firings.insert(
+                    0, Firing(device.device_id, key, Severity.URGENT, title, record.ts, None,
+                              URGENT_ACTIONS),
                 )
-            )
+        return firings
+
+    def _rule_firings(self, device: DeviceInfo, record: Record) -> list[Firing]:
+        firings: list[Firing] = []
         for rule_id, rule in self._rules.items():
             if not rule.covers(device):
                 continue
@@ -602,7 +608,9 @@ class RuleEngine:
                 if condition.match.matches(record):
                     level = rule.alarm_level or max(record.severity, Severity.WARNING)
                     title = f"{record.code}: {record.message}"[:200]
-                    firings.append(self._fire(device, rule_id, rule, level, title, record.ts))
+                    # One alarm per code: "when code E9*" on E9001 and E9002 is two problems.
+                    firings.append(self._fire(device, rule_id, rule, level, title, record.ts,
+                                              key=f"code:{record.code}"))
             elif isinstance(condition, RateCondition) and isinstance(record, Event):
                 fired = self._rate(device, rule_id, condition, record)
                 if fired:
@@ -695,10 +703,11 @@ class RuleEngine:
         level: Severity | None,
         title: str,
         ts: float,
+        key: str | None = None,
     ) -> Firing:
         severity = level or rule.alarm_level or Severity.WARNING
-        key = f"rule:{rule_id}"
-        return Firing(device.device_id, key, severity, title, ts, rule_id, rule.actions)
+        return Firing(device.device_id, key or f"rule:{rule_id}", severity, title, ts, rule_id,
+                      rule.actions)
 
 
 def _human(seconds: float) -> str:

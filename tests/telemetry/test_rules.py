@@ -95,10 +95,18 @@ def test_urgent_codes_fire_without_rules_and_rules_fire_on_matching_events() -> 
         ("code:E9001", Severity.URGENT, None)
     ]
     fired = engine.on_record(D1, event("E4012", msg="Table motor overcurrent"))
-    assert [(f.key, f.severity) for f in fired] == [
-        ("rule:1", Severity.WARNING),
-        ("rule:2", Severity.URGENT),
+    # Event rules key their alarm by the code: both rules bump the one E4012 alarm.
+    assert [(f.key, f.severity, f.rule_id) for f in fired] == [
+        ("code:E4012", Severity.WARNING, 1),
+        ("code:E4012", Severity.URGENT, 2),
     ]
+    # A rule with an alarm on an urgent code is that code's alarm, raised to urgent.
+    engine = engine_with("when code E9* then alarm warning, email a@b.example")
+    (one,) = engine.on_record(D1, event("E9001", severity=Severity.URGENT))
+    assert (one.key, one.severity, one.rule_id) == ("code:E9001", Severity.URGENT, 1)
+    engine = engine_with("when code E9* then email a@b.example")  # no alarm of its own
+    both = engine.on_record(D1, event("E9001", severity=Severity.URGENT))
+    assert [(f.key, f.rule_id) for f in both] == [("code:E9001", None), ("code:E9001", 1)]
     assert engine.on_record(D2, event("E4012")) == []  # out of scope
     assert engine.on_record(D1, event("W2001")) == []
 
