@@ -394,3 +394,25 @@ def test_clipboard_both_ways_through_the_relay(
         copier.close()
     page.click("#desktop-end")
     expect(page.locator("#desktop")).to_have_attribute("data-state", "ended")
+
+
+@pytest.mark.skipif(shutil.which("xclip") is None, reason="xclip (Debian package) is missing")
+def test_view_only_session_shows_the_device_clipboard_only(
+    page: Any, stack: Stack, xdisplay: str
+) -> None:
+    expect = sync_api.expect
+    copier = TkClipboard(xdisplay)
+    try:
+        sid = request_desktop(page, stack, "view")
+        stack.answer("accept", sid)
+        expect(page.locator("#desktop")).to_have_attribute("data-state", "started")
+        page.wait_for_function("window.outlinkViewer.screen.painted > 0")
+        page.click("#viewer-clip-toggle")
+        expect(page.locator("#viewer-clip-to-device")).to_be_hidden()
+        copier.copy("copied while the engineer watches")
+        expect(page.locator("#viewer-clip-remote")).to_have_value(
+            "copied while the engineer watches")
+    finally:
+        copier.close()
+    page.click("#desktop-end")
+    expect(page.locator("#desktop")).to_have_attribute("data-state", "ended")

@@ -314,14 +314,12 @@ class Viewer {
   // on the device shows in the panel; with it in a control session, text goes to the
   // device too. The device enforces the same rule.
   setClipboard(allowed) {
-    const had = this.clipboardAllowed;
     this.clipboardAllowed = allowed;
     this.clipboard = allowed && this.mode === "control";
     ui.clipToggle.hidden = !allowed;
     if (!allowed) showClipboardPanel(false);
     ui.clipToDevice.hidden = !this.clipboard;
     ui.clipLocal.disabled = ui.clipSend.disabled = !this.clipboard;
-    if (had && !allowed) ui.conn.textContent = "clipboard access withdrawn";
   }
 
   remoteClipboard(text) {
