@@ -7,8 +7,11 @@ clipboard (the relay applies the same rule). Without it no backend exists: nothi
 read from or written to the device's clipboard, whatever the relay passes on. A
 withdrawn right closes the backend (the selection is given up), a granted one opens it.
 
-At most one transfer per :data:`MIN_INTERVAL` in each direction, the latest text
-winning (a burst of copies sends the last one). The local audit log gets
+Text from the viewer is set on the device before the viewer's next message is handled,
+so a paste (the viewer sends the text, then Ctrl+V) pastes that text; beyond a burst of
+:data:`TO_DEVICE_BURST`, at most :data:`TO_DEVICE_RATE` a second (the reader waits: the
+channel's credit slows a flooding viewer, nothing queues up). Text copied on the device
+goes out at most once per :data:`MIN_INTERVAL`, the latest copy winning. The local audit log gets
 ``clipboard-on``/``clipboard-off`` (the device's clipboard is watched, or no longer),
 ``clipboard-right`` (the relay changed the right), and one ``clipboard`` line per
 transfer, ``clipboard-refused`` per refusal: direction and size in bytes, never the
@@ -31,9 +34,13 @@ from tunnel.aio import ChannelError
 logger = logging.getLogger(__name__)
 
 MIN_INTERVAL: Final = 0.25
-"""Seconds between two transfers in one direction: a person copies and pastes far less
-often; a program that rewrites the clipboard in a loop costs at most 4 messages and 4
-audit lines a second."""
+"""Seconds between two copies sent to the viewer: a person copies far less often; a
+program that rewrites the clipboard in a loop costs at most 4 messages and 4 audit lines
+a second."""
+
+TO_DEVICE_RATE: Final = 4.0
+TO_DEVICE_BURST: Final = 4
+"""Texts from the viewer: a few pastes in a row go at once, a flood at 4 a second."""
 
 TO_DEVICE: Final = "to-device"
 TO_VIEWER: Final = "to-viewer"
@@ -74,6 +81,23 @@ class Latest:
                 return text
 
 
+class Bucket:
+    """A token bucket (sans-I/O): :meth:`take` books one token and says how long to wait
+    for it."""
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._at = now
+
+    def take(self, now: float) -> float:
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        self._tokens -= 1
+        return max(0.0, -self._tokens / self._rate)
+
+
 class SessionClipboard:
     """See the module docstring. `run` is the session's clipboard task; `from_viewer`
     and `set_right` are called by the session's reader, in message order."""
@@ -98,24 +122,20 @@ class SessionClipboard:
         self._note = note
         self._backend: ClipboardBackend | None = None
         self._generation = 0
-        self._to_device = Latest(MIN_INTERVAL)
+        self._opened = asyncio.Event()  # the first backend is made (or could not be)
+        self._switching = asyncio.Lock()  # one open or close at a time (run, set_right)
+        self._to_device = Bucket(TO_DEVICE_RATE, TO_DEVICE_BURST, time.monotonic())
         self._to_viewer = Latest(MIN_INTERVAL)
 
-    @property
-    def active(self) -> bool:
-        """Whether the device's clipboard is being read or written (a backend exists)."""
-        return self._backend is not None
-
     async def run(self) -> None:
-        """Open the backend if the right allows, then carry text both ways (text from
-        the viewer waits for the backend); on cancellation close the backend."""
+        """Open the backend if the right allows, then send the device's copies to the
+        viewer; on cancellation close the backend."""
         try:
-            if self._allowed:
-                await self._open()
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._pump_to_device())
-                tasks.create_task(self._pump_to_viewer())
+            await self._open()
+            self._opened.set()
+            await self._pump_to_viewer()
         finally:
+            self._opened.set()
             await self._close()
 
     async def set_right(self, allowed: bool) -> None:
@@ -129,19 +149,40 @@ class SessionClipboard:
         else:
             await self._close()
 
-    def from_viewer(self, text: str) -> None:
-        """Text the viewer sent for the device's clipboard (queued; the latest wins)."""
+    async def from_viewer(self, text: str) -> None:
+        """Make the viewer's text the device's clipboard; returns once it is (or is
+        refused), so the viewer's next message (Ctrl+V) finds it there."""
+        size = len(text.encode("utf-8"))
         refusal = "no-right" if not self._allowed else None if self._control else "view-only"
         if refusal is not None:
             logger.warning("! session %s: clipboard from the viewer refused: %s",
                            self._session_id, refusal)
-            self._refused(TO_DEVICE, len(text.encode("utf-8")), refusal)
+            self._refused(TO_DEVICE, size, refusal)
             return
-        self._to_device.offer(text)
+        wait = self._to_device.take(time.monotonic())
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await self._opened.wait()
+        backend = self._backend
+        if backend is None or not self._allowed:
+            self._refused(TO_DEVICE, size, "unavailable" if self._allowed else "no-right")
+        elif size > backend.max_bytes:
+            self._refused(TO_DEVICE, size, "too-large")
+        elif await asyncio.to_thread(backend.put, text):
+            logger.debug("> session %s: %d bytes to the device's clipboard",
+                         self._session_id, size)
+            self._crossed(TO_DEVICE, size)
+        else:
+            self._refused(TO_DEVICE, size, "not-set")
 
     # -- internals ------------------------------------------------------------------------
 
     async def _open(self) -> None:
+        async with self._switching:
+            if self._backend is None and self._allowed:
+                await self._make()
+
+    async def _make(self) -> None:
         self._generation += 1
         generation = self._generation
         loop = asyncio.get_running_loop()
@@ -172,33 +213,17 @@ class SessionClipboard:
 
     async def _close(self) -> None:
         self._generation += 1  # late copies of the old backend are dropped
-        self._to_device.clear()
         self._to_viewer.clear()
-        backend, self._backend = self._backend, None
-        if backend is not None:
-            await asyncio.to_thread(backend.close)
-            logger.info("= session %s: clipboard off", self._session_id)
-            self._note("clipboard-off", session_id=self._session_id)
+        async with self._switching:
+            backend, self._backend = self._backend, None
+            if backend is not None:
+                await asyncio.to_thread(backend.close)
+                logger.info("= session %s: clipboard off", self._session_id)
+                self._note("clipboard-off", session_id=self._session_id)
 
     def _copied(self, generation: int, text: str) -> None:
         if generation == self._generation and self._allowed and self._backend is not None:
             self._to_viewer.offer(text)
-
-    async def _pump_to_device(self) -> None:
-        while True:
-            text = await self._to_device.take()
-            backend = self._backend
-            size = len(text.encode("utf-8"))
-            if backend is None or not (self._allowed and self._control):
-                self._refused(TO_DEVICE, size, "unavailable" if self._allowed else "no-right")
-            elif size > backend.max_bytes:
-                self._refused(TO_DEVICE, size, "too-large")
-            elif await asyncio.to_thread(backend.put, text):
-                logger.debug("> session %s: %d bytes to the device's clipboard",
-                             self._session_id, size)
-                self._crossed(TO_DEVICE, size)
-            else:
-                self._refused(TO_DEVICE, size, "not-set")
 
     async def _pump_to_viewer(self) -> None:
         while True:

@@ -590,7 +590,7 @@ class DesktopService:
                 elif isinstance(message, wire.StreamSettings):
                     streamer.apply(message)
                 elif isinstance(message, wire.Clipboard):
-                    clip.from_viewer(message.text)
+                    await clip.from_viewer(message.text)
                 else:
                     await clip.set_right(message.clipboard)
                 self.book.received(session.id, len(data), self._clock(), dropped=dropped)

@@ -34,6 +34,7 @@ from agent.desktop.service import DesktopService
 from agent.telemetry.audit import AuditLog
 from desktop import wire
 from desktop.capture import MssSource, ScreenSource
+from desktop.clipboard import ClipboardFactory, x11_clipboard
 from desktop.pacing import PacerSettings
 from desktop.streamer import StreamerSettings
 from relay_server.envelope import Reply
@@ -174,11 +175,12 @@ async def start_device(
     xdisplay: str,  # noqa: F811
     tmp_path: Path,
 ) -> AsyncIterator[StartDevice]:
-    """``await start_device(**policy)``: an agent with desktop sessions under that policy,
+    """``await start_device(**policy)``: an agent with desktop sessions under that policy
+    (and ``clipboard_factory``, the real X11 clipboard by default),
     connected to a fresh stub relay. Torn down after the test (sessions end)."""
     stack: list[tuple[ConnectionManager, asyncio.Task[None], DesktopService, DesktopRelay]] = []
 
-    async def start(**policy: Any) -> Device:
+    async def start(clipboard_factory: ClipboardFactory = x11_clipboard, **policy: Any) -> Device:
         data_dir = tmp_path / "data"
         config_file = tmp_path / "agent.toml"
         config_file.write_text(f'data_dir = "{data_dir}"\n')
@@ -199,6 +201,7 @@ async def start_device(
             settings=FAST,
             audit=AuditLog(data_dir / "audit.log"),
             source_factory=sources,
+            clipboard_factory=clipboard_factory,
             environ=os.environ,
         )
         registry = Registry()
