@@ -31,9 +31,11 @@ class Settings:
 
     window: int = 1024 * 1024
     """Receive window we advertise per channel (bytes we buffer before the app reads)."""
-    bulk_window: int = 256 * 1024
+    bulk_window: int = 512 * 1024
     """Receive window of BULK channels: bulk data in flight delays control and input
-    frames queued behind it in socket buffers by ~window / throughput per hop."""
+    frames queued behind it in socket buffers by ~window / throughput per hop, but a
+    window of one message makes each hop stop and wait for credit (256 KiB messages
+    through a relay ran at half the speed; decision 0005)."""
     max_message: int = 1024 * 1024
     """Largest message we accept per channel; must not exceed ``window``."""
     max_channels: int = MAX_CHANNELS
@@ -47,8 +49,10 @@ class Settings:
     accept_timeout: float = 10.0
     """How long our application may take to answer an incoming OPEN (then REFUSE TIMEOUT).
     Shorter than ``open_timeout`` so the opener normally gets a REFUSE, not silence."""
-    send_high_water: int = 256 * 1024
-    """Adapter: ``Channel.send`` waits while the channel's unframed bytes exceed this."""
+    send_high_water: int = 1024 * 1024
+    """Adapter: ``Channel.send`` waits while the channel's unframed bytes exceed this
+    (and resumes at half). At least a peer window, so credit that arrives finds data to
+    send; the backlog waits in our priority queues, behind no control frame."""
     close_timeout: float = 5.0
     """Adapter: how long closing may take before the transport is aborted."""
 

@@ -94,9 +94,13 @@ async def test_slow_reader_behind_the_relay_does_not_grow_relay_memory(fleet: Fl
         assert link.tunnel is not None
         return link.tunnel.queued_bytes + sum(t.queued_bytes for t in services)
 
-    await wait_for(lambda: relay_held() >= window and agent_channel[0].queued_bytes > high_water)
+    # Stalled: the agent's send() blocks, the relay holds its window (less up to a
+    # quarter it owes the agent as credit but batches).
+    await wait_for(
+        lambda: agent_channel[0].queued_bytes > high_water and relay_held() >= window * 3 // 4
+    )
     held = relay_held()
-    assert held == window
+    assert held <= window
     stalled_at = sent
     # Round trips on the service's rpc channel give the flood every chance to grow.
     for _ in range(10):

@@ -273,7 +273,12 @@ async def test_backpressure_bounds_memory() -> None:
     """50 MB at a channel nobody reads: the sender stops, buffers stay bounded; once the
     reader starts, everything arrives intact and in order."""
     accepted: asyncio.Queue[Channel] = asyncio.Queue()
-    settings = Settings(window=256 * 1024, max_message=256 * 1024, send_high_water=128 * 1024)
+    settings = Settings(
+        window=256 * 1024,
+        bulk_window=256 * 1024,
+        max_message=256 * 1024,
+        send_high_water=128 * 1024,
+    )
 
     async def handler(request: IncomingChannel) -> None:
         accepted.put_nowait(request.accept())

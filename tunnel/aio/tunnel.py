@@ -43,9 +43,11 @@ from .forward import Forward
 
 logger = logging.getLogger(__name__)
 
-WRITE_BATCH = 64 * 1024
+WRITE_BATCH = 256 * 1024
 """Bytes of ready frames the writer hands to the transport at once. Bigger batches save
-syscalls; smaller ones let a control frame that arrives mid-batch go out sooner."""
+TLS writes, syscalls and wakeups of the peer (and a relay returns credit upstream per
+batch, so bigger credit grants too); the batch is built without yielding, so a control
+frame never waits behind more than one batch."""
 
 OpenHandler = Callable[[IncomingChannel], Awaitable[None]]
 
