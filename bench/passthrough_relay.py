@@ -6,7 +6,8 @@ slows the sender through websockets' own flow control). Same TLS as the real rel
 (``pki.tls.server_context``: fleet CA, client certificates, same cipher policy), same
 WebSocket options where they apply (no compression, no WebSocket pings, the relay's
 write limit). One message per WebSocket message: a 256 KiB message is one frame here,
-16 tunnel frames through the real relay.
+four tunnel DATA frames (``MAX_CHUNK``) through the real relay, which forwards them as
+they arrive.
 
 Run as a separate process: ``python bench/passthrough_relay.py --port P --cert C --key K
 --ca CA``. It prints ``{"ready": true}`` once listening and exits when stdin closes.
