@@ -9,7 +9,8 @@ streamer makes them from its worker thread, and always from that same thread.
 A source may also say *where* the screen was drawn: its ``damage`` attribute, a
 :class:`~desktop.xdamage.DamageWatch` or ``None``. ``MssSource`` offers one on an X
 server with the DAMAGE extension; the streamer then captures on damage instead of
-polling (a Windows backend would offer DXGI's dirty rectangles the same way).
+polling (a Windows backend would offer DXGI's dirty rectangles the same way), and
+grabs only the damaged area when it is small (``grab_area``, optional like ``damage``).
 """
 
 from __future__ import annotations
@@ -141,6 +142,23 @@ class MssSource:
         except ScreenShotError as exc:
             raise CaptureError(f"grab of monitor {index} failed: {exc}") from exc
         return Frame(monitor, shot.width, shot.height, shot.raw)
+
+    def grab_area(self, index: int, area: Rect) -> bytes | bytearray:
+        """The pixels of ``area`` (relative to monitor ``index``) only, rows of
+        ``area.w`` pixels; for small damage, instead of the whole monitor."""
+        monitor = self.monitors()[index]
+        try:
+            shot = self._mss.grab(
+                {
+                    "left": monitor.left + area.x,
+                    "top": monitor.top + area.y,
+                    "width": area.w,
+                    "height": area.h,
+                }
+            )
+        except ScreenShotError as exc:
+            raise CaptureError(f"grab of {area} on monitor {index} failed: {exc}") from exc
+        return shot.raw
 
     @property
     def uses_shared_memory(self) -> bool:

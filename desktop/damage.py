@@ -36,63 +36,33 @@ def _grid(width: int, height: int, tile: int) -> tuple[int, int]:
 
 
 def changed_tiles(
-    prev: bytes | bytearray,
-    cur: bytes | bytearray,
-    width: int,
-    height: int,
-    tile: int = TILE,
-    within: Sequence[Rect] | None = None,
+    prev: bytes | bytearray, cur: bytes | bytearray, width: int, height: int, tile: int = TILE
 ) -> bytearray:
-    """Row-major flags, one per tile (``cols * rows``): 1 where ``cur`` differs from ``prev``.
-
-    ``within`` (the areas the X server reported drawn) limits the compare to the tiles
-    they touch; the caller vouches that nothing changed elsewhere. ``None``: everywhere.
-    """
+    """Row-major flags, one per tile (``cols * rows``): 1 where ``cur`` differs from ``prev``."""
     cols, rows = _grid(width, height, tile)
     stride = width * BYTES_PER_PIXEL
     if len(prev) != stride * height or len(cur) != stride * height:
         raise ValueError("frame buffers do not match the geometry")
     flags = bytearray(cols * rows)
-    if within is None:
-        if prev == cur:
-            return flags
-        todo = bytearray(b"\x01") * (cols * rows)
-    else:
-        todo = tile_mask(within, width, height, tile)
+    if prev == cur:
+        return flags
     tile_bytes = tile * BYTES_PER_PIXEL
     for row in range(rows):
-        base = row * cols
-        runs = _runs(todo, flags, base, cols)  # columns to look at, not known dirty yet
-        if not runs:
-            continue
         band_start = row * tile * stride
         band_end = min((row + 1) * tile, height) * stride
-        if within is None and prev[band_start:band_end] == cur[band_start:band_end]:
+        if prev[band_start:band_end] == cur[band_start:band_end]:
             continue
+        base = row * cols
+        runs = [(0, cols)]  # maximal runs of columns of this band not known dirty yet
         for line in range(band_start, band_end, stride):
             found = 0
             for c0, c1 in runs:
                 found += _bisect(prev, cur, line, line + stride, c0, c1, tile_bytes, flags, base)
             if found:
-                runs = _runs(todo, flags, base, cols)
+                runs = _clean_runs(flags, base, cols)
                 if not runs:
                     break
     return flags
-
-
-def tile_mask(areas: Sequence[Rect], width: int, height: int, tile: int = TILE) -> bytearray:
-    """Row-major flags of the tiles that ``areas`` touch (clipped to the screen)."""
-    cols, rows = _grid(width, height, tile)
-    mask = bytearray(cols * rows)
-    for area in areas:
-        x0, y0 = max(0, area.x), max(0, area.y)
-        x1, y1 = min(width, area.right), min(height, area.bottom)
-        if x0 >= x1 or y0 >= y1:
-            continue
-        c0, c1 = x0 // tile, (x1 + tile - 1) // tile
-        for row in range(y0 // tile, (y1 + tile - 1) // tile):
-            mask[row * cols + c0 : row * cols + c1] = b"\x01" * (c1 - c0)
-    return mask
 
 
 def _bisect(
@@ -126,16 +96,15 @@ def _bisect(
     )
 
 
-def _runs(todo: bytearray, flags: bytearray, base: int, cols: int) -> list[tuple[int, int]]:
-    """Maximal runs of columns of one tile row that are to be looked at and not dirty."""
+def _clean_runs(flags: bytearray, base: int, cols: int) -> list[tuple[int, int]]:
     runs = []
     col = 0
     while col < cols:
-        if flags[base + col] or not todo[base + col]:
+        if flags[base + col]:
             col += 1
             continue
         start = col
-        while col < cols and todo[base + col] and not flags[base + col]:
+        while col < cols and not flags[base + col]:
             col += 1
         runs.append((start, col))
     return runs
@@ -177,17 +146,10 @@ def merge_tiles(flags: Sequence[int], width: int, height: int, tile: int = TILE)
 
 
 def diff(
-    prev: bytes | bytearray,
-    cur: bytes | bytearray,
-    width: int,
-    height: int,
-    tile: int = TILE,
-    within: Sequence[Rect] | None = None,
+    prev: bytes | bytearray, cur: bytes | bytearray, width: int, height: int, tile: int = TILE
 ) -> list[Rect]:
-    """The changed regions between two frames of the same size; ``[]`` when identical.
-    ``within``: as for :func:`changed_tiles`."""
-    flags = changed_tiles(prev, cur, width, height, tile, within)
-    return merge_tiles(flags, width, height, tile)
+    """The changed regions between two frames of the same size; ``[]`` when identical."""
+    return merge_tiles(changed_tiles(prev, cur, width, height, tile), width, height, tile)
 
 
 TRIM_MAX_PIXELS: Final = 64 * 1024
@@ -277,32 +239,68 @@ class DamageTracker:
         """Forget the reference: the next update is a full frame (viewer asked to refresh)."""
         self._prev = None
 
-    def update(
-        self,
-        pixels: bytes | bytearray,
-        width: int,
-        height: int,
-        within: Sequence[Rect] | None = None,
-    ) -> Damage:
+    def update(self, pixels: bytes | bytearray, width: int, height: int) -> Damage:
         """What differs in ``pixels`` from the previous update's frame.
 
-        ``within``: every area drawn since that frame (X DAMAGE reports); only those are
-        compared. Keeps a reference to ``pixels``: the caller must not modify the buffer
-        afterwards (``mss`` hands out a fresh buffer per grab).
+        Keeps a reference to ``pixels``: the caller must not modify the buffer
+        afterwards (``mss`` hands out a fresh buffer per grab), except through
+        :meth:`update_area`.
+
+        The whole frame is compared even when the caller knows where the screen was
+        drawn: drawing between learning that and the grab lands in the grab anywhere,
+        and would be taken as sent without being compared.
         """
         prev, self._prev = self._prev, pixels
         if prev is None or self._size != (width, height):
             self._size = (width, height)
             _grid(width, height, self._tile)
             return Damage(None, [Rect(0, 0, width, height)])
-        rects = diff(prev, pixels, width, height, self._tile, within)
+        rects = diff(prev, pixels, width, height, self._tile)
         if not (self._scroll and rects):
             return Damage(None, trimmed(prev, pixels, width, rects))
         copy = find_vertical_scroll(prev, pixels, width, bounding_box(rects))
         if copy is None:
             return Damage(None, trimmed(prev, pixels, width, rects))
         moved = apply_copy(prev, width, copy)
-        # ``moved`` differs from ``prev`` only where the copy landed.
-        within = None if within is None else [*within, copy.rect]
-        rest = diff(moved, pixels, width, height, self._tile, within)
+        rest = diff(moved, pixels, width, height, self._tile)
         return Damage(copy, trimmed(moved, pixels, width, rest))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Width and height of the last update's frame."""
+        return self._size
+
+    @property
+    def picture(self) -> bytearray | None:
+        """The frame of the last update, patchable by :meth:`update_area` (``None``:
+        none yet, or the buffer is not ours to change)."""
+        return self._prev if isinstance(self._prev, bytearray) else None
+
+    def update_area(self, pixels: bytes | bytearray, area: Rect) -> Damage:
+        """What differs in ``pixels``, a grab of just ``area`` (rows of ``area.w``
+        pixels), from the previous update's frame; then that frame is patched with it,
+        so :attr:`picture` is the new frame. For small damage: grabbing and comparing a
+        few rows costs a fraction of a whole screen. No scroll detection here (areas
+        this small are cheaper to encode than to search). Needs :attr:`picture`.
+
+        Unlike a restricted compare of a whole grab, this cannot lose a change: drawing
+        outside ``area`` after it was reported is not in :attr:`picture` either, and
+        its own damage report brings it in later."""
+        picture = self.picture
+        width, height = self._size
+        inside = area.x >= 0 and area.y >= 0 and area.right <= width and area.bottom <= height
+        if picture is None or not inside:
+            raise ValueError(f"no frame to patch with {area}")
+        stride = width * BYTES_PER_PIXEL
+        span = area.w * BYTES_PER_PIXEL
+        if len(pixels) != span * area.h:
+            raise ValueError("area buffer does not match the area")
+        old = bytearray(span * area.h)
+        for i in range(area.h):
+            start = (area.y + i) * stride + area.x * BYTES_PER_PIXEL
+            old[i * span : (i + 1) * span] = picture[start : start + span]
+        rects = trimmed(old, pixels, area.w, diff(old, pixels, area.w, area.h, self._tile))
+        for i in range(area.h):
+            start = (area.y + i) * stride + area.x * BYTES_PER_PIXEL
+            picture[start : start + span] = pixels[i * span : (i + 1) * span]
+        return Damage(None, [Rect(r.x + area.x, r.y + area.y, r.w, r.h) for r in rects])

@@ -119,7 +119,7 @@ def test_damage_is_exact_at_tile_granularity(
     height=st.integers(1, 150),
     data=st.data(),
 )
-def test_trim_is_the_exact_bounding_box_and_within_finds_the_same(
+def test_trim_is_the_exact_bounding_box_and_an_area_update_patches_the_frame(
     width: int, height: int, data: st.DataObject
 ) -> None:
     a = blank(width, height)
@@ -140,10 +140,21 @@ def test_trim_is_the_exact_bounding_box_and_within_finds_the_same(
     xs, ys = [x for x, _ in points], [y for _, y in points]
     box = Rect(min(xs), min(ys), max(xs) + 1 - min(xs), max(ys) + 1 - min(ys))
     assert damage.trim(a, b, width, everything) == box
-    # Comparing only within the reported areas finds what a full compare finds.
-    reported = [Rect(x, y, 1, 1) for x, y in points]
-    assert damage.diff(a, b, width, height, 16, reported) == damage.diff(a, b, width, height, 16)
-    assert damage.diff(a, b, width, height, 16, []) == []
+    # A grab of just an area around the change: reported exactly, and patched in.
+    tracker = DamageTracker(tile=16)
+    tracker.update(bytearray(a), width, height)
+    x0, y0 = data.draw(st.integers(0, box.x)), data.draw(st.integers(0, box.y))
+    x1 = data.draw(st.integers(box.right, width))
+    y1 = data.draw(st.integers(box.bottom, height))
+    area = Rect(x0, y0, x1 - x0, y1 - y0)
+    rows = b"".join(
+        b[(y * width + x0) * 4 : (y * width + x1) * 4] for y in range(area.y, area.bottom)
+    )
+    found = tracker.update_area(rows, area)
+    assert found.copy is None and damage.bounding_box(found.rects) == box
+    assert all(covered(found.rects, x, y) for x, y in points)
+    assert tracker.picture == b
+    assert tracker.update_area(rows, area) == Damage(None, [])
 
 
 def test_tracker_starts_full_and_resets_on_request_or_resize() -> None:
