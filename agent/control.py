@@ -28,7 +28,7 @@ Later features register here, e.g.::
         channel = request.accept(meta={})
         ...
 
-The message schema is shared with the relay (`relay_server.control`).
+The message schema is shared with the relay (`protocol.control`).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from relay_server.control import MAX_MESSAGE, Hello, Instruct, Renew, parse
-from relay_server.envelope import (
+from protocol.control import MAX_MESSAGE, Hello, Instruct, Renew, parse
+from protocol.envelope import (
     ERR_BUSY,
     ERR_INTERNAL,
     ERR_TIMEOUT,

@@ -1,7 +1,7 @@
 """One connected agent: its identity, its tunnel, and its control channel.
 
 The agent opens a ``control`` channel right after connecting (schema in
-`relay_server.control`). The relay answers ``hello`` and ``renew`` and sends
+`protocol.control`). The relay answers ``hello`` and ``renew`` and sends
 ``instruct`` requests when a service asks, matching the agent's replies by id.
 The agent's identity is always the verified peer certificate's, never the message's.
 """
@@ -23,8 +23,8 @@ from pki.ca import CertificateAuthority
 from pki.identity import DeviceIdentity
 from pki.renewal import renew
 from pki.wire import Refused
-from relay_server import control
-from relay_server.envelope import (
+from protocol import control
+from protocol.envelope import (
     ERR_BUSY,
     ERR_INTERNAL,
     MessageError,

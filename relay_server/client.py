@@ -23,7 +23,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from relay_server.envelope import MessageError, Reply, RequestId, decode, encode_request
+from protocol.envelope import MessageError, Reply, RequestId, decode, encode_request
 from tunnel import SUBPROTOCOLS, Priority, Role, Settings, priority_for_kind
 from tunnel.aio import Channel, ChannelError, IncomingChannel, Tunnel, websocket_options
 

@@ -1,6 +1,6 @@
 """The service `rpc` channel schema (sans-I/O): requests a service client may make.
 
-Envelope: `relay_server.envelope`. Ops and their arguments:
+Envelope: `protocol.envelope`. Ops and their arguments:
 
 * ``presence`` ``{"device"?: id, "offset"?: int, "limit"?: int}`` -> ``{"relay_id",
   "total", "devices": [{"device_id", "customer", "site", "peer", "connected_at",
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pki.identity import DeviceId, IdentityError, parse_device_id
-from relay_server.control import validate_instruction
-from relay_server.envelope import (
+from protocol.control import validate_instruction
+from protocol.envelope import (
     ERR_BAD_REQUEST,
     ERR_UNKNOWN_OP,
     MessageError,

@@ -23,9 +23,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import ServerConnection
 
 from pki.identity import ServiceIdentity
-from relay_server import logs, rpc
-from relay_server.agent_link import AgentLink, AgentUnavailable
-from relay_server.envelope import (
+from protocol.envelope import (
     ERR_INTERNAL,
     ERR_TIMEOUT,
     MessageError,
@@ -33,6 +31,8 @@ from relay_server.envelope import (
     encode_error,
     encode_reply,
 )
+from relay_server import logs, rpc
+from relay_server.agent_link import AgentLink, AgentUnavailable
 from relay_server.links import Link
 from relay_server.metrics import kind_label
 from relay_server.splice import splice

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import Engine
 
+from protocol.envelope import MessageError
 from relay_server.agent_link import AgentLink, AgentUnavailable
-from relay_server.envelope import MessageError
 from relay_server.tasks import TaskSet
 from relay_server.telemetry.alarms import AlarmDesk
 from relay_server.telemetry.channel import TelemetryChannels

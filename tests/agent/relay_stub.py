@@ -25,8 +25,8 @@ from pki.ca import CertificateAuthority
 from pki.identity import DeviceIdentity, IdentityError, identity_from_peercert
 from pki.issue import sign_device_csr
 from pki.tls import server_context
-from relay_server.control import Hello, Instruct, Renew, parse
-from relay_server.envelope import MessageError, Reply, encode_error, encode_reply, encode_request
+from protocol.control import Hello, Instruct, Renew, parse
+from protocol.envelope import MessageError, Reply, encode_error, encode_reply, encode_request
 from tests.agent.conftest import Fleet
 from tunnel import ErrorCode, Role, Settings
 from tunnel.aio import Channel, IncomingChannel, Tunnel, select_subprotocol, websocket_options

@@ -37,7 +37,7 @@ from desktop.capture import MssSource, ScreenSource
 from desktop.clipboard import ClipboardFactory, x11_clipboard
 from desktop.pacing import PacerSettings
 from desktop.streamer import StreamerSettings
-from relay_server.envelope import Reply
+from protocol.envelope import Reply
 from tests.agent.conftest import Fleet, fleet  # noqa: F401 - fixtures used here
 from tests.agent.relay_stub import Link, StubRelay
 from tests.conftest import UNIT

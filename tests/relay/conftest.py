@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from pki.fleet import create_device, ensure_site, record_certificate
 from pki.identity import DeviceId, DeviceIdentity
+from protocol.envelope import MessageError, Reply, decode, encode_reply, encode_request
 from relay_server.client import ServiceClient
 from relay_server.config import (
     KeepaliveConfig,
@@ -35,7 +36,6 @@ from relay_server.config import (
     ShutdownConfig,
     TLSConfig,
 )
-from relay_server.envelope import MessageError, Reply, decode, encode_reply, encode_request
 from relay_server.eventloop import RelayEventLoop
 from relay_server.server import Relay
 from store.db import make_engine, session_scope, upgrade

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay_server import control, envelope
-from relay_server.control import Hello, Instruct, Renew
-from relay_server.envelope import MessageError, Reply
+from protocol import control, envelope
+from protocol.control import Hello, Instruct, Renew
+from protocol.envelope import MessageError, Reply
 
 
 def test_hello_renew_instruct_reply_roundtrip() -> None:

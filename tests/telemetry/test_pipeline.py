@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from agent.telemetry.sources import SOURCE_TYPES, DeviceSource, register_source_type
 from pki.identity import DeviceIdentity
-from relay_server.envelope import decode, encode_request
+from protocol.envelope import decode, encode_request
 from relay_server.telemetry.config import NotifyConfig
 from store.models import Presence
 from store.portal import AuditEvent

@@ -1,7 +1,7 @@
 """The control-channel schema (sans-I/O): bytes in, typed messages out.
 
 The agent opens one channel of kind ``control`` right after connecting. Messages use
-the envelope in `relay_server.envelope` (one JSON object per channel message, at most
+the envelope in `protocol.envelope` (one JSON object per channel message, at most
 MAX_MESSAGE bytes).
 
 Agent -> relay requests:
@@ -31,7 +31,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from relay_server.envelope import (
+from protocol.envelope import (
     ERR_BAD_REQUEST,
     ERR_TOO_LARGE,
     ERR_UNKNOWN_OP,
