@@ -99,16 +99,30 @@ def region_image(pixels: bytes | bytearray, width: int, rect: Rect) -> Image.Ima
     )
 
 
-def classify_tiles(
-    region: Image.Image, tile: int = damage.TILE
-) -> Iterator[tuple[int, int, Content]]:
-    """``(col, row, class)`` for each tile of ``region``, row-major."""
-    w, h = region.size
+def region_sample(pixels: bytes | bytearray, width: int, rect: Rect) -> Image.Image:
+    """Every :data:`SAMPLE_STEP`-th pixel of every :data:`SAMPLE_STEP`-th row of
+    ``rect`` (the centre of each step x step block, as a nearest-neighbour resize
+    picks), read straight from the BGRX frame: the classifier's input, without
+    converting the whole rectangle first."""
     step = SAMPLE_STEP
-    sample = region.resize(
-        (max(1, w // step), max(1, h // step)), Image.Resampling.NEAREST, reducing_gap=None
+    cols, rows = max(1, rect.w // step), max(1, rect.h // step)
+    x0 = rect.x + min(step // 2, rect.w - 1)
+    y0 = rect.y + min(step // 2, rect.h - 1)
+    words = memoryview(pixels).cast("I")  # one item per pixel
+    data = b"".join(
+        words[y * width + x0 : y * width + x0 + step * cols : step].tobytes()
+        for y in range(y0, y0 + step * rows, step)
     )
-    per_tile = max(1, tile // step)
+    return Image.frombytes("RGB", (cols, rows), data, "raw", "BGRX")
+
+
+def classify_tiles(
+    sample: Image.Image, width: int, height: int, tile: int = damage.TILE
+) -> Iterator[tuple[int, int, Content]]:
+    """``(col, row, class)`` for each tile of a ``width`` x ``height`` region, row-major,
+    from its :func:`region_sample`."""
+    w, h = width, height
+    per_tile = max(1, tile // SAMPLE_STEP)
     cols, rows = (w + tile - 1) // tile, (h + tile - 1) // tile
     for row in range(rows):
         for col in range(cols):
@@ -159,19 +173,19 @@ class Encoder:
         for rect in rects:
             if rect.x < 0 or rect.y < 0 or rect.right > width or rect.bottom > height:
                 raise ValueError(f"{rect} outside {width}x{height}")
-            region = region_image(pixels, width, rect)
-            for content, sub in self._partition(region):
+            for content, sub in self._partition(pixels, width, rect):
                 limit = JPEG_MAX_PIXELS if content is Content.PHOTO else MAX_ENCODE_PIXELS
                 for piece in split(sub, limit):
-                    for encoded in self._encode_piece(region, rect, piece, content):
+                    placed = Rect(rect.x + piece.x, rect.y + piece.y, piece.w, piece.h)
+                    for encoded in self._encode_piece(pixels, width, placed, content):
                         (fills if encoded.codec is Codec.FILL else images).append(encoded)
         return fills + images
 
     def _encode_piece(
-        self, region: Image.Image, origin: Rect, piece: Rect, content: Content
+        self, pixels: bytes | bytearray, width: int, piece: Rect, content: Content
     ) -> list[EncodedRect]:
-        placed = Rect(origin.x + piece.x, origin.y + piece.y, piece.w, piece.h)
-        encoded = self._encode_image(region.crop(piece.box()), placed, content)
+        """One piece, converted from the frame on its own (no copy of a larger image)."""
+        encoded = self._encode_image(region_image(pixels, width, piece), piece, content)
         if len(encoded.data) <= MAX_PAYLOAD or piece.area == 1:
             return [encoded]
         if piece.h > 1:
@@ -186,16 +200,19 @@ class Encoder:
                 Rect(piece.x, piece.y, half, 1),
                 Rect(piece.x + half, piece.y, piece.w - half, 1),
             )
-        return [e for part in parts for e in self._encode_piece(region, origin, part, content)]
+        return [e for part in parts for e in self._encode_piece(pixels, width, part, content)]
 
-    def _partition(self, region: Image.Image) -> Iterator[tuple[Content, Rect]]:
-        """The region's tiles grouped by class into rectangles (region coordinates)."""
-        w, h = region.size
+    def _partition(
+        self, pixels: bytes | bytearray, width: int, rect: Rect
+    ) -> Iterator[tuple[Content, Rect]]:
+        """The tiles of ``rect`` grouped by class into rectangles (``rect`` coordinates)."""
+        w, h = rect.w, rect.h
         tile = self.tile
         cols = (w + tile - 1) // tile
         rows = (h + tile - 1) // tile
         groups: dict[Content, bytearray] = {}
-        for col, row, content in classify_tiles(region, tile):
+        sample = region_sample(pixels, width, rect)
+        for col, row, content in classify_tiles(sample, w, h, tile):
             flags = groups.get(content)
             if flags is None:
                 flags = groups[content] = bytearray(cols * rows)

@@ -134,7 +134,8 @@ def test_oversized_payloads_are_encoded_in_halves() -> None:
     noise = Image.frombytes("RGB", (1024, 1024), random.Random(5).randbytes(1024 * 1024 * 3))
     encoder = Encoder()
     whole = Rect(0, 0, 1024, 1024)
-    pieces = encoder._encode_piece(noise, whole, whole, encode.Content.TEXT)
+    pixels = noise.tobytes("raw", "BGRX")
+    pieces = encoder._encode_piece(pixels, 1024, whole, encode.Content.TEXT)
     assert len(pieces) > 1
     assert all(len(p.data) <= encode.MAX_PAYLOAD for p in pieces)
     assert sum(p.rect.area for p in pieces) == 1024 * 1024
