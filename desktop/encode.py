@@ -269,6 +269,13 @@ class QualityController:
     size with the budget (``target_bps / 8 * interval``): over budget lowers the quality
     at once, well under budget raises it slowly (so it does not oscillate). Frames of
     only text or fills leave it alone: their size does not depend on it.
+
+    ``cpu_bound``: the frame rate is held down by the CPU budget (R32), not the link.
+    Then the quality does not rise above :data:`QUALITY_DEFAULT` and drifts back to it:
+    bytes cost CPU downstream (the agent's TLS and tunnel, the relay, the browser's
+    decoder), and frames matter more than the last dB on moving pictures (full-screen
+    video at q90 vs q75: 28.6 vs 24 ms of agent + relay CPU per displayed frame, 5.1 vs
+    2.5 MB/s, measured with the benchmark; PSNR 41.9 vs 40.5 dB).
     """
 
     OVER: Final = 1.1
@@ -278,7 +285,9 @@ class QualityController:
     def __init__(self, quality: int = QUALITY_DEFAULT) -> None:
         self.quality = max(QUALITY_MIN, min(QUALITY_MAX, quality))
 
-    def update(self, frame_bytes: int, budget_bytes: float, had_photo: bool) -> int:
+    def update(
+        self, frame_bytes: int, budget_bytes: float, had_photo: bool, cpu_bound: bool = False
+    ) -> int:
         """Account for one frame; returns the quality to use next."""
         if not had_photo or budget_bytes <= 0:
             return self.quality
@@ -286,6 +295,9 @@ class QualityController:
         if ratio > self.OVER:
             step = min(20, max(2, round(10 * (ratio - 1))))
             self.quality = max(QUALITY_MIN, self.quality - step)
+        elif cpu_bound:
+            if self.quality > QUALITY_DEFAULT:
+                self.quality = max(QUALITY_DEFAULT, self.quality - self.STEP_UP)
         elif ratio < self.UNDER:
             self.quality = min(QUALITY_MAX, self.quality + self.STEP_UP)
         return self.quality

@@ -276,8 +276,10 @@ class Streamer:
         if self._fixed_quality is None:
             target = min((b for b in (self.settings.target_bps, self._link.bps) if b), default=None)
             if target:
-                budget = target / 8 * self._pacer.active_interval
-                self._quality.update(result.update_bytes, budget, result.had_photo)
+                interval = self._pacer.active_interval
+                budget = target / 8 * interval
+                cpu_bound = interval > 1.0 / self._pacer.max_fps
+                self._quality.update(result.update_bytes, budget, result.had_photo, cpu_bound)
         stats.quality = self._current_quality()
 
     def _current_quality(self) -> int:

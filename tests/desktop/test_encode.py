@@ -186,6 +186,20 @@ def test_quality_follows_the_budget() -> None:
     assert ctl.quality == steady
 
 
+def test_quality_does_not_climb_while_the_cpu_budget_limits_the_frame_rate() -> None:
+    ctl = QualityController(encode.QUALITY_MAX)
+    for _ in range(100):
+        ctl.update(1_000, 10_000, had_photo=True, cpu_bound=True)
+    assert ctl.quality == encode.QUALITY_DEFAULT  # drifted back, and no further
+    ctl.update(1_000, 10_000, had_photo=True)  # CPU to spare again: climbs
+    assert ctl.quality > encode.QUALITY_DEFAULT
+    ctl = QualityController(30)
+    ctl.update(1_000, 10_000, had_photo=True, cpu_bound=True)
+    assert ctl.quality == 30  # below the default: left to the link
+    ctl.update(50_000, 10_000, had_photo=True, cpu_bound=True)
+    assert ctl.quality < 30  # over the link's budget: down as always
+
+
 def test_higher_quality_costs_bytes() -> None:
     image = photo_image()
     low = sum(len(r.data) for r in roundtrip(image, quality=30)[0])
