@@ -49,13 +49,14 @@ def find_vertical_scroll(
     band_x = area.x + max(0, (area.w - BAND) // 2)
     b0 = band_x * BYTES_PER_PIXEL
     b1 = min(area.right, band_x + BAND) * BYTES_PER_PIXEL
+    old, new = memoryview(prev), memoryview(cur)  # one copy per key, not two
     where: dict[bytes, int] = {}
     for y in range(area.y, area.bottom):
-        key = bytes(prev[y * stride + b0 : y * stride + b1])
+        key = old[y * stride + b0 : y * stride + b1].tobytes()
         where[key] = -1 if key in where else y  # -1: occurs twice, says nothing
     votes: Counter[int] = Counter()
     for y in range(area.y, area.bottom):
-        src = where.get(bytes(cur[y * stride + b0 : y * stride + b1]), -1)
+        src = where.get(new[y * stride + b0 : y * stride + b1].tobytes(), -1)
         if src >= 0 and src != y:
             votes[src - y] += 1
     if not votes:
