@@ -25,11 +25,20 @@ from web.telemetry import (
     format_value,
 )
 
+#: "Now" of the test running: set per test (`_now`), since the pages read the real clock
+#: and a value taken at import would be minutes old by the time a long run gets here.
 NOW = datetime.now(UTC).replace(microsecond=0)
 HOSTILE = "<img src=x onerror=alert(1)> tube arc"
 
 
-def seed(app: Flask, device_id: str, records: list[Record], now: datetime = NOW) -> None:
+@pytest.fixture(autouse=True)
+def _now() -> None:
+    global NOW
+    NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def seed(app: Flask, device_id: str, records: list[Record], now: datetime | None = None) -> None:
+    now = now or NOW
     with app.app_context():
         ingest(db.session, [(device_id, records)], received_at=now)
         downsample(db.session, now=now, limit=10_000)  # every hour at once (the current stays)
@@ -37,8 +46,9 @@ def seed(app: Flask, device_id: str, records: list[Record], now: datetime = NOW)
 
 
 def polls(hours: float, every: timedelta = timedelta(minutes=5), seq0: int = 1000,
-          end: datetime = NOW) -> list[Record]:
+          end: datetime | None = None) -> list[Record]:
     """A metrics record every `every` for the last `hours`, CPU rising 0..99 %."""
+    end = end or NOW
     count = int(timedelta(hours=hours) / every)
     return [
         Metrics(seq0 + i, (end - every * (count - 1 - i)).timestamp(),
@@ -49,8 +59,8 @@ def polls(hours: float, every: timedelta = timedelta(minutes=5), seq0: int = 100
 
 
 def event(seq: int, severity: Severity, code: str = "E100", message: str = "door open",
-          at: datetime = NOW) -> Event:
-    return Event(seq, at.timestamp(), code, severity, "app", message)
+          at: datetime | None = None) -> Event:
+    return Event(seq, (at or NOW).timestamp(), code, severity, "app", message)
 
 
 @pytest.fixture
