@@ -45,6 +45,7 @@ from Xlib import X, Xatom
 from Xlib.error import ConnectionClosedError, XError
 from Xlib.ext import xfixes
 from Xlib.protocol import event as xevent
+from Xlib.protocol import request
 
 from . import wire
 from .x11 import X11Error, open_display
@@ -195,7 +196,29 @@ class X11Clipboard:
             while not self._puts.empty():
                 self._puts.get_nowait()[1].set_result(False)
             with contextlib.suppress(XError, ConnectionClosedError, OSError):
-                self._d.close()  # the server drops our ownership with the connection
+                self._give_up()
+            with contextlib.suppress(XError, ConnectionClosedError, OSError):
+                self._d.close()
+
+    def _give_up(self) -> None:
+        """Release what we own and refuse every paste already routed to us.
+
+        Closing the connection alone would drop a request that is in flight: the server
+        tells no requestor when an owner vanishes, and a client such as xclip then
+        waits for ever. After the release and a round trip, every request meant for us
+        is in our queue; later ones find no owner and the server refuses them itself.
+        """
+        self._owned = None
+        for selection in (self._atoms["CLIPBOARD"], Xatom.PRIMARY):
+            if self._d.get_selection_owner(selection) == self._window:
+                request.SetSelectionOwner(display=self._d.display, window=X.NONE,
+                                          selection=selection, time=X.CurrentTime)
+        self._d.sync()
+        while self._d.pending_events():
+            ev = self._d.next_event()
+            if ev.type == X.SelectionRequest:
+                self._answer(ev)  # refused: nothing is owned any more
+        self._d.flush()
 
     def _own(self, text: str) -> bool:
         data = text.encode("utf-8")

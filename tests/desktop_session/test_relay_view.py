@@ -43,7 +43,12 @@ async def pasted(display: str, expected: bytes) -> bool:
         done = await asyncio.create_subprocess_exec(
             "xclip", "-o", "-selection", "clipboard", env={**os.environ, "DISPLAY": display},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-        out, _ = await done.communicate()
+        try:  # xclip waits for ever on an owner that never answers: that is a "no"
+            out, _ = await asyncio.wait_for(done.communicate(), max(0.1, deadline - loop.time()))
+        except TimeoutError:
+            done.kill()
+            await done.wait()
+            return False
         if out == expected:
             return True
         await asyncio.sleep(0.05)
