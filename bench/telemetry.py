@@ -25,7 +25,7 @@ Phases (time compressed: one simulated minute = 60/COMPRESSION seconds):
    (by content: a line read twice would be a second row), and every poll taken with
    the metrics rows; message sizes and ``bytes_per_record`` on the wire (payload +
    WIRE_OVERHEAD per message for tunnel, WebSocket and TLS framing).
-3. **agent idle** -- a real agent process (``python -m agent.telemetry run``, default
+3. **agent idle** -- a real agent process (``python -m agent run``, default
    intervals; ``--quick`` polls every 10 s so its short window still holds a poll)
    with an idle device log: CPU % of one core and RSS over the window.
 
@@ -532,7 +532,8 @@ def idle_agent(
     )
     with open(home / "agent.log", "ab") as log:
         return subprocess.Popen(
-            [PYTHON, "-m", "agent.telemetry", "run", "--config", str(home / "agent.toml")],
+            [PYTHON, "-m", "agent", "run", "--config", str(home / "agent.toml"),
+             "--telemetry", str(home / "telemetry.toml")],
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -548,6 +549,8 @@ async def measure_idle(
         connected = False
         while not connected:  # another process's state: poll its status file
             await asyncio.sleep(0.1)
+            if proc.poll() is not None:
+                raise RuntimeError(f"the idle agent exited ({proc.returncode}): see {home}")
             connected = status.exists() and bool(
                 json.loads(status.read_text() or "{}").get("connected")
             )
