@@ -45,7 +45,7 @@ from agent.telemetry.config import (
 )
 from agent.telemetry.service import TelemetryAgent
 from agent.watchdog import Notifier, watchdog_loop
-from relay_server.logs import configure as configure_logging
+from jsonlog import configure as configure_logging
 
 logger = logging.getLogger("agent")
 

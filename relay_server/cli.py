@@ -17,8 +17,8 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+import jsonlog
 from pki.ca import CAError, CertificateAuthority, load_ca
-from relay_server import logs
 from relay_server.config import ConfigError, RelayConfig, load_config
 from relay_server.eventloop import new_event_loop
 from relay_server.server import Relay
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         print(f"outlink-relay: configuration OK (relay_id={config.relay_id})")
         return 0
-    logs.configure(config.log.level, config.log.format)
+    jsonlog.configure(config.log.level, config.log.format)
     try:
         ca = load_ca(Path(config.tls.ca_dir)) if config.tls.ca_dir else None
     except CAError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from relay_server import logs
+import jsonlog
 from relay_server.agent_link import AgentLink
 from relay_server.links import Link
 from relay_server.tasks import TaskSet
@@ -70,7 +70,7 @@ class Registry:
         doomed += [link for link in self.services if cache.is_revoked(link.identity)]
         for link in doomed:
             self._stats.revoked_closed += 1
-            with logs.context(peer=link.peer, serial=link.serial):
+            with jsonlog.context(peer=link.peer, serial=link.serial):
                 log.warning("= closing tunnel: certificate or device revoked")
             self._audit.record(
                 "relay.tunnel_revoked",

@@ -33,6 +33,7 @@ from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+import jsonlog
 from pki.ca import CertificateAuthority
 from pki.identity import (
     DeviceIdentity,
@@ -43,7 +44,6 @@ from pki.identity import (
 )
 from pki.tls import server_context
 from pki.wire import ENROLL_SUBPROTOCOL
-from relay_server import logs
 from relay_server.agent_link import AgentLink, ControlContext
 from relay_server.audit import AuditLog
 from relay_server.config import RelayConfig
@@ -322,7 +322,7 @@ class Relay:
                 " certificate\n",
             )
         if self.revocation.is_revoked(identity):
-            with logs.context(serial=identity.serial):
+            with jsonlog.context(serial=identity.serial):
                 return self._reject(connection, endpoint, "revoked", 403, "certificate revoked\n")
         if not _offers_tunnel(request):
             return self._reject(
@@ -340,7 +340,7 @@ class Relay:
         self, connection: RelayConnection, endpoint: str, outcome: str, status: int, text: str
     ) -> Response:
         self.stats.handshakes[(endpoint, outcome)] += 1
-        with logs.context(peer=connection.peer, endpoint=endpoint):
+        with jsonlog.context(peer=connection.peer, endpoint=endpoint):
             log.info("! handshake refused: %s (%d)", outcome, status)
         return connection.respond(http.HTTPStatus(status), text)
 
@@ -358,13 +358,13 @@ class Relay:
         identity = ws.identity
         if identity is None:  # /enroll: process_request let it through without identity
             assert self.enrollment is not None
-            logs.bind(peer=ws.peer, endpoint="enroll")
+            jsonlog.bind(peer=ws.peer, endpoint="enroll")
             await serve_enrollment(ws, self.enrollment)
         elif isinstance(identity, DeviceIdentity):
-            logs.bind(device=identity.device_id, peer=ws.peer)
+            jsonlog.bind(device=identity.device_id, peer=ws.peer)
             await self._serve(AgentLink(identity, ws.peer, ws, self.control), "agent")
         else:
-            logs.bind(service=identity.name, peer=ws.peer)
+            jsonlog.bind(service=identity.name, peer=ws.peer)
             await self._serve(ServiceLink(identity, ws.peer, ws, self), "service")
 
     async def _serve(self, link: Link, endpoint: str) -> None:

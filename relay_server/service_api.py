@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
 
+import jsonlog
 from pki.identity import ServiceIdentity
 from protocol.envelope import (
     ERR_INTERNAL,
@@ -31,7 +32,7 @@ from protocol.envelope import (
     encode_error,
     encode_reply,
 )
-from relay_server import logs, rpc
+from relay_server import rpc
 from relay_server.agent_link import AgentLink, AgentUnavailable
 from relay_server.links import Link
 from relay_server.metrics import kind_label
@@ -226,7 +227,7 @@ class ServiceLink(Link):
             self._relay.stats.bridges[("invalid", "bad_request")] += 1
             request.refuse(ErrorCode.BAD_REQUEST, exc.message)
             return
-        with logs.context(device=bridge.device, kind=bridge.kind):
+        with jsonlog.context(device=bridge.device, kind=bridge.kind):
             agent_channel = await self._open_on_agent(bridge, request)
             if agent_channel is None:
                 return

@@ -69,9 +69,9 @@ from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+import jsonlog
 from desktop import wire
 from pki.tls import server_context
-from relay_server import logs
 from relay_server.desktop_events import DesktopEvents
 from store import desktop
 from store.db import make_sessionmaker, session_scope
@@ -322,7 +322,7 @@ class ViewerService:
         """Refuse the handshake; refusals that concern a session or a foreign site are
         audited (not stray requests: counted and logged only)."""
         self._relay.stats.handshakes[("view", outcome)] += 1
-        with logs.context(peer=connection.peer, endpoint="view"):
+        with jsonlog.context(peer=connection.peer, endpoint="view"):
             log.info("! viewer refused: %s (%d)", outcome, status)
         if not audit:
             return connection.respond(http.HTTPStatus(status), text)
@@ -342,7 +342,7 @@ class ViewerService:
         if admission is None:  # cannot happen: admit() let it through
             await ws.close(CLOSE_FORBIDDEN, "not admitted")
             return
-        logs.bind(peer=ws.peer, endpoint="view", device=admission.device_id)
+        jsonlog.bind(peer=ws.peer, endpoint="view", device=admission.device_id)
         live = self.live.get(admission.session_id)
         reattached = live is not None
         if live is None:

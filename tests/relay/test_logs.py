@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from relay_server import logs
+import jsonlog
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def captured() -> Iterator[io.StringIO]:
     stream = io.StringIO()
     root = logging.getLogger()
     level = root.level
-    handler = logs.configure("DEBUG", "json", stream)
+    handler = jsonlog.configure("DEBUG", "json", stream)
     yield stream
     root.removeHandler(handler)
     root.setLevel(level)
@@ -28,11 +28,11 @@ async def test_json_lines_carry_context(captured: io.StringIO) -> None:
     log = logging.getLogger("relay_server.test")
 
     async def connection() -> None:
-        logs.bind(device="dev-1", peer="10.0.0.1:5000")
+        jsonlog.bind(device="dev-1", peer="10.0.0.1:5000")
         log.info("= connected")
 
         async def child() -> None:  # tasks inherit the bound context
-            with logs.context(channel=3):
+            with jsonlog.context(channel=3):
                 log.warning("! channel failed: %s", "RESET")
 
         await asyncio.create_task(child())
