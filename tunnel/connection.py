@@ -5,9 +5,9 @@ Contract with the adapter (``tunnel.aio`` is one):
 * feed every received binary message to :meth:`Connection.receive_message` with the
   current monotonic time; it returns events and **never raises** -- bad input becomes
   a channel reset or a :class:`~tunnel.events.ConnectionFailed` event;
-* write what :meth:`Connection.next_frame` returns, one frame per WebSocket message,
-  until it returns ``None``; call it again after any method call (check
-  :attr:`Connection.wants_write`);
+* write what :meth:`Connection.next_frame` (or ``next_frame_parts``) returns, one
+  frame per WebSocket message, until it returns ``None``; call it again after any
+  method call (check :attr:`Connection.wants_write`);
 * call :meth:`Connection.tick` at or after :meth:`Connection.next_deadline`;
 * after ``ConnectionFailed`` or :meth:`Connection.terminate`, flush ``next_frame()``
   (the final GOAWAY) and close the transport.
@@ -52,7 +52,7 @@ from .frames import (
     decode_data_header,
     decode_frame,
     encode_credit,
-    encode_data,
+    encode_data_header,
     is_data,
 )
 from .limits import (
@@ -555,7 +555,18 @@ class Connection:
     # -- output ------------------------------------------------------------------------
 
     def next_frame(self) -> bytes | None:
-        """The next frame to write, or ``None`` if nothing may be sent now.
+        """The next frame to write, or ``None`` if nothing may be sent now: the parts
+        of :meth:`next_frame_parts` joined."""
+        parts = self.next_frame_parts()
+        return None if parts is None else parts[0] + parts[1]
+
+    def next_frame_parts(self) -> tuple[bytes, bytes | memoryview] | None:
+        """The next frame as ``(head, body)``, to be sent as one WebSocket message
+        ``head + body``; ``None`` if nothing may be sent now.
+
+        For DATA, ``body`` is the chunk itself (a view of the message being sent, not a
+        copy): an adapter that writes the two parts separately never copies a chunk.
+        For every other frame ``body`` is empty.
 
         Order: control frames, then CREDIT, then one DATA chunk (<= MAX_CHUNK) from
         the highest-priority ready channel, round robin within a priority class.
@@ -569,7 +580,7 @@ class Connection:
             self._control_bytes -= size
             stats.frames_out += 1
             stats.bytes_out += size
-            return data
+            return data, b""
         credits = self._credits
         while credits:
             channel = credits.pop(0)
@@ -580,7 +591,7 @@ class Connection:
                 data = encode_credit(channel.id, increment)
                 channel.stats.frames_out += 1
                 channel.stats.bytes_out += len(data)
-                return data
+                return data, b""
         scheduler = self._scheduler
         while (ready := scheduler.pop()) is not None:
             if ready.sendable:  # else reset while queued: skip
@@ -589,8 +600,9 @@ class Connection:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _frame_from(self, channel: ChannelState) -> bytes:
+    def _frame_from(self, channel: ChannelState) -> tuple[bytes, bytes | memoryview]:
         queue = channel.tx_queue
+        body: bytes | memoryview = b""
         if queue:
             message, more = queue[0]
             offset = channel.tx_offset
@@ -602,27 +614,26 @@ class Connection:
                     channel.tx_queue = None
                 channel.tx_offset = 0
                 flags = FLAG_MORE if more else 0
-                if offset:
-                    message = memoryview(message)[offset:]
+                body = memoryview(message)[offset:] if offset else message
             else:
                 channel.tx_offset = offset + size
                 flags = FLAG_MORE
-                message = memoryview(message)[offset : offset + size]
-            data = encode_data(channel.id, message, flags)
+                body = memoryview(message)[offset : offset + size]
+            head = encode_data_header(channel.id, flags)
             channel.tx.spend(size)
             channel.tx_queued -= size
             self._queued -= size
         else:  # only the CLOSE is left
-            data = CloseFrame(channel.id).encode()
+            head = CloseFrame(channel.id).encode()
             channel.close_pending = False
             logger.debug("[%s] > CLOSE %d", self.name, channel.id)
             if channel.state is State.CLOSED:
                 self._remove(channel)
         channel.stats.frames_out += 1
-        channel.stats.bytes_out += len(data)
+        channel.stats.bytes_out += len(head) + len(body)
         if channel.sendable:
             self._scheduler.push(channel)
-        return data
+        return head, body
 
     def _check_alive(self) -> None:
         if self._error is not None:

@@ -196,9 +196,14 @@ Frame = (
 # -- encoding helpers ---------------------------------------------------------------
 
 
+def encode_data_header(channel_id: int, flags: int) -> bytes:
+    """The hot path of the sender: a DATA frame's header, written before its chunk
+    (kept apart so the chunk is never copied to join them)."""
+    return HEADER.pack(_DATA, flags, channel_id)
+
+
 def encode_data(channel_id: int, payload: bytes | memoryview, flags: int) -> bytes:
-    """The hot path of the sender: header + chunk, no checks beyond struct's own."""
-    return HEADER.pack(_DATA, flags, channel_id) + payload
+    return encode_data_header(channel_id, flags) + payload
 
 
 def encode_credit(channel_id: int, increment: int) -> bytes:

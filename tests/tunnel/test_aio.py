@@ -496,14 +496,14 @@ async def test_a_writer_bug_closes_the_tunnel(
     async with tunnel_pair(server_on_open=echo) as pair:
         channel = await asyncio.wait_for(pair.client.open_channel("control"), T)
 
-        real = Connection.next_frame
+        real = Connection.next_frame_parts
 
-        def broken(self: Connection) -> bytes | None:
+        def broken(self: Connection) -> tuple[bytes, bytes | memoryview] | None:
             if self is pair.client._conn:
                 raise RuntimeError("bug")
             return real(self)
 
-        monkeypatch.setattr(Connection, "next_frame", broken)
+        monkeypatch.setattr(Connection, "next_frame_parts", broken)
         await channel.send(b"x")
         await asyncio.wait_for(pair.client.closed.wait(), T)
         assert pair.client.error_code is ErrorCode.INTERNAL_ERROR

@@ -40,6 +40,7 @@ from ..subprotocol import SUBPROTOCOLS
 from .channel import Channel, IncomingChannel
 from .exceptions import ChannelRefusedError, ChannelResetError, TunnelClosedError
 from .forward import Forward
+from .framing import FrameWriter
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class Tunnel:
         "_timer",
         "_timer_at",
         "_wake",
+        "_writer",
         "_ws",
         "close_code",
         "close_reason",
@@ -164,6 +166,7 @@ class Tunnel:
         if ws.subprotocol not in SUBPROTOCOLS:
             raise ValueError(f"WebSocket subprotocol is {ws.subprotocol!r}, not a tunnel one")
         self._ws = ws
+        self._writer = FrameWriter(ws)  # refuses a WebSocket with extensions
         self._loop = asyncio.get_running_loop()
         self.settings = settings if settings is not None else _DEFAULT_SETTINGS
         self.name = name
@@ -360,9 +363,10 @@ class Tunnel:
         ws = self._ws
         conn = self._conn
         loop = self._loop
+        writer = self._writer
         try:
             while True:
-                frame = conn.next_frame()
+                frame = conn.next_frame_parts()
                 if frame is None:
                     if self._closing:
                         break
@@ -378,12 +382,13 @@ class Tunnel:
                 async with ws.send_context():
                     batched = 0
                     while frame is not None:
-                        ws.protocol.send_binary(frame)
-                        batched += len(frame)
+                        head, body = frame
+                        writer.add(head, body)
+                        batched += len(head) + len(body)
                         if batched >= WRITE_BATCH:
                             break
-                        frame = conn.next_frame()
-                    ws.transport.writelines([d for d in ws.protocol.data_to_send() if d])
+                        frame = conn.next_frame_parts()
+                    writer.flush()
                 if self._blocked:
                     self._release_senders()
                 if self._forwards:
