@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import os
 import shutil
+import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -274,3 +276,20 @@ async def first_frame(ws: ClientConnection) -> wire.FrameUpdate:
         if isinstance(message, wire.FrameUpdate):
             return message
 
+
+def device_clipboard_is(display: str, expected: bytes, within: float) -> bool:
+    """Whether pasting on the device (``xclip -o``, Debian package xclip) gives
+    ``expected`` within `within` seconds: another program, asked until it does. Each
+    ask is bounded too: xclip waits for ever on an owner that never answers."""
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            done = subprocess.run(["xclip", "-o", "-selection", "clipboard"],
+                                  capture_output=True, env={**os.environ, "DISPLAY": display},
+                                  timeout=max(0.1, left), check=False)
+        except subprocess.TimeoutExpired:
+            return False
+        if done.stdout == expected:
+            return True
+        time.sleep(0.05)  # polling another program's state: there is no event to wait on
+    return False

@@ -36,6 +36,7 @@ from tests.conftest import UNIT
 from tests.desktop.conftest import App
 from tests.desktop.test_clipboard import TkClipboard
 from tests.desktop.tkapp import BACKGROUND, BLOCK, BLOCK_COLOUR
+from tests.desktop_session.conftest import device_clipboard_is
 from tests.pki_fixtures import FleetPKI
 from tests.web.served import ENGINEER_PASSWORD, ServedPortal, serve_portal
 
@@ -346,16 +347,8 @@ def test_unanswered_request_times_out_with_a_clear_message(page: Any, stack: Sta
 
 
 def device_paste(display: str, expected: str) -> bool:
-    """Whether pasting on the device (``xclip -o``, Debian package xclip) gives
-    ``expected`` within 20 s: another program, asked until it does."""
-    deadline = time.monotonic() + 20 * UNIT
-    while time.monotonic() < deadline:
-        done = subprocess.run(["xclip", "-o", "-selection", "clipboard"], capture_output=True,
-                              env={**os.environ, "DISPLAY": display}, timeout=10 * UNIT)
-        if done.stdout.decode("utf-8", "replace") == expected:
-            return True
-        time.sleep(0.05 * UNIT)
-    return False
+    """Whether pasting on the device gives ``expected`` within 20 s."""
+    return device_clipboard_is(display, expected.encode("utf-8"), 20 * UNIT)
 
 
 @pytest.mark.skipif(shutil.which("xclip") is None, reason="xclip (Debian package) is missing")

@@ -8,7 +8,6 @@ upgrade of a view-only ticket.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -29,30 +28,15 @@ from tests.desktop_session.conftest import (
     FixedScreen,
     Stage,
     audit_kinds,
+    device_clipboard_is,
     first_frame,
 )
 from tests.desktop_session.world import disable_user, revoke_permission
 
 
 async def pasted(display: str, expected: bytes) -> bool:
-    """Whether a paste on the device's X server (``xclip``, Debian package xclip) gives
-    ``expected`` within 10 s: another program, asked until it does."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10 * UNIT
-    while loop.time() < deadline:
-        done = await asyncio.create_subprocess_exec(
-            "xclip", "-o", "-selection", "clipboard", env={**os.environ, "DISPLAY": display},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-        try:  # xclip waits for ever on an owner that never answers: that is a "no"
-            out, _ = await asyncio.wait_for(done.communicate(), max(0.1, deadline - loop.time()))
-        except TimeoutError:
-            done.kill()
-            await done.wait()
-            return False
-        if out == expected:
-            return True
-        await asyncio.sleep(0.05)
-    return False
+    """Whether a paste on the device's X server gives ``expected`` within 10 s."""
+    return await asyncio.to_thread(device_clipboard_is, display, expected, 10 * UNIT)
 
 
 async def refused(stage: Stage, ticket: str | None, status: int = 403, **kwargs: object) -> None:
