@@ -63,7 +63,7 @@ from .limits import (
     MAX_CONTROL_BACKLOG,
     MAX_KIND_LENGTH,
 )
-from .scheduler import Priority, Scheduler, priority_for_kind
+from .scheduler import INTERACTIVE, Priority, Scheduler, priority_for_kind
 from .settings import Role, Settings
 from .stats import CONNECTION_KIND, KindStats, StatsTable
 
@@ -143,6 +143,7 @@ class Connection:
         "_error",
         "_goaway_received",
         "_goaway_sent",
+        "_interactive",
         "_last_peer_id",
         "_last_recv",
         "_n_requested",
@@ -186,6 +187,7 @@ class Connection:
         self._credits: list[ChannelState] = []  # at most one entry per channel
         self._scheduler = Scheduler()
         self._queued = 0
+        self._interactive = 0  # live channels of an INTERACTIVE priority (cap BULK in flight)
         self._error: ErrorCode | None = None
         self._goaway_sent = False
         self._goaway_received = False
@@ -280,8 +282,8 @@ class Connection:
             max_message=max_message,
         )
         self._move(channel, Input.SEND_OPEN)
-        channel.priority = priority
         self._channels[channel_id] = channel
+        self._set_priority(channel, priority)
         self._opening.push(now + self.settings.open_timeout, channel)
         self._queue_control(data, channel.stats)
         logger.debug("[%s] > OPEN %d kind=%s", self.name, channel_id, kind)
@@ -320,7 +322,7 @@ class Connection:
         if window != channel.rx.window:
             channel.rx = ReceiveWindow(window)
         channel.max_message = max_message
-        channel.priority = priority
+        self._set_priority(channel, priority)
         self._queue_control(data, channel.stats)
         logger.debug("[%s] > ACCEPT %d", self.name, channel_id)
 
@@ -607,7 +609,7 @@ class Connection:
             message, more = queue[0]
             offset = channel.tx_offset
             remaining = len(message) - offset
-            size = min(remaining, MAX_CHUNK, channel.tx.credit)
+            size = min(remaining, MAX_CHUNK, channel.tx.credit - channel.tx.reserve)
             if size == remaining:
                 queue.popleft()
                 if not queue:
@@ -675,7 +677,33 @@ class Connection:
         channel.close_pending = False
         channel.rx_parts = []
         channel.rx_size = 0
-        self._channels.pop(channel.id, None)
+        if self._channels.pop(channel.id, None) is not None and channel.priority in INTERACTIVE:
+            self._interactive -= 1
+            if not self._interactive:
+                self._cap_all()
+
+    def _set_priority(self, channel: ChannelState, priority: Priority) -> None:
+        """Give a live channel its priority (once, at OPEN or ACCEPT) and keep the
+        count of interactive channels that caps BULK data in flight."""
+        channel.priority = priority
+        if priority in INTERACTIVE:
+            self._interactive += 1
+            if self._interactive == 1:
+                self._cap_all()
+        else:
+            self._cap(channel)
+
+    def _cap(self, channel: ChannelState) -> None:
+        """BULK sends at most ``Settings.bulk_shared_in_flight`` ahead of credit while an
+        interactive channel is live, else up to the peer's window (decision 0008)."""
+        if channel.priority is Priority.BULK:
+            channel.tx.cap(self.settings.bulk_shared_in_flight if self._interactive else None)
+
+    def _cap_all(self) -> None:
+        for channel in self._channels.values():
+            self._cap(channel)
+            if channel.sendable:  # the cap was lifted: credit held back is usable again
+                self._scheduler.push(channel)
 
     def _queue_control(self, data: bytes, stats: KindStats) -> None:
         control = self._control
@@ -826,6 +854,7 @@ class Connection:
         self._leave(channel, channel.state)
         channel.state = target
         channel.tx = SendCredit(frame.window)
+        self._cap(channel)
         channel.peer_max_message = frame.max_message
         logger.debug("[%s] < ACCEPT %d", self.name, channel.id)
         return ChannelAccepted(channel.id, frame.meta)

@@ -8,15 +8,31 @@ so a slow consumer slows its own sender and nobody else.
 
 from __future__ import annotations
 
+from .limits import MAX_CREDIT_BATCH
+
 
 class SendCredit:
-    """The sender's view: how many bytes the peer still lets us send."""
+    """The sender's view: how many bytes the peer still lets us send.
 
-    __slots__ = ("credit", "window")
+    :meth:`cap` lets the sender use less than the peer's window on its own initiative
+    (no wire change): credit above the cap is kept in ``reserve`` and not spent.
+    """
+
+    __slots__ = ("credit", "reserve", "window")
 
     def __init__(self, window: int) -> None:
         self.window = window
         self.credit = window
+        self.reserve = 0
+
+    @property
+    def usable(self) -> int:
+        """Bytes we may send now: the credit less what :meth:`cap` holds back."""
+        return self.credit - self.reserve
+
+    def cap(self, in_flight: int | None) -> None:
+        """Keep at most ``in_flight`` bytes sent but not yet credited; None = the window."""
+        self.reserve = 0 if in_flight is None else max(0, self.window - in_flight)
 
     def spend(self, nbytes: int) -> None:
         """Account for a sent chunk; the caller never sends more than :attr:`credit`."""
@@ -52,8 +68,9 @@ class ReceiveWindow:
         self.available = window
         self.held = 0
         self.unreturned = 0
-        # Batch CREDIT frames: return credit in quarters of the window, not per message.
-        self.threshold = max(1, window // 4)
+        # Batch CREDIT frames: return credit in quarters of the window, not per message,
+        # but never wait for more than a sender that caps what it has in flight may send.
+        self.threshold = max(1, min(window // 4, MAX_CREDIT_BATCH))
 
     def receive(self, nbytes: int) -> bool:
         """Account for a received chunk; False if the peer sent beyond its credit."""
@@ -74,9 +91,10 @@ class ReceiveWindow:
         """Return the CREDIT increment to send now (0 = not yet) and count it as granted.
 
         ``partial`` is the size of the message being reassembled. Credit is batched
-        until a quarter of the window is owed, except when everything held is that
-        partial message: the application cannot consume it, so the sender may be
-        waiting for credit to finish it, and withholding credit would deadlock.
+        until a quarter of the window (at most MAX_CREDIT_BATCH) is owed, except when
+        everything held is that partial message: the application cannot consume it,
+        so the sender may be waiting for credit to finish it, and withholding credit
+        would deadlock.
         """
         due = self.unreturned
         if due and (due >= self.threshold or (partial and self.held == partial)):

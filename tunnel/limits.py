@@ -43,6 +43,11 @@ MAX_WINDOW = 16 * 1024 * 1024
 """Largest flow-control window (and so largest message) anyone may advertise: what a
 receiver commits to buffer for one channel. Credit beyond the window is an error."""
 
+MAX_CREDIT_BATCH = 256 * 1024
+"""A receiver returns credit once a quarter of the window or this much is owed, whichever
+is less. A sender that keeps fewer bytes in flight than its window must keep at least
+this many, or the credit it waits for would never come."""
+
 MAX_CONTROL_BACKLOG = 1024 * 1024
 """Bytes of control frames (OPEN, ACCEPT, CREDIT, RESET, PONG...) queued but not yet
 written. Room for every channel's OPEN and ACCEPT with maximal metadata plus replies;

@@ -24,6 +24,11 @@ class Priority(IntEnum):
     BULK = 4
 
 
+INTERACTIVE: Final = frozenset({Priority.INPUT, Priority.DESKTOP})
+"""Classes someone is waiting on: while a channel of one is live on a connection, BULK
+channels there keep little data in flight, so these frames do not queue behind it in
+socket buffers (:attr:`tunnel.settings.Settings.bulk_shared_in_flight`)."""
+
 DEFAULT_PRIORITIES: Final[dict[str, Priority]] = {
     "control": Priority.CONTROL,
     "rpc": Priority.CONTROL,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from .frames import check_windows
-from .limits import MAX_CHANNELS, MAX_PENDING_OPENS
+from .limits import MAX_CHANNELS, MAX_CREDIT_BATCH, MAX_PENDING_OPENS
 
 
 class Role(Enum):
@@ -31,11 +31,15 @@ class Settings:
 
     window: int = 1024 * 1024
     """Receive window we advertise per channel (bytes we buffer before the app reads)."""
-    bulk_window: int = 512 * 1024
-    """Receive window of BULK channels: bulk data in flight delays control and input
-    frames queued behind it in socket buffers by ~window / throughput per hop, but a
-    window of one message makes each hop stop and wait for credit (256 KiB messages
-    through a relay ran at half the speed; decision 0005)."""
+    bulk_window: int = 8 * 1024 * 1024
+    """Receive window of BULK channels. A window of one message makes each hop stop and
+    wait for credit; throughput through a relay keeps rising up to a few MiB (decision
+    0005). What a sender has in flight delays the frames behind it in socket buffers by
+    ~in-flight / throughput per hop, hence :attr:`bulk_shared_in_flight`."""
+    bulk_shared_in_flight: int = 512 * 1024
+    """While an INPUT or DESKTOP channel is live on the connection, a BULK channel sends
+    at most this much ahead of credit, whatever window the peer offers: someone is
+    waiting on those frames (decision 0008)."""
     max_message: int = 1024 * 1024
     """Largest message we accept per channel; must not exceed ``window``."""
     max_channels: int = MAX_CHANNELS
@@ -49,10 +53,10 @@ class Settings:
     accept_timeout: float = 10.0
     """How long our application may take to answer an incoming OPEN (then REFUSE TIMEOUT).
     Shorter than ``open_timeout`` so the opener normally gets a REFUSE, not silence."""
-    send_high_water: int = 1024 * 1024
+    send_high_water: int = 8 * 1024 * 1024
     """Adapter: ``Channel.send`` waits while the channel's unframed bytes exceed this
-    (and resumes at half). At least a peer window, so credit that arrives finds data to
-    send; the backlog waits in our priority queues, behind no control frame."""
+    (and resumes at half). At least a BULK peer window, so credit that arrives finds
+    data to send; the backlog waits in our priority queues, behind no control frame."""
     close_timeout: float = 5.0
     """Adapter: how long closing may take before the transport is aborted."""
 
@@ -66,6 +70,8 @@ class Settings:
         for name in _DURATIONS:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
+        if self.bulk_shared_in_flight < MAX_CREDIT_BATCH:
+            raise ValueError(f"bulk_shared_in_flight must be at least {MAX_CREDIT_BATCH}")
         if self.send_high_water < 1:
             raise ValueError("send_high_water must be positive")
 

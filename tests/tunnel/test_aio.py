@@ -209,7 +209,7 @@ async def test_slow_consumer_does_not_stall_other_channels() -> None:
                 assert await roundtrip(control, b"%d" % i) == b"%d" % i
                 assert loop.time() - started < UNIT
             assert not flooding.done()
-            window = pair.server.settings.window
+            window = pair.server.settings.bulk_window  # "files" is a BULK channel
             assert bulk.queued_bytes <= pair.client.settings.send_high_water + 64 * 1024
             assert never_read[0].buffered_bytes <= window
         finally:
@@ -460,7 +460,9 @@ def test_tunnel_requires_the_tunnel_subprotocol() -> None:
 
 async def test_concurrent_senders_on_one_channel_under_backpressure() -> None:
     accepted: asyncio.Queue[Channel] = asyncio.Queue()
-    settings = Settings(window=128 * 1024, max_message=128 * 1024, send_high_water=64 * 1024)
+    settings = Settings(
+        window=128 * 1024, bulk_window=128 * 1024, max_message=128 * 1024, send_high_water=64 * 1024
+    )
 
     async def handler(request: IncomingChannel) -> None:
         accepted.put_nowait(request.accept())

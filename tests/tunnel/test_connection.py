@@ -623,3 +623,81 @@ def test_stats_count_frames_and_bytes_per_kind() -> None:
     assert (sent.frames_out, received.frames_in) == (2, 2)  # OPEN + DATA
     assert sent.bytes_out == received.bytes_in
     assert received.frames_out == 1  # ACCEPT
+
+
+# -- BULK keeps little in flight while an interactive channel is live ---------------------
+
+KIB = 1024
+CAPPED = Settings(bulk_window=1024 * KIB, bulk_shared_in_flight=256 * KIB, max_message=64 * KIB)
+
+
+def received_bytes(pair: ConnectionPair, conn: Connection) -> int:
+    return sum(len(data) for data in messages(pair.take(conn)))
+
+
+def queue_bulk(pair: ConnectionPair, cid: int, total: int) -> None:
+    for _ in range(total // (64 * KIB)):
+        pair.client.send_message(cid, b"x" * 64 * KIB)
+    pair.pump()
+
+
+@pytest.mark.parametrize("kind", ["input", "desktop"])
+@pytest.mark.parametrize("opener", SIDES)
+def test_bulk_in_flight_is_capped_while_an_interactive_channel_is_live(
+    kind: str, opener: str
+) -> None:
+    pair = ConnectionPair(client_settings=CAPPED, server_settings=CAPPED)
+    bulk = open_from(pair, "client", "files")
+    interactive = open_from(pair, opener, kind)
+    queue_bulk(pair, bulk, 2048 * KIB)
+    # The receiver reads nothing: what arrived is what the sender put in flight.
+    assert received_bytes(pair, pair.server) == 256 * KIB  # the cap, not the 1 MiB window
+    pair.server.reset(interactive)  # the interactive channel goes: the whole window
+    pair.pump()
+    assert received_bytes(pair, pair.server) == 1024 * KIB - 256 * KIB
+
+
+def test_cap_engaged_with_more_in_flight_waits_until_below_it() -> None:
+    pair = ConnectionPair(client_settings=CAPPED, server_settings=CAPPED)
+    bulk = open_from(pair, "client", "files")
+    queue_bulk(pair, bulk, 2048 * KIB)
+    assert received_bytes(pair, pair.server) == 1024 * KIB  # nothing interactive: window
+    open_from(pair, "server", "input")
+    pair.server.message_consumed(bulk, 512 * KIB)  # credit back, 512 KiB still in flight
+    pair.pump()
+    assert received_bytes(pair, pair.server) == 0
+    pair.server.message_consumed(bulk, 512 * KIB)  # in flight 0: up to the cap again
+    pair.pump()
+    assert received_bytes(pair, pair.server) == 256 * KIB
+
+
+def test_non_bulk_and_refused_channels_leave_bulk_uncapped() -> None:
+    pair = ConnectionPair(client_settings=CAPPED, server_settings=CAPPED)
+    bulk = open_from(pair, "client", "files")
+    open_from(pair, "client", "telemetry")
+    refused = pair.server.open("input", now=pair.now)  # never becomes live
+    pair.pump()
+    pair.client.refuse(refused)
+    pair.pump()
+    queue_bulk(pair, bulk, 2048 * KIB)
+    assert received_bytes(pair, pair.server) == 1024 * KIB
+
+
+def test_capped_sender_still_gets_credit_from_a_big_window() -> None:
+    """The receiver batches credit by at most MAX_CREDIT_BATCH: a sender capped below a
+    quarter of an 8 MiB window is not left waiting for credit that never comes."""
+    settings = Settings()  # production defaults: 8 MiB window, 512 KiB cap
+    pair = ConnectionPair(client_settings=settings, server_settings=settings)
+    bulk = open_from(pair, "client", "files")
+    open_from(pair, "client", "input")
+    total = 0
+    for _ in range(64):  # 4 MiB through a 512 KiB cap
+        pair.client.send_message(bulk, b"y" * 64 * KIB)
+    for _ in range(100):
+        pair.pump()
+        for data in messages(pair.take(pair.server)):
+            total += len(data)
+            pair.server.message_consumed(bulk, len(data))
+        if total == 64 * 64 * KIB:
+            break
+    assert total == 64 * 64 * KIB
