@@ -29,6 +29,7 @@ from relay_server.telemetry.config import (
 )
 from relay_server.telemetry.service import TelemetryService
 from store.db import upgrade
+from tunnel.aio.allocator import tune_allocator
 
 log = logging.getLogger("relay_server")
 
@@ -71,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SQLAlchemyError as exc:
         log.error("! database migration failed: %s", exc)
         return 1
+    tune_allocator()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(_serve(config, telemetry, ca))
 
