@@ -102,6 +102,8 @@ async def test_slow_reader_behind_the_relay_does_not_grow_relay_memory(fleet: Fl
         lambda: agent_channel[0].queued_bytes > high_water // 2
         and relay_held() >= window - MAX_CREDIT_BATCH
     )
+    for _ in range(3):  # chunks still on their way to the relay land meanwhile
+        await service.rpc("presence")
     held = relay_held()
     assert held <= window
     stalled_at = sent
@@ -112,10 +114,18 @@ async def test_slow_reader_behind_the_relay_does_not_grow_relay_memory(fleet: Fl
     assert sent == stalled_at
     # relay window + reader window left the agent, the rest waits in its send()
     assert sent <= 2 * window + high_water + len(message)
-    for _ in range(4):  # reading lets data flow again, from the agent on
-        assert await reader.recv() == message
+
+    async def read_all() -> None:
+        while True:
+            assert await reader.recv() == message
+
+    # Reading lets data flow again, from the agent on: its send() returns once its
+    # backlog is down to half the high-water mark.
+    reading = asyncio.create_task(read_all())
     await wait_for(lambda: sent > stalled_at)
     assert relay_held() <= window
+    reading.cancel()
+    await asyncio.gather(reading, return_exceptions=True)
     reader.reset()
 
 
