@@ -46,7 +46,6 @@ from agent.telemetry.config import (
 from agent.telemetry.service import TelemetryAgent
 from agent.watchdog import Notifier, watchdog_loop
 from jsonlog import configure as configure_logging
-from tunnel.aio.allocator import tune_allocator
 
 logger = logging.getLogger("agent")
 
@@ -71,7 +70,6 @@ def cmd_run(config: AgentConfig, telemetry: TelemetryConfig) -> int:
         raise ConfigError("relay_urls: at least one wss:// relay URL is needed to run")
     configure_logging(config.log_level, config.log_format)
     _lower_priority(config.nice)
-    tune_allocator()
     asyncio.run(_run(config, telemetry))
     return EXIT_OK
 

@@ -8,9 +8,9 @@ certificate that opens ``bridge`` channels to the device and reads.
 
 Processes (the same for ours and the baseline): relay in its own process, the SENDER
 (agent, or the baseline sender) in a child process, the READER in this process. Our relay
-and agent set glibc's malloc thresholds at start (``tunnel.aio.allocator``), as the real
-ones do; the baseline's relay and sender run stock. The reader process, shared by both,
-is tuned too.
+sets glibc's malloc thresholds at start (``tunnel.aio.allocator``), as the real one does;
+the agent, the baseline's relay and its sender run stock. The reader process, shared by
+both, is tuned too.
 
 1. Throughput, per message size (1 KiB, 256 KiB): the agent accepts a bridged ``files``
    channel (BULK priority) and sends messages as fast as the channel allows for a fixed
@@ -138,7 +138,6 @@ async def wait_stdin_closed() -> None:
 
 async def run_agent(args: argparse.Namespace) -> None:
     """A tunnel client on /agent, like the agent: control channel with hello first."""
-    tune_allocator()  # as `agent run` does
     pki_ssl = client_tls(Path(args.ca), Path(args.cert))
     registry = Registry()
     registry.add_channel(BULK_KIND, send_bulk)

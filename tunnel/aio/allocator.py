@@ -7,7 +7,7 @@ frees them with ``munmap``, and trims the top of the heap whenever more than twi
 threshold is free, so at line rate a process keeps faulting in fresh zeroed pages for
 data it has just received. Profiled on a tunnel reader at ~250 MB/s, page faults were
 about a fifth of its CPU; with fixed thresholds 256 KiB messages through the relay went
-from ~240 to ~300 MB/s (decision 0008).
+from ~240 to ~300 MB/s (decision 0009).
 
 Fixed thresholds (setting either turns glibc's adjustment off) keep such buffers in the
 heap for reuse. The cost is bounded: at most ``TRIM_THRESHOLD`` of free heap is kept
@@ -28,17 +28,20 @@ logger = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD: Final = -1
 _M_MMAP_THRESHOLD: Final = -3
 
-MMAP_THRESHOLD: Final = 2 * 1024 * 1024
-"""Above the largest tunnel message (1 MiB by default) plus a TLS read: every per-message
-buffer comes from the heap."""
+MMAP_THRESHOLD: Final = 32 * 1024 * 1024
+"""glibc's own ceiling for its adjusted threshold: tunnel messages (<= MAX_WINDOW) and
+desktop updates (<= 4 MiB) come from the heap. A lower fixed value would map and unmap
+every buffer above it, which the adjusted default avoids once it has seen one."""
 TRIM_THRESHOLD: Final = 8 * 1024 * 1024
-"""Free heap kept for reuse: a window's worth of buffers in flight at 8 MiB bulk windows."""
+"""Free heap kept for reuse at the top: a window's worth of buffers in flight."""
 
 
 def tune_allocator() -> bool:
     """Set the thresholds when the C library is glibc; True if both were applied.
 
-    Call once, early, in a process that runs tunnels (relay, agent, service clients).
+    Call once, early, in a process that moves bulk tunnel data (the relay). The agent
+    does not: its desktop capture ran slower with the 2 MiB threshold first tried, and
+    the agent's throughput gained nothing measurable (decision 0009).
     """
     if platform.libc_ver()[0] != "glibc":
         return False
