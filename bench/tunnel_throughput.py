@@ -577,8 +577,8 @@ def main() -> None:
     elif args.child == "baseline-sender":
         asyncio.run(run_baseline_sender(args))
     else:
-        # The reader process serves both systems' readers: tuned like our processes, it
-        # can only help the baseline's reader as much as ours.
+        # The reader process serves both systems' readers: tuned like our relay, it
+        # helps the baseline's reader as much as ours.
         tune_allocator()
         mode = "quick" if args.quick else "full" if args.full else "default"
         emit(asyncio.run(bench(PROFILES[mode], mode)))

@@ -184,5 +184,5 @@ class ChannelState:
     def sendable(self) -> bool:
         """Whether the scheduler may take a frame from this channel now."""
         if self.tx_queue:
-            return self.tx.credit > self.tx.reserve
+            return self.tx.usable > 0
         return self.close_pending

@@ -609,7 +609,7 @@ class Connection:
             message, more = queue[0]
             offset = channel.tx_offset
             remaining = len(message) - offset
-            size = min(remaining, MAX_CHUNK, channel.tx.credit - channel.tx.reserve)
+            size = min(remaining, MAX_CHUNK, channel.tx.usable)
             if size == remaining:
                 queue.popleft()
                 if not queue:
