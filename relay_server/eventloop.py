@@ -43,7 +43,9 @@ class SharedBufferSSLProtocol(sslproto.SSLProtocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *args: Any, **kwargs: Any) -> None:
         super().__init__(loop, *args, **kwargs)
-        self.max_size = TLS_READ_SIZE  # from now on only the read size
+        # From now on only the read size. typeshed calls max_size a ClassVar; asyncio
+        # reads it through the instance, which is what lets the two sizes differ.
+        self.max_size = TLS_READ_SIZE  # type: ignore[misc]
         shared: bytearray = loop._outlink_tls_buffer  # type: ignore[attr-defined]
         self._ssl_buffer = shared
         self._ssl_buffer_view = memoryview(shared)
