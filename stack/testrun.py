@@ -19,6 +19,9 @@ from pathlib import Path
 
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 FUZZ_SECONDS = int(os.environ.get("OUTLINK_FUZZ_SECONDS", "30"))
+#: Every package of the product (what the wheel ships), type-checked on each run.
+MYPY_PACKAGES = ("tunnel", "protocol", "jsonlog", "pki", "store", "relay_server", "agent",
+                 "web", "desktop", "telemetry", "sim", "stack")
 
 
 def _free_port() -> int:
@@ -110,12 +113,17 @@ def private_postgres() -> Iterator[str | None]:
 
 
 def run(pytest_args: list[str]) -> int:
-    """Lint, a bounded fuzzing run of the tunnel decoder, then the test suite.
+    """Lint, format check, type check, a bounded fuzzing run of the decoder, then the suite.
 
     The suite runs last so that its summary is the last line a reader (or CI) sees.
     """
     python = sys.executable
-    steps: list[list[str]] = [[python, "-m", "ruff", "check", "."]]
+    steps: list[list[str]] = [
+        [python, "-m", "ruff", "check", "."],
+        [python, "-m", "ruff", "format", "--check", "."],
+        # Strictness per package is in pyproject.toml ([tool.mypy] overrides).
+        [python, "-m", "mypy", *MYPY_PACKAGES],
+    ]
     fuzz = Path("fuzz/fuzz_decoder.py")
     if fuzz.exists():
         steps.append([python, str(fuzz), f"-max_total_time={FUZZ_SECONDS}"])
