@@ -15,10 +15,10 @@ import subprocess
 import sys
 import tomllib
 import zipfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -130,14 +130,13 @@ def version(wheel: Path) -> str:
 
 def installed(bin_dir: Path) -> set[str]:
     listing = run(bin_dir / "python", "-m", "pip", "list", "--format=json")
-    return {entry["name"].lower() for entry in json.loads(listing)}
+    return {canonicalize_name(entry["name"]) for entry in json.loads(listing)}
 
 
-def answers(bin_dir: Path, command: Sequence[str], version: str) -> None:
+def answers(bin_dir: Path, command: str, version: str) -> None:
     """``--version`` names the release, ``--help`` shows usage."""
-    prog = " ".join(command)
-    assert run(bin_dir / command[0], *command[1:], "--version") == f"{prog} {version}\n"
-    assert run(bin_dir / command[0], *command[1:], "--help").lower().startswith("usage:")
+    assert run(bin_dir / command, "--version") == f"{command} {version}\n"
+    assert run(bin_dir / command, "--help").lower().startswith("usage:")
 
 
 def imports_everything(bin_dir: Path, role: str) -> None:
@@ -163,15 +162,15 @@ def test_the_wheel_ships_every_file_of_its_packages(source: Path, wheel: Path) -
 def test_agent(venvs: dict[str, Path], version: str) -> None:
     bin_dir = venvs["agent"]
     assert installed(bin_dir).isdisjoint(NOT_ON_A_DEVICE)
-    answers(bin_dir, ["outlink-agent"], version)
+    answers(bin_dir, "outlink-agent", version)
     imports_everything(bin_dir, "agent")
 
 
 def test_relay(venvs: dict[str, Path], version: str, tmp_path: Path) -> None:
     bin_dir = venvs["relay"]
     assert "flask" not in installed(bin_dir)
-    answers(bin_dir, ["outlink-relay"], version)
-    answers(bin_dir, ["outlink-pki"], version)
+    answers(bin_dir, "outlink-relay", version)
+    answers(bin_dir, "outlink-pki", version)
     assert "configuration OK" in run(bin_dir / "outlink-relay", "--check-config", cwd=tmp_path)
     # The relay migrates at start with store.db.upgrade, as outlink-pki does here: both need
     # alembic.ini and the migrations from the installed package.
@@ -194,8 +193,8 @@ def test_relay(venvs: dict[str, Path], version: str, tmp_path: Path) -> None:
 def test_portal(venvs: dict[str, Path], version: str, tmp_path: Path) -> None:
     bin_dir = venvs["portal"]
     assert installed(bin_dir).isdisjoint({"aiosmtpd", "mss", "pillow", "prometheus-client"})
-    answers(bin_dir, ["outlink-portal"], version)
-    answers(bin_dir, ["outlink-pki"], version)
+    answers(bin_dir, "outlink-portal", version)
+    answers(bin_dir, "outlink-pki", version)
     env = {
         **CLEAN_ENV,
         "OUTLINK_PORTAL_DATA_DIR": str(tmp_path / "portal"),
