@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from release import VERSION as __version__
 
-try:
-    __version__ = version("outlink")
-except PackageNotFoundError:  # running from a source checkout that was never installed
-    __version__ = "0.0.0+source"
+__all__ = ["__version__"]

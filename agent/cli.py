@@ -46,6 +46,7 @@ from agent.telemetry.config import (
 from agent.telemetry.service import TelemetryAgent
 from agent.watchdog import Notifier, watchdog_loop
 from jsonlog import configure as configure_logging
+from release import VERSION
 
 logger = logging.getLogger("agent")
 
@@ -257,6 +258,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="outlink-agent", description="Outlink agent: enroll, run, status, desktop."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:

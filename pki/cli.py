@@ -26,6 +26,7 @@ from pki.issue import IssuedCertificate, issue_server_cert, issue_service_cert
 from pki.renewal import needs_renewal
 from pki.revocation import revoke_device
 from pki.tokens import DEFAULT_TTL, create_token, list_tokens, revoke_token
+from release import VERSION
 from store.db import make_engine, session_scope, upgrade
 
 log = logging.getLogger("pki.cli")
@@ -228,7 +229,11 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="outlink-pki", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="outlink-pki",
+        description="Outlink's operator tool for the fleet CA, certificates and enrolment tokens.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -28,6 +28,7 @@ from relay_server.telemetry.config import (
     load_telemetry_config,
 )
 from relay_server.telemetry.service import TelemetryService
+from release import VERSION
 from store.db import upgrade
 from tunnel.aio.allocator import tune_allocator
 
@@ -37,7 +38,10 @@ CONFIG_ENV = "OUTLINK_RELAY_CONFIG"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="outlink-relay", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="outlink-relay", description="Outlink relay: migrate the database, then serve."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     parser.add_argument(
         "--config",
         default=os.environ.get(CONFIG_ENV),

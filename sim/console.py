@@ -88,7 +88,11 @@ class Console:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sim.console", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m sim.console",
+        description="The simulated scanner's operator console: follows the simulator's "
+        "log and shows its state; Fail and Recover write its control file.",
+    )
     parser.add_argument("--log", type=Path, required=True, help="the simulator's log file")
     parser.add_argument("--control", type=Path, required=True, help="the simulator's control file")
     parser.add_argument("--name", default="demo-ct-01")

@@ -94,7 +94,11 @@ def webhook_server(port: int, secret: bytes, recorder: Recorder) -> http.server.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sim.receivers", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m sim.receivers",
+        description="The demo's notification receivers: an SMTP server and a webhook "
+        "endpoint on loopback, appending one JSON line per message to --out.",
+    )
     parser.add_argument("--smtp-port", type=int, default=8025)
     parser.add_argument("--webhook-port", type=int, default=8026)
     parser.add_argument("--secret-file", required=True, help="the webhook's shared secret")

@@ -25,6 +25,7 @@ from flask import Flask, current_app
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from release import VERSION
 from store.db import make_engine, session_scope, upgrade
 from store.portal import Role, User, append_audit, prune_chain, verify_chain
 from web import passwords
@@ -116,6 +117,7 @@ config_option = click.option("--config", "config_path", type=click.Path(dir_okay
 
 
 @click.group("outlink")
+@click.version_option(VERSION, message="%(prog)s %(version)s")
 def outlink() -> None:
     """Outlink portal administration."""
 

@@ -21,6 +21,7 @@ from agent.telemetry.config import (
     find_config,
     load_telemetry_config,
 )
+from release import VERSION
 
 logger = logging.getLogger("agent")
 
@@ -83,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m agent.telemetry", description="The agent's local audit log."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_audit_parser(sub)
     return parser

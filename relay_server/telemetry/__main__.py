@@ -26,6 +26,7 @@ from relay_server.telemetry.config import (
     TelemetryServerConfig,
     load_telemetry_config,
 )
+from release import VERSION
 from store.db import make_engine, session_scope
 from store.telemetry import DOWNSAMPLE_BATCH, downsample, prune
 
@@ -33,7 +34,10 @@ log = logging.getLogger("relay_server")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m relay_server.telemetry")
+    parser = argparse.ArgumentParser(
+        prog="python -m relay_server.telemetry", description="The relay's telemetry upkeep."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
     sp = sub.add_parser("maintain", help="downsample, then apply retention")
     sp.add_argument("--config", default=os.environ.get(CONFIG_ENV), help="relay TOML file")
