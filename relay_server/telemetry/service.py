@@ -1,15 +1,13 @@
 """`TelemetryService`: the relay's telemetry, attached to a `Relay` at startup.
 
-Wiring (what the relay's ``_serve`` does, see ``relay_server.telemetry.__main__``)::
+Wiring (what ``relay_server.cli`` does)::
 
     relay = Relay(config, ca=ca)
-    telemetry = TelemetryService.for_relay(relay, load_telemetry_config(path))
-    telemetry.attach(relay)          # serves "telemetry" and "logs" channels, adds metrics
-    await telemetry.start()          # ingestion, alarms, notifications, downsampling
-    await relay.start()
+    relay.add_feature(TelemetryService.for_relay(relay.host, load_telemetry_config(path)))
+    # attach: serves "telemetry" and "logs" channels, adds metrics
+    await relay.start()              # start: ingestion, alarms, notifications, downsampling
     ...
-    await relay.stop()
-    await telemetry.stop()
+    await relay.stop()               # stop: after the tunnels closed
 """
 
 from __future__ import annotations
@@ -18,13 +16,14 @@ import asyncio
 import logging
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import Engine
 
 from protocol.envelope import MessageError
 from relay_server.agent_link import AgentLink, AgentUnavailable
+from relay_server.features import FeatureHost
 from relay_server.tasks import TaskSet
 from relay_server.telemetry.alarms import AlarmDesk
 from relay_server.telemetry.channel import TelemetryChannels
@@ -35,9 +34,6 @@ from relay_server.telemetry.uploads import UploadReceiver
 from store.db import make_sessionmaker, session_scope
 from store.portal import append_audit
 from store.telemetry import DOWNSAMPLE_BATCH, downsample, refuse_log_upload, request_log_upload
-
-if TYPE_CHECKING:
-    from relay_server.server import Relay
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +68,14 @@ class TelemetryService:
         self._tasks = TaskSet()
 
     @classmethod
-    def for_relay(cls, relay: Relay, config: TelemetryServerConfig) -> TelemetryService:
-        return cls(
-            relay.engine, config, relay_id=relay.config.relay_id, agents=relay.registry.agents
-        )
+    def for_relay(cls, host: FeatureHost, config: TelemetryServerConfig) -> TelemetryService:
+        return cls(host.engine, config, relay_id=host.relay_id, agents=host.agents)
 
-    def attach(self, relay: Relay) -> None:
+    def attach(self, host: FeatureHost) -> None:
         """Serve the agent-opened ``telemetry`` and ``logs`` channels; export metrics."""
-        relay.control.channels["telemetry"] = self.channels.serve
-        relay.control.channels["logs"] = self.uploads.serve
-        relay.metrics_registry.register(TelemetryCollector(self))
+        host.serve_channel("telemetry", self.channels.serve)
+        host.serve_channel("logs", self.uploads.serve)
+        host.add_metrics(TelemetryCollector(self))
 
     async def start(self) -> None:
         self._tasks.spawn(self.ingestor.run(), name="telemetry-ingest")
