@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 
 from protocol.envelope import MessageError
 from relay_server.agent_link import AgentLink, AgentUnavailable
+from relay_server.audit import AuditLog
 from relay_server.features import FeatureHost
 from relay_server.tasks import TaskSet
 from relay_server.telemetry.alarms import AlarmDesk
@@ -32,7 +33,6 @@ from relay_server.telemetry.ingest import Ingestor
 from relay_server.telemetry.notify import Notifier
 from relay_server.telemetry.uploads import UploadReceiver
 from store.db import make_sessionmaker, session_scope
-from store.portal import append_audit
 from store.telemetry import DOWNSAMPLE_BATCH, downsample, refuse_log_upload, request_log_upload
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,11 @@ class TelemetryService:
         *,
         relay_id: str,
         agents: Mapping[str, AgentLink],
+        audit: AuditLog,
     ) -> None:
         self.config = config
         self._sessions = make_sessionmaker(engine)
-        self._relay_id = relay_id
+        self._audit = audit
         self._agents = agents
         self.notifier = Notifier(engine, config)
         self.alarms = AlarmDesk(
@@ -62,14 +63,16 @@ class TelemetryService:
         )
         self.ingestor = Ingestor(engine)
         self.channels = TelemetryChannels(
-            engine, relay_id=relay_id, ingestor=self.ingestor, alarms=self.alarms
+            engine, audit=audit, ingestor=self.ingestor, alarms=self.alarms
         )
-        self.uploads = UploadReceiver(engine, config, relay_id=relay_id)
+        self.uploads = UploadReceiver(engine, config, audit=audit)
         self._tasks = TaskSet()
 
     @classmethod
     def for_relay(cls, host: FeatureHost, config: TelemetryServerConfig) -> TelemetryService:
-        return cls(host.engine, config, relay_id=host.relay_id, agents=host.agents)
+        return cls(
+            host.engine, config, relay_id=host.relay_id, agents=host.agents, audit=host.audit
+        )
 
     def attach(self, host: FeatureHost) -> None:
         """Serve the agent-opened ``telemetry`` and ``logs`` channels; export metrics."""
@@ -78,13 +81,18 @@ class TelemetryService:
         host.add_metrics(TelemetryCollector(self))
 
     async def start(self) -> None:
-        self._tasks.spawn(self.ingestor.run(), name="telemetry-ingest")
+        await self.ingestor.start()
+        await self.alarms.start()
         self._tasks.spawn(self.alarms.run(), name="telemetry-alarms")
         self._tasks.spawn(self.notifier.run(), name="telemetry-notify")
         self._tasks.spawn(self._downsampling(), name="telemetry-downsample")
 
     async def stop(self) -> None:
+        """Stop the periodic work, then drain the writers: what ingestion took is
+        written, then the alarms it raised."""
         await self._tasks.cancel_all()
+        await self.ingestor.stop()
+        await self.alarms.stop()
 
     async def _downsampling(self) -> None:
         while True:
@@ -119,7 +127,16 @@ class TelemetryService:
             log.info("= fetch logs of %s not delivered: %s", device_id, type(exc).__name__)
             return
         if not reply.ok:
-            await asyncio.to_thread(self._refused, device_id, upload_id, reply.error or "error")
+            error = reply.error or "error"
+            await asyncio.to_thread(self._refused, upload_id, error)
+            self._audit.record(
+                "telemetry.logs_refused",
+                f"the device refused a rule's log upload: {error}",
+                outcome="failure",
+                device_id=device_id,
+                upload=upload_id,
+                error=error,
+            )
 
     def _request_upload(
         self, device_id: str, source: str, rule_id: int | None
@@ -134,18 +151,9 @@ class TelemetryService:
             )
             return upload.id, instruction
 
-    def _refused(self, device_id: str, upload_id: str, error: str) -> None:
+    def _refused(self, upload_id: str, error: str) -> None:
         with session_scope(self._sessions) as session:
             refuse_log_upload(session, upload_id, error)
-            append_audit(
-                session,
-                "telemetry.logs_refused",
-                outcome="failure",
-                actor=f"relay:{self._relay_id}",
-                device_id=device_id,
-                summary=f"the device refused a rule's log upload: {error}",
-                details={"upload": upload_id, "error": error},
-            )
 
 
 class TelemetryCollector:
@@ -169,7 +177,7 @@ class TelemetryCollector:
             "outlink_telemetry_ingest_seconds", "Time spent writing telemetry", value=ingest.seconds
         )
         yield CounterMetricFamily(
-            "outlink_telemetry_ingest_flushes", "Ingestion transactions", value=ingest.flushes
+            "outlink_telemetry_ingest_flushes", "Ingestion transactions", value=ingest.batches
         )
 
 
