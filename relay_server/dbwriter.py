@@ -143,12 +143,12 @@ class DbWriter(Generic[T, R]):
             await self._room.wait()
         self._enqueue(item)
 
-    def every(self, interval: float, job: Callable[[], object], *, first: float | None = None
-              ) -> None:
+    def every(
+        self, interval: float, job: Callable[[], object], *, first: float | None = None
+    ) -> None:
         """Run `job` in the worker thread every `interval` seconds, the first time
         `first` seconds after `start` (default: one interval). Call before `start`."""
         self._periodic.append(_Periodic(interval, job, interval if first is None else first))
-
 
     def _enqueue(self, item: T) -> None:
         weight = self._weight(item)
@@ -258,8 +258,13 @@ class DbWriter(Generic[T, R]):
             self.stats.retries += 1
             self._retry_delay = min(RETRY_MAX, self._retry_delay * 2 or RETRY_MIN)
             self._retry_at = loop.time() + self._retry_delay
-            log.error("! %s: database unreachable, %d queued, next try in %.0f s: %s",
-                      self.name, self.pending(), self._retry_delay, exc)
+            log.error(
+                "! %s: database unreachable, %d queued, next try in %.0f s: %s",
+                self.name,
+                self.pending(),
+                self._retry_delay,
+                exc,
+            )
         else:
             self._retry_delay = 0.0
 
@@ -267,8 +272,12 @@ class DbWriter(Generic[T, R]):
         try:
             await asyncio.to_thread(periodic.job)
         except UNREACHABLE as exc:
-            log.error("! %s: database unreachable (next try in %.0f s): %s",
-                      self.name, periodic.interval, exc)
+            log.error(
+                "! %s: database unreachable (next try in %.0f s): %s",
+                self.name,
+                periodic.interval,
+                exc,
+            )
         except Exception:
             log.exception("! %s: periodic job failed", self.name)
 

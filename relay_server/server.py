@@ -9,9 +9,10 @@ a presented certificate must chain and be valid or the TLS handshake fails. Then
 * ``/enroll``  needs no certificate (the token is the credential) -> `serve_enrollment`
 * anything else: 404. Over the per-source limits: 429 + Retry-After; over capacity: 503.
 
-The relay core knows no feature: features (telemetry, desktop...) attach with
-`Relay.add_feature` and get a `FeatureHost` (see `relay_server.features`); a feature may
-open a port of its own (the desktop viewer's) with the relay's connection class.
+The relay core knows no feature: the entry point attaches them with `Relay.add_feature`,
+and each gets a `FeatureHost` (see `relay_server.features`); a feature may open a port
+of its own with the relay's connection class, so its connections count against the
+same limits.
 
 Per connection the relay adds no task or timer of its own: the websockets handler
 task runs `Tunnel.run()` (the tunnel brings its writer task and one timer).
