@@ -43,7 +43,7 @@ PASSWORD = "desktop benchmark passphrase"
 def missing_parts(root: Path = ROOT) -> list[str]:
     """The parts of our desktop session this tree does not have yet."""
     missing = []
-    if not (root / "relay_server" / "viewer.py").exists():
+    if not (root / "relay_server" / "desktop" / "viewer.py").exists():
         missing.append("relay_server: the /view endpoint")
     if not (root / "agent" / "desktop" / "service.py").exists():
         missing.append("agent/desktop: the agent's desktop session service")

@@ -8,7 +8,7 @@ certificate that opens ``bridge`` channels to the device and reads.
 
 Processes (the same for ours and the baseline): relay in its own process, the SENDER
 (agent, or the baseline sender) in a child process, the READER in this process. Our relay
-sets glibc's malloc thresholds at start (``tunnel.aio.allocator``), as the real one does;
+sets glibc's malloc thresholds at start (``relay_server.allocator``), as the real one does;
 the agent, the baseline's relay and its sender run stock. The reader process, shared by
 both, is tuned too.
 
@@ -66,10 +66,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from agent.control import ControlChannel, Registry
+from relay_server.allocator import tune_allocator
 from relay_server.client import ServiceClient
 from tunnel import SUBPROTOCOLS, Role
 from tunnel.aio import Channel, ChannelError, IncomingChannel, Tunnel, websocket_options
-from tunnel.aio.allocator import tune_allocator
 from tunnel.limits import MAX_CHUNK
 
 HERE = Path(__file__).resolve().parent

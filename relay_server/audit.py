@@ -2,30 +2,27 @@
 
 What the relay records is what only the relay sees happen: bridges (remote access
 streams) opened, refused and closed, instructions delivered to devices, tunnels closed
-because of revocation or replacement, certificates renewed over the tunnel. Events go
+because of revocation or replacement, certificates renewed over the tunnel -- and the
+security events of its features (desktop joins, telemetry naming another device...):
+one writer for the whole relay (features get it from `FeatureHost.audit`). Events go
 through `store.portal.append_audit` with ``actor="relay:<relay id>"``.
 
 Recording never blocks or fails the action it records: events queue in memory (at
 most MAX_BACKLOG; beyond that they are dropped and counted, and the drop is logged)
-and one task writes them in batches from a worker thread.
+and a `DbWriter` writes them in batches from a worker thread.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
+from relay_server.dbwriter import DbWriter
 from store.db import session_scope
 from store.portal import append_audit
-
-log = logging.getLogger(__name__)
 
 # Security events are rare (a handful per remote session); 10,000 queued means the
 # database has been away for a long while. Memory stays bounded; drops are counted.
@@ -51,11 +48,9 @@ class AuditLog:
     def __init__(self, engine: Engine, relay_id: str) -> None:
         self._engine = engine
         self._actor = f"relay:{relay_id}"
-        self._queue: deque[AuditEvent] = deque()
-        self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()  # one writer at a time: no event written twice
-        self.written = 0
-        self.dropped = 0
+        self._writer: DbWriter[AuditEvent, None] = DbWriter(
+            "audit-writer", self._write, interval=FLUSH_INTERVAL, max_queued=MAX_BACKLOG
+        )
 
     def record(
         self,
@@ -68,46 +63,29 @@ class AuditLog:
         **details: Any,
     ) -> None:
         """Queue one event (never blocks, never raises)."""
-        if len(self._queue) >= MAX_BACKLOG:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.error("! audit backlog full: %d relay events dropped", self.dropped)
-            return
-        self._queue.append(AuditEvent(kind, outcome, summary, device_id, source, details))
+        self._writer.put_nowait(AuditEvent(kind, outcome, summary, device_id, source, details))
 
     def pending(self) -> int:
-        return len(self._queue)
+        return self._writer.pending()
+
+    @property
+    def written(self) -> int:
+        return self._writer.stats.items
+
+    @property
+    def dropped(self) -> int:
+        return self._writer.stats.dropped
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="audit-writer")
+        await self._writer.start()
 
     async def flush(self) -> None:
-        """Write everything queued now (tests, shutdown)."""
-        async with self._lock:
-            while self._queue:
-                batch = list(self._queue)
-                await asyncio.to_thread(self._write, batch)
-                for _ in batch:
-                    self._queue.popleft()
-                self.written += len(batch)
+        """Write everything queued now (tests)."""
+        await self._writer.flush()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        try:
-            await self.flush()
-        except SQLAlchemyError as exc:
-            log.error("! %d audit events not written at shutdown: %s", len(self._queue), exc)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
-            try:
-                await self.flush()
-            except SQLAlchemyError as exc:  # keep the events; try again next round
-                log.error("! audit write failed (will retry): %s", exc)
+        """Write what is queued, then stop."""
+        await self._writer.stop()
 
     def _write(self, batch: list[AuditEvent]) -> None:
         with session_scope(self._engine) as session:

@@ -19,7 +19,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 import jsonlog
 from pki.ca import CAError, CertificateAuthority, load_ca
+from relay_server.allocator import tune_allocator
 from relay_server.config import ConfigError, RelayConfig, load_config
+from relay_server.desktop.service import DesktopService
 from relay_server.eventloop import new_event_loop
 from relay_server.server import Relay
 from relay_server.telemetry.config import (
@@ -30,7 +32,6 @@ from relay_server.telemetry.config import (
 from relay_server.telemetry.service import TelemetryService
 from release import VERSION
 from store.db import upgrade
-from tunnel.aio.allocator import tune_allocator
 
 log = logging.getLogger("relay_server")
 
@@ -85,15 +86,13 @@ async def _serve(
     config: RelayConfig, telemetry_config: TelemetryServerConfig, ca: CertificateAuthority | None
 ) -> int:
     relay = Relay(config, ca=ca)
-    telemetry = TelemetryService.for_relay(relay, telemetry_config)
-    telemetry.attach(relay)
-    await telemetry.start()
+    relay.add_feature(TelemetryService.for_relay(relay.host, telemetry_config))
+    relay.add_feature(DesktopService.for_relay(relay.host))
     try:
         await relay.start()
     except OSError as exc:
         log.error("! cannot listen: %s", exc)
         await relay.stop()
-        await telemetry.stop()
         return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -102,5 +101,4 @@ async def _serve(
     await stop.wait()
     log.info("= signal received, shutting down")
     await relay.stop()
-    await telemetry.stop()
     return 0

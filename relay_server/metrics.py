@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Set
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -19,8 +19,11 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from tunnel.stats import CONNECTION_KIND, OTHER_KIND, KindStats
 
 if TYPE_CHECKING:
+    from relay_server.audit import AuditLog
+    from relay_server.limits import SourceLimiter
     from relay_server.links import Link
-    from relay_server.server import Relay
+    from relay_server.presence import PresenceWriter
+    from relay_server.revocation import RevocationCache
 
 # Channel kinds reported under their own label; anything else is OTHER_KIND.
 KNOWN_KINDS = frozenset(
@@ -93,41 +96,58 @@ def _add(into: dict[tuple[str, str], list[int]], key: tuple[str, str], s: KindSt
 class RelayCollector(Collector):
     """Builds every relay metric from the relay's state when Prometheus scrapes."""
 
-    def __init__(self, relay: Relay) -> None:
-        self._relay = relay
+    def __init__(
+        self,
+        relay_id: str,
+        stats: RelayStats,
+        *,
+        agents: Mapping[str, Link],
+        services: Set[Link],
+        limiter: SourceLimiter,
+        revocation: RevocationCache,
+        presence: PresenceWriter,
+        audit: AuditLog,
+    ) -> None:
+        self._relay_id = relay_id
+        self._stats = stats
+        self._agents = agents
+        self._services = services
+        self._limiter = limiter
+        self._revocation = revocation
+        self._presence = presence
+        self._audit = audit
 
     def collect(self) -> Iterator[Metric]:
-        relay = self._relay
-        stats = relay.stats
-        registry = relay.registry
-        links: list[tuple[str, Link]] = [("agent", link) for link in registry.agents.values()]
-        links += [("service", link) for link in registry.services]
+        stats = self._stats
+        agents, services = self._agents, self._services
+        links: list[tuple[str, Link]] = [("agent", link) for link in agents.values()]
+        links += [("service", link) for link in services]
 
         info = GaugeMetricFamily(
             "outlink_relay_info", "Relay identity (value is always 1).", labels=["relay_id"]
         )
-        info.add_metric([relay.config.relay_id], 1)
+        info.add_metric([self._relay_id], 1)
         yield info
         yield GaugeMetricFamily(
             "outlink_relay_start_time_seconds", "Unix time the relay started.", stats.started
         )
         yield GaugeMetricFamily(
-            "outlink_relay_agents_connected", "Agents with an open tunnel.", len(registry.agents)
+            "outlink_relay_agents_connected", "Agents with an open tunnel.", len(agents)
         )
         yield GaugeMetricFamily(
             "outlink_relay_services_connected",
             "Service clients (portal...) with an open tunnel.",
-            len(registry.services),
+            len(services),
         )
         yield GaugeMetricFamily(
             "outlink_relay_connections_open",
             "TLS connections, including those still in the WebSocket handshake.",
-            relay.limiter.total_open,
+            self._limiter.total_open,
         )
         yield GaugeMetricFamily(
             "outlink_relay_sources_tracked",
             "Source addresses tracked for rate limiting.",
-            relay.limiter.tracked(),
+            self._limiter.tracked(),
         )
         yield CounterMetricFamily(
             "outlink_relay_tcp_accepted",
@@ -223,10 +243,10 @@ class RelayCollector(Collector):
             "Entries in the revocation cache.",
             labels=["type"],
         )
-        revoked.add_metric(["serial"], len(relay.revocation.serials))
-        revoked.add_metric(["device"], len(relay.revocation.devices))
+        revoked.add_metric(["serial"], len(self._revocation.serials))
+        revoked.add_metric(["device"], len(self._revocation.devices))
         yield revoked
-        loaded = relay.revocation.loaded_at
+        loaded = self._revocation.loaded_at
         yield GaugeMetricFamily(
             "outlink_relay_revocation_age_seconds",
             "Seconds since the revocation cache was last loaded.",
@@ -262,22 +282,22 @@ class RelayCollector(Collector):
         yield GaugeMetricFamily(
             "outlink_relay_presence_pending",
             "Presence changes waiting for the next batched database write.",
-            relay.presence.pending(),
+            self._presence.pending(),
         )
         yield GaugeMetricFamily(
             "outlink_relay_audit_pending",
             "Relay security events waiting to be written to the audit trail.",
-            relay.audit.pending(),
+            self._audit.pending(),
         )
         yield CounterMetricFamily(
             "outlink_relay_audit_dropped",
             "Relay security events dropped because the audit backlog was full.",
-            relay.audit.dropped,
+            self._audit.dropped,
         )
         yield CounterMetricFamily(
             "outlink_relay_presence_flushes",
             "Batched presence writes to the database.",
-            relay.presence.writes,
+            self._presence.writes,
         )
 
 
@@ -287,8 +307,9 @@ def _labelled(family: CounterMetricFamily, counts: Counter[tuple[str, str]]) -> 
     return family
 
 
-def make_registry(relay: Relay) -> CollectorRegistry:
-    """A registry of this relay only (several relays in one test process stay apart)."""
+def make_registry(collector: RelayCollector) -> CollectorRegistry:
+    """A registry of one relay only (several relays in one test process stay apart);
+    features add their collectors to it (`FeatureHost.add_metrics`)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RelayCollector(relay))
+    registry.register(collector)
     return registry

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import http
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
-
-if TYPE_CHECKING:
-    from relay_server.server import Relay
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +30,16 @@ log = logging.getLogger(__name__)
 OPS_REQUEST_TIMEOUT = 5.0
 
 
-class OpsServer:
-    """HTTP endpoints about one relay."""
+#: None when the relay is ready, else why not (the /readyz body).
+Readiness = Callable[[], Awaitable[str | None]]
 
-    def __init__(self, relay: Relay) -> None:
-        self._relay = relay
+
+class OpsServer:
+    """HTTP endpoints about one relay: its readiness check and its metrics registry."""
+
+    def __init__(self, readiness: Readiness, metrics: CollectorRegistry) -> None:
+        self._readiness = readiness
+        self._metrics = metrics
         self._server: Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -65,12 +68,12 @@ class OpsServer:
         if path == "/healthz":
             return connection.respond(http.HTTPStatus.OK, "ok\n")
         if path == "/readyz":
-            problem = await self._relay.readiness()
+            problem = await self._readiness()
             if problem is None:
                 return connection.respond(http.HTTPStatus.OK, "ready\n")
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{problem}\n")
         if path == "/metrics":
-            body = generate_latest(self._relay.metrics_registry)
+            body = generate_latest(self._metrics)
             headers = Headers(
                 [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))]
             )

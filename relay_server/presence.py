@@ -10,8 +10,9 @@ connection event, let alone per frame, would swamp the database, so:
   `last_seen_interval` (the tunnel's keepalive proves they are alive in between);
 * the relay's own row is heartbeated every `heartbeat_interval`.
 
-All database work runs in a worker thread (`asyncio.to_thread`), one job at a time
-from a single task, so the event loop never blocks on the database.
+All database work runs in a worker thread, one job at a time from the task of one
+`DbWriter` (keyed by device: a device's latest state is what gets written), so the
+event loop never blocks on the database.
 
 A disconnect only marks the row offline if it still names this relay: a device that
 moved to another relay meanwhile keeps the newer relay's row.
@@ -20,8 +21,8 @@ moved to another relay meanwhile keeps the newer relay's row.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +32,7 @@ from sqlalchemy import Engine, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
+from relay_server.dbwriter import DbWriter
 from store.db import utcnow
 from store.models import Device, Presence, Relay
 
@@ -38,18 +40,25 @@ log = logging.getLogger(__name__)
 
 # SQLite allows 32766 bound parameters per statement (999 in old builds); chunk IN lists.
 _IN_CHUNK = 500
-# After a failed database write, try again this much later (the changes are kept).
-_RETRY_DELAY = 2.0
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Change:
-    """The latest known state of one device on this relay, not yet written."""
+    """The latest known state of one device on this relay, not yet written. Online
+    without ``peer_addr``: only the agent version is new (the connect was written)."""
 
+    device_id: str
     online: bool
     at: datetime
     peer_addr: str | None = None
     agent_version: str | None = None
+
+
+def _newer(queued: _Change, new: _Change) -> _Change:
+    """A device's state after `new`: a version report completes a queued connect."""
+    if new.online and new.peer_addr is None and queued.online:
+        return dataclasses.replace(queued, agent_version=new.agent_version)
+    return new
 
 
 class PresenceWriter:
@@ -68,44 +77,45 @@ class PresenceWriter:
         self._engine = engine
         self._relay_id = relay_id
         self._service_url = service_url
-        self._flush_interval = flush_interval
-        self._last_seen_interval = last_seen_interval
-        self._heartbeat_interval = heartbeat_interval
-        self._pending: dict[str, _Change] = {}
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._started_at = utcnow()
-        self.last_ok: float | None = None  # monotonic time of the last successful write
-        self.writes = 0  # number of flushed batches, for tests and metrics
+        self._writer: DbWriter[_Change, None] = DbWriter(
+            "presence-writer",
+            self._write,
+            interval=flush_interval,
+            key=lambda change: change.device_id,
+            merge=_newer,
+        )
+        self._writer.every(last_seen_interval, self._touch_last_seen)
+        self._writer.every(heartbeat_interval, self._heartbeat)
 
     # -- called on the event loop, O(1) -----------------------------------------
 
     def connected(self, device_id: str, peer_addr: str) -> None:
-        self._pending[device_id] = _Change(True, utcnow(), peer_addr=peer_addr)
+        self._writer.put_nowait(_Change(device_id, True, utcnow(), peer_addr=peer_addr))
 
     def agent_version(self, device_id: str, version: str) -> None:
-        change = self._pending.get(device_id)
-        if change is not None and change.online:
-            change.agent_version = version
-        else:
-            self._pending[device_id] = _Change(True, utcnow(), agent_version=version)
+        self._writer.put_nowait(_Change(device_id, True, utcnow(), agent_version=version))
 
     def disconnected(self, device_id: str) -> None:
-        self._pending[device_id] = _Change(False, utcnow())
+        self._writer.put_nowait(_Change(device_id, False, utcnow()))
 
     def pending(self) -> int:
-        return len(self._pending)
+        return self._writer.pending()
+
+    @property
+    def writes(self) -> int:
+        """Batches of changes written (tests and metrics)."""
+        return self._writer.stats.batches
 
     # -- lifecycle --------------------------------------------------------------
 
     async def start(self) -> None:
         """Register this relay and clear rows a previous (crashed) run left online."""
         await asyncio.to_thread(self._register)
-        self._task = asyncio.create_task(self._run(), name="presence-writer")
+        await self._writer.start()
 
     async def flush(self) -> None:
-        """Write pending changes now (tests and shutdown)."""
-        await self._flush()
+        """Write pending changes now (tests)."""
+        await self._writer.flush()
 
     async def touch_last_seen(self) -> None:
         """Refresh last_seen of every device online on this relay (one UPDATE)."""
@@ -116,53 +126,13 @@ class PresenceWriter:
         await asyncio.to_thread(self._heartbeat)
 
     async def stop(self) -> None:
-        """Flush, then mark every device of this relay offline (graceful shutdown)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        self._pending.clear()
+        """Write what is queued, then mark every device of this relay offline (graceful
+        shutdown)."""
+        await self._writer.stop()
         try:
             await asyncio.to_thread(self._all_offline)
         except SQLAlchemyError as exc:
             log.error("! could not mark presence offline at shutdown: %s", exc)
-
-    async def _run(self) -> None:
-        now = time.monotonic()
-        next_flush = now + self._flush_interval
-        next_seen = now + self._last_seen_interval
-        next_beat = now + self._heartbeat_interval
-        while True:
-            delay = min(next_flush, next_seen, next_beat) - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            now = time.monotonic()
-            try:
-                if now >= next_flush:
-                    next_flush = now + self._flush_interval
-                    await self._flush()
-                if now >= next_seen:
-                    next_seen = now + self._last_seen_interval
-                    await self.touch_last_seen()
-                if now >= next_beat:
-                    next_beat = now + self._heartbeat_interval
-                    await self.heartbeat()
-                self.last_ok = time.monotonic()
-            except SQLAlchemyError as exc:
-                log.error("! presence database write failed (will retry): %s", exc)
-                next_flush = min(next_flush, time.monotonic() + _RETRY_DELAY)
-
-    async def _flush(self) -> None:
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, {}
-        try:
-            await asyncio.to_thread(self._write, batch)
-        except BaseException:
-            # Keep the changes; newer ones recorded meanwhile win.
-            self._pending = {**batch, **self._pending}
-            raise
-        self.writes += 1
 
     # -- worker thread ----------------------------------------------------------
 
@@ -186,7 +156,6 @@ class PresenceWriter:
                 )
             )
             conn.execute(self._offline_stmt(now))
-        self.last_ok = time.monotonic()
         log.info("= relay %s registered (%s)", self._relay_id, self._service_url)
 
     def _heartbeat(self) -> None:
@@ -217,7 +186,8 @@ class PresenceWriter:
             .values(online=False, disconnected_at=now, last_seen=now)
         )
 
-    def _write(self, batch: dict[str, _Change]) -> None:
+    def _write(self, changes: list[_Change]) -> None:
+        batch = {change.device_id: change for change in changes}  # one per device
         with self._engine.begin() as conn:
             known = _known_devices(conn, list(batch))
             unknown = len(batch) - len(known)

@@ -9,8 +9,10 @@ a presented certificate must chain and be valid or the TLS handshake fails. Then
 * ``/enroll``  needs no certificate (the token is the credential) -> `serve_enrollment`
 * anything else: 404. Over the per-source limits: 429 + Retry-After; over capacity: 503.
 
-Browser viewers of desktop sessions use a second TLS port (``[viewer] port``, see
-`relay_server.viewer`) whose handshake asks for no client certificate.
+The relay core knows no feature: the entry point attaches them with `Relay.add_feature`,
+and each gets a `FeatureHost` (see `relay_server.features`); a feature may open a port
+of its own with the relay's connection class, so its connections count against the
+same limits.
 
 Per connection the relay adds no task or timer of its own: the websockets handler
 task runs `Tunnel.run()` (the tunnel brings its writer task and one timer).
@@ -22,7 +24,7 @@ import asyncio
 import http
 import logging
 import time
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
@@ -37,7 +39,6 @@ import jsonlog
 from pki.ca import CertificateAuthority
 from pki.identity import (
     DeviceIdentity,
-    Identity,
     IdentityError,
     ServiceIdentity,
     identity_from_peercert,
@@ -47,19 +48,18 @@ from pki.wire import ENROLL_SUBPROTOCOL
 from relay_server.agent_link import AgentLink, ControlContext
 from relay_server.audit import AuditLog
 from relay_server.config import RelayConfig
-from relay_server.desktop_events import EVENT_NAME as DESKTOP_STATE_EVENT
-from relay_server.desktop_events import POLICY_EVENT as DESKTOP_POLICY_EVENT
+from relay_server.connection import RelayConnection, connection_class
 from relay_server.enrollment import EnrollmentService, serve_enrollment
+from relay_server.features import Feature, FeatureHost
 from relay_server.limits import SourceLimiter
 from relay_server.links import Link, jittered_retry_ms
-from relay_server.metrics import RelayStats, make_registry
+from relay_server.metrics import RelayCollector, RelayStats, make_registry
 from relay_server.ops import OpsServer
 from relay_server.presence import PresenceWriter, check_database
 from relay_server.registry import Registry
 from relay_server.revocation import RevocationCache
-from relay_server.service_api import ServiceLink
+from relay_server.service_api import ServiceContext, ServiceLink
 from relay_server.tasks import TaskSet
-from relay_server.viewer import ViewerService
 from store.db import make_engine
 from tunnel import ErrorCode, Role, Settings
 from tunnel import select_subprotocol as select_tunnel_version
@@ -88,40 +88,9 @@ SERVER_HEADER = "outlink-relay"
 READY_DB_TIMEOUT = 2.0
 
 
-class RelayConnection(ServerConnection):
-    """A TLS connection to the relay: counts itself for limits, carries its identity.
-
-    `relay` is set on a per-relay subclass (`Relay._connection_class`), because
-    websockets builds connections itself.
-    """
-
-    relay: ClassVar[Relay]
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # at TCP accept, before TLS
-        self.identity: Identity | None = None
-        self.source = ""
-        self.peer = ""
-        self.relay.stats.tcp_accepted += 1
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # TLS is established now
-        peername = transport.get_extra_info("peername")
-        if isinstance(peername, tuple) and len(peername) >= 2:
-            self.source = str(peername[0])
-            self.peer = f"{peername[0]}:{peername[1]}"
-        else:
-            self.source = self.peer = str(peername)
-        self.relay.stats.tls_established += 1
-        self.relay.limiter.opened(self.source, time.monotonic())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self.relay.limiter.closed(self.source)
-
-
 class Relay:
-    """One relay process's state. `await start()`, then `await stop()` (graceful)."""
+    """One relay process's state. `add_feature()` each feature, `await start()`, then
+    `await stop()` (graceful)."""
 
     def __init__(
         self,
@@ -167,26 +136,68 @@ class Relay:
         self.control = ControlContext(
             config.relay_id, self.engine, self.presence, self.stats, self.audit, ca
         )
-        self.viewers = ViewerService(self)
-        self.control.events[DESKTOP_STATE_EVENT] = self.viewers.events.record
-        self.control.events[DESKTOP_POLICY_EVENT] = self.viewers.events.record_policy
+        self.services = ServiceContext(
+            config.relay_id,
+            self.registry.agents,
+            self.stats,
+            self.audit,
+            self.tasks,
+            self.revocation,
+            retire_grace=config.shutdown.grace,
+            accept_timeout=self.tunnel_settings.accept_timeout,
+        )
         self.enrollment = EnrollmentService(self.engine, ca) if ca is not None else None
-        self.metrics_registry = make_registry(self)
-        self._connection_class = type("RelayConnection", (RelayConnection,), {"relay": self})
+        self.metrics_registry = make_registry(
+            RelayCollector(
+                config.relay_id,
+                self.stats,
+                agents=self.registry.agents,
+                services=self.registry.services,
+                limiter=self.limiter,
+                revocation=self.revocation,
+                presence=self.presence,
+                audit=self.audit,
+            )
+        )
+        self._connection_class = connection_class(self.stats, self.limiter)
+        self.host = FeatureHost(
+            config=config,
+            engine=self.engine,
+            agents=self.registry.agents,
+            stats=self.stats,
+            audit=self.audit,
+            tasks=self.tasks,
+            connection_class=self._connection_class,
+            control=self.control,
+            metrics=self.metrics_registry,
+        )
+        self._features: list[Feature] = []
         self._server: Server | None = None
         self._ops: OpsServer | None = None
+        self._started = False
         self._stopping = False
         self.stopped = asyncio.Event()
+
+    def add_feature(self, feature: Feature) -> None:
+        """Attach `feature` (before `start`): it registers its handlers with `host` now;
+        the relay starts and stops it (order: `relay_server.features`)."""
+        if self._started:
+            raise RuntimeError("add features before start()")
+        feature.attach(self.host)
+        self._features.append(feature)
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Register in the database, load revocations, then listen (TLS port, ops port)."""
+        """Register in the database, load revocations, start the features, then listen
+        (TLS port, ops port)."""
         config = self.config
+        self._started = True
         await self.presence.start()
         await self.revocation.start()
         await self.audit.start()
-        await self.viewers.start()
+        for feature in self._features:
+            await feature.start()
         self._server = await serve(
             self._handle,
             config.listen.host,
@@ -203,7 +214,7 @@ class Relay:
             backlog=LISTEN_BACKLOG,
             **websocket_options(),
         )
-        self._ops = OpsServer(self)
+        self._ops = OpsServer(self.readiness, self.metrics_registry)
         await self._ops.start(config.ops.host, config.ops.port)
         log.info(
             "listening",
@@ -229,7 +240,8 @@ class Relay:
     async def stop(self) -> None:
         """Graceful shutdown: stop accepting, GOAWAY every tunnel with a random
         retry_after (agents come back promptly, spread out), close what is left after
-        the grace period, mark presence offline. Idempotent."""
+        the grace period, stop the features, mark presence offline, write what is
+        queued. Idempotent."""
         if self._stopping:
             await self.stopped.wait()
             return
@@ -254,7 +266,8 @@ class Relay:
             self._server.close()  # anything that connected meanwhile
             await self._server.wait_closed()
         await self.tasks.cancel_all()
-        await self.viewers.stop()
+        for feature in reversed(self._features):
+            await feature.stop()
         await self.revocation.stop()
         await self.presence.stop()
         await self.audit.stop()
@@ -365,7 +378,7 @@ class Relay:
             await self._serve(AgentLink(identity, ws.peer, ws, self.control), "agent")
         else:
             jsonlog.bind(service=identity.name, peer=ws.peer)
-            await self._serve(ServiceLink(identity, ws.peer, ws, self), "service")
+            await self._serve(ServiceLink(identity, ws.peer, ws, self.services), "service")
 
     async def _serve(self, link: Link, endpoint: str) -> None:
         assert isinstance(link, AgentLink | ServiceLink)

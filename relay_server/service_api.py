@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
@@ -48,7 +50,10 @@ from tunnel.aio import (
 )
 
 if TYPE_CHECKING:
-    from relay_server.server import Relay
+    from relay_server.audit import AuditLog
+    from relay_server.metrics import RelayStats
+    from relay_server.revocation import RevocationCache
+    from relay_server.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +62,32 @@ log = logging.getLogger(__name__)
 MAX_RPC_INFLIGHT = 32
 
 
+@dataclass(frozen=True)
+class ServiceContext:
+    """What every service link needs from the relay (one shared instance)."""
+
+    relay_id: str
+    agents: Mapping[str, AgentLink]
+    stats: RelayStats
+    audit: AuditLog
+    tasks: TaskSet
+    revocation: RevocationCache
+    retire_grace: float  # a `disconnect` gives the agent this long to leave by itself
+    accept_timeout: float  # the tunnel's: a bridge answers the service within 90 % of it
+
+
 class ServiceLink(Link):
     """A service client with an open tunnel on this relay."""
 
-    __slots__ = ("_relay",)
+    __slots__ = ("_context",)
 
     identity: ServiceIdentity
 
     def __init__(
-        self, identity: ServiceIdentity, peer: str, ws: ServerConnection, relay: Relay
+        self, identity: ServiceIdentity, peer: str, ws: ServerConnection, context: ServiceContext
     ) -> None:
         super().__init__(identity, peer, ws)
-        self._relay = relay
+        self._context = context
 
     @property
     def name(self) -> str:
@@ -115,7 +134,7 @@ class ServiceLink(Link):
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _answer(self, data: bytes) -> bytes:
-        stats = self._relay.stats
+        stats = self._context.stats
         request_id: RequestId | None = None
         op = "invalid"
         try:
@@ -134,8 +153,8 @@ class ServiceLink(Link):
         return encode_reply(request_id, **body)
 
     async def _dispatch(self, req: rpc.RpcRequest) -> dict[str, Any]:
-        relay = self._relay
-        agents = relay.registry.agents
+        context = self._context
+        agents = context.agents
         if isinstance(req, rpc.Presence):
             if req.device is not None:
                 found = agents.get(req.device)
@@ -144,7 +163,7 @@ class ServiceLink(Link):
                 ids = sorted(agents)[req.offset : req.offset + req.limit]
                 links = [agents[i] for i in ids]
             return {
-                "relay_id": relay.config.relay_id,
+                "relay_id": context.relay_id,
                 "total": len(agents),
                 "devices": [_presence_entry(link) for link in links],
             }
@@ -153,7 +172,7 @@ class ServiceLink(Link):
             if agent is None:
                 return {"disconnected": False}
             log.info("= %s disconnects device %s", self.name, req.device)
-            relay.audit.record(
+            context.audit.record(
                 "relay.device_disconnected",
                 f"tunnel closed at the request of {self.name}",
                 device_id=req.device,
@@ -161,15 +180,15 @@ class ServiceLink(Link):
                 requested_by=self.name,
                 retry_after_ms=req.retry_after_ms,
             )
-            relay.tasks.spawn(
-                agent.retire(req.retry_after_ms, "disconnected", relay.config.shutdown.grace),
+            context.tasks.spawn(
+                agent.retire(req.retry_after_ms, "disconnected", context.retire_grace),
                 name=f"disconnect {req.device}",
             )
             return {"disconnected": True}
         if isinstance(req, rpc.Revoke):
             had = req.device is not None and req.device in agents
-            await relay.revocation.reload()
-            revoked = req.device is not None and req.device in relay.revocation.devices
+            await context.revocation.reload()
+            revoked = req.device is not None and req.device in context.revocation.devices
             log.info("= %s asked for a revocation reload (device %s)", self.name, req.device)
             return {"revoked": revoked, "closed": had and revoked}
         return await self._instruct(req)
@@ -185,7 +204,7 @@ class ServiceLink(Link):
         return result
 
     def _audit_instruct(self, req: rpc.Instruct, action: str, outcome: str, **details: str) -> None:
-        self._relay.audit.record(
+        self._context.audit.record(
             "relay.instruct",
             f"instruction {action!r} from {self.name}",
             outcome=outcome,
@@ -197,7 +216,7 @@ class ServiceLink(Link):
         )
 
     async def _deliver(self, req: rpc.Instruct) -> dict[str, Any]:
-        agent = self._relay.registry.agents.get(req.device)
+        agent = self._context.agents.get(req.device)
         if agent is None:
             raise MessageError(rpc.ERR_OFFLINE, "device not connected to this relay", req.id)
         try:
@@ -224,7 +243,7 @@ class ServiceLink(Link):
         try:
             bridge = rpc.parse_bridge(request.meta)
         except MessageError as exc:
-            self._relay.stats.bridges[("invalid", "bad_request")] += 1
+            self._context.stats.bridges[("invalid", "bad_request")] += 1
             request.refuse(ErrorCode.BAD_REQUEST, exc.message)
             return
         with jsonlog.context(device=bridge.device, kind=bridge.kind):
@@ -244,12 +263,12 @@ class ServiceLink(Link):
 
     async def _open_on_agent(self, bridge: rpc.Bridge, request: IncomingChannel) -> Any:
         """Open the agent side, or refuse the service's request and return None."""
-        agent = self._relay.registry.agents.get(bridge.device)
+        agent = self._context.agents.get(bridge.device)
         code, reason = ErrorCode.UNAVAILABLE, "device not connected to this relay"
         if agent is not None and agent.tunnel is not None:
             meta = {**bridge.meta, "requested_by": self.name}
             # Answer the service before its own accept timeout refuses on our behalf.
-            deadline = self._relay.tunnel_settings.accept_timeout * 0.9
+            deadline = self._context.accept_timeout * 0.9
             try:
                 async with asyncio.timeout(deadline):
                     return await agent.tunnel.open_channel(bridge.kind, meta)
@@ -265,7 +284,7 @@ class ServiceLink(Link):
         return None
 
     async def _run_bridge(self, bridge: rpc.Bridge, service: Channel, agent: Channel) -> None:
-        stats = self._relay.stats
+        stats = self._context.stats
         stats.bridges[(kind_label(bridge.kind), "ok")] += 1
         stats.bridges_active += 1
         log.info("= bridge open for %s", self.name)
@@ -288,7 +307,7 @@ class ServiceLink(Link):
             )
 
     def _bridge_refused(self, bridge: rpc.Bridge, outcome: str, reason: str) -> None:
-        self._relay.stats.bridges[(kind_label(bridge.kind), outcome)] += 1
+        self._context.stats.bridges[(kind_label(bridge.kind), outcome)] += 1
         log.info("! bridge for %s refused: %s", self.name, outcome)
         self._audit_bridge(
             bridge,
@@ -301,7 +320,7 @@ class ServiceLink(Link):
     def _audit_bridge(
         self, bridge: rpc.Bridge, kind: str, outcome: str, summary: str, **details: Any
     ) -> None:
-        self._relay.audit.record(
+        self._context.audit.record(
             kind,
             f"{summary} for {self.name}",
             outcome=outcome,

@@ -2,9 +2,10 @@
 
 `observe` runs the pure `telemetry.rules.RuleEngine` on each newly stored record (the
 ingestion path calls it after the commit, before the ack) and queues what fired; a
-worker writes alarms in a thread (`store.telemetry.raise_alarm`: one active alarm per
-device and problem, repeated firings bump it) and then carries out the rule's other
-actions: notices to the `Notifier`, log fetches, priority raises.
+`DbWriter` writes alarms in a thread, in batches of WRITE_BATCH
+(`store.telemetry.raise_alarm`: one active alarm per device and problem, repeated
+firings bump it), and then carries out the rule's other actions: notices to the
+`Notifier`, log fetches, priority raises.
 
 Rules are re-read from the database every ``rules_refresh`` seconds (the portal edits
 them); offline rules are checked every ``offline_check`` seconds for the devices whose
@@ -24,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from relay_server.dbwriter import DbWriter
 from relay_server.tasks import TaskSet
 from relay_server.telemetry.config import TelemetryServerConfig
 from relay_server.telemetry.notify import EMAIL, WEBHOOK, Notice, Notifier
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 #: Firings waiting for the alarm writer; a storm beyond this is dropped and counted
 #: (the alarms it would bump are open already).
 MAX_QUEUED = 10_000
+#: Firings per transaction.
+WRITE_BATCH = 500
 #: A rule's "fetch logs" runs at most once per device and rule in this many seconds.
 FETCH_LOGS_INTERVAL = 3600.0
 
@@ -61,7 +65,7 @@ class Applied:
 
 
 class AlarmDesk:
-    """One per relay. `observe()` from ingestion, `run()` in a task."""
+    """One per relay. `start()`, `observe()` from ingestion, `run()` in a task, `stop()`."""
 
     def __init__(
         self,
@@ -80,8 +84,14 @@ class AlarmDesk:
         self.rules = RuleEngine()
         self._version: tuple[int, datetime | None] | None = None
         self._reload_lock = asyncio.Lock()
-        self._queue: list[tuple[Firing, DeviceInfo]] = []
-        self._wake = asyncio.Event()
+        self._writer: DbWriter[tuple[Firing, DeviceInfo], list[Applied]] = DbWriter(
+            "telemetry-alarms",
+            self._apply,
+            max_batch=WRITE_BATCH,
+            max_queued=MAX_QUEUED,
+            written=self._applied,
+            failed=self._not_written,
+        )
         self._fetched: dict[tuple[str, str], float] = {}
         self.tasks = TaskSet()
         self.stats: Counter[str] = Counter()
@@ -103,19 +113,24 @@ class AlarmDesk:
         self.rules.on_presence(device, None, time.time())
 
     def _enqueue(self, firing: Firing, device: DeviceInfo) -> None:
-        if len(self._queue) >= MAX_QUEUED:
+        if not self._writer.put_nowait((firing, device)):
             self.stats["dropped"] += 1
-            return
-        self._queue.append((firing, device))
-        self._wake.set()
 
     # -- tasks --------------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """The alarm writer (before ingestion can observe anything)."""
+        await self._writer.start()
+
+    async def stop(self) -> None:
+        """Write the firings still queued (and act on them), then stop."""
+        await self._writer.stop()
+
     async def run(self) -> None:
+        """Rule reloads and offline checks, until cancelled."""
         await self.reload_rules()
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._writer(), name="alarm-writer")
                 group.create_task(self._every(self._config.rules_refresh, self.reload_rules))
                 group.create_task(self._every(self._config.offline_check, self.check_offline))
         finally:
@@ -179,21 +194,13 @@ class AlarmDesk:
         with session_scope(self._sessions) as session:
             return offline_devices(session, self._relay_id)
 
-    async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                batch, self._queue = self._queue[:500], self._queue[500:]
-                try:
-                    applied = await asyncio.to_thread(self._apply, batch)
-                except Exception:
-                    self.stats["write_failed"] += len(batch)
-                    log.exception("! %d alarm firings could not be written", len(batch))
-                    continue
-                for item in applied:
-                    self._act(item)
-                self.applied.set()
+    def _applied(self, _batch: list[tuple[Firing, DeviceInfo]], applied: list[Applied]) -> None:
+        for item in applied:
+            self._act(item)
+        self.applied.set()
+
+    def _not_written(self, batch: list[tuple[Firing, DeviceInfo]], _exc: BaseException) -> None:
+        self.stats["write_failed"] += len(batch)
 
     # -- actions --------------------------------------------------------------------------
 

@@ -1,11 +1,11 @@
 """The ``telemetry`` channel, relay side: validate, store, evaluate, acknowledge.
 
 Per message (`telemetry.codec`): parse and validate against the sender's certificate
-identity (a batch or record naming another device is refused and written to the audit
-trail as a security event); scrub event messages once more (an old or misconfigured
-agent must not put personal data into the database, R28); hand the valid records to
-the `Ingestor`; when they are committed, let the `AlarmDesk` evaluate the new ones;
-then acknowledge. A message that cannot be parsed is answered with an error, counted,
+identity (a batch or record naming another device is refused and recorded as a
+security event by the relay's audit writer); scrub event messages once more (an old or
+misconfigured agent must not put personal data into the database, R28); hand the
+valid records to the `Ingestor`; when they are committed, let the `AlarmDesk` evaluate
+the new ones; then acknowledge. A message that cannot be parsed is answered with an error, counted,
 and the channel stays open; a message over MAX_MESSAGE resets this channel only (the
 tunnel enforces the channel's max_message). If the database fails, the channel is
 reset (UNAVAILABLE) without an ack, so the agent keeps the batch and sends it again.
@@ -26,7 +26,6 @@ from relay_server.telemetry.alarms import AlarmDesk
 from relay_server.telemetry.ingest import Ingestor
 from store.db import make_sessionmaker, session_scope
 from store.models import Device
-from store.portal import append_audit
 from telemetry.codec import (
     ERR_UNAVAILABLE,
     MAX_BATCH_RECORDS,
@@ -46,6 +45,7 @@ from tunnel.aio import Channel, ChannelError, ChannelResetError, IncomingChannel
 
 if TYPE_CHECKING:
     from relay_server.agent_link import AgentLink
+    from relay_server.audit import AuditLog
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,13 @@ class TelemetryChannels:
         self,
         engine: Engine,
         *,
-        relay_id: str,
+        audit: AuditLog,
         ingestor: Ingestor,
         alarms: AlarmDesk,
         scrubber: Scrubber | None = None,
     ) -> None:
         self._sessions = make_sessionmaker(engine)
-        self._relay_id = relay_id
+        self._audit = audit
         self._ingestor = ingestor
         self._alarms = alarms
         self._scrubber = scrubber or Scrubber()
@@ -106,13 +106,13 @@ class TelemetryChannels:
             self.stats[("batch", exc.code)] += 1
             log.warning("! telemetry message refused: %s", exc.code)
             if exc.code == ERR_WRONG_DEVICE:
-                await asyncio.to_thread(self._audit_wrong_device, link, "batch")
+                self._audit_wrong_device(link, "batch")
             await channel.send(encode_error(exc.batch, exc.code, exc.message))
             return device
         for _, code in batch.rejected:
             self.stats[("record", code)] += 1
         if any(code == ERR_WRONG_DEVICE for _, code in batch.rejected):
-            await asyncio.to_thread(self._audit_wrong_device, link, "record")
+            self._audit_wrong_device(link, "record")
         records = [self._scrubbed(r) for r in batch.records]
         try:
             outcome = await self._ingestor.submit(device.device_id, records)
@@ -145,14 +145,11 @@ class TelemetryChannels:
 
     def _audit_wrong_device(self, link: AgentLink, where: str) -> None:
         """A device tried to speak for another one: a security event for the trail."""
-        with session_scope(self._sessions) as session:
-            append_audit(
-                session,
-                "telemetry.wrong_device",
-                outcome="failure",
-                actor=f"relay:{self._relay_id}",
-                source=link.peer,
-                device_id=link.device_id,
-                summary=f"telemetry {where} naming another device refused",
-                details={"serial": link.serial},
-            )
+        self._audit.record(
+            "telemetry.wrong_device",
+            f"telemetry {where} naming another device refused",
+            outcome="failure",
+            device_id=link.device_id,
+            source=link.peer,
+            serial=link.serial,
+        )

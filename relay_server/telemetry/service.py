@@ -1,15 +1,13 @@
 """`TelemetryService`: the relay's telemetry, attached to a `Relay` at startup.
 
-Wiring (what the relay's ``_serve`` does, see ``relay_server.telemetry.__main__``)::
+Wiring (what ``relay_server.cli`` does)::
 
     relay = Relay(config, ca=ca)
-    telemetry = TelemetryService.for_relay(relay, load_telemetry_config(path))
-    telemetry.attach(relay)          # serves "telemetry" and "logs" channels, adds metrics
-    await telemetry.start()          # ingestion, alarms, notifications, downsampling
-    await relay.start()
+    relay.add_feature(TelemetryService.for_relay(relay.host, load_telemetry_config(path)))
+    # attach: serves "telemetry" and "logs" channels, adds metrics
+    await relay.start()              # start: ingestion, alarms, notifications, downsampling
     ...
-    await relay.stop()
-    await telemetry.stop()
+    await relay.stop()               # stop: after the tunnels closed
 """
 
 from __future__ import annotations
@@ -18,13 +16,15 @@ import asyncio
 import logging
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import Engine
 
 from protocol.envelope import MessageError
 from relay_server.agent_link import AgentLink, AgentUnavailable
+from relay_server.audit import AuditLog
+from relay_server.features import FeatureHost
 from relay_server.tasks import TaskSet
 from relay_server.telemetry.alarms import AlarmDesk
 from relay_server.telemetry.channel import TelemetryChannels
@@ -33,11 +33,7 @@ from relay_server.telemetry.ingest import Ingestor
 from relay_server.telemetry.notify import Notifier
 from relay_server.telemetry.uploads import UploadReceiver
 from store.db import make_sessionmaker, session_scope
-from store.portal import append_audit
 from store.telemetry import DOWNSAMPLE_BATCH, downsample, refuse_log_upload, request_log_upload
-
-if TYPE_CHECKING:
-    from relay_server.server import Relay
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +51,11 @@ class TelemetryService:
         *,
         relay_id: str,
         agents: Mapping[str, AgentLink],
+        audit: AuditLog,
     ) -> None:
         self.config = config
         self._sessions = make_sessionmaker(engine)
-        self._relay_id = relay_id
+        self._audit = audit
         self._agents = agents
         self.notifier = Notifier(engine, config)
         self.alarms = AlarmDesk(
@@ -66,31 +63,36 @@ class TelemetryService:
         )
         self.ingestor = Ingestor(engine)
         self.channels = TelemetryChannels(
-            engine, relay_id=relay_id, ingestor=self.ingestor, alarms=self.alarms
+            engine, audit=audit, ingestor=self.ingestor, alarms=self.alarms
         )
-        self.uploads = UploadReceiver(engine, config, relay_id=relay_id)
+        self.uploads = UploadReceiver(engine, config, audit=audit)
         self._tasks = TaskSet()
 
     @classmethod
-    def for_relay(cls, relay: Relay, config: TelemetryServerConfig) -> TelemetryService:
+    def for_relay(cls, host: FeatureHost, config: TelemetryServerConfig) -> TelemetryService:
         return cls(
-            relay.engine, config, relay_id=relay.config.relay_id, agents=relay.registry.agents
+            host.engine, config, relay_id=host.relay_id, agents=host.agents, audit=host.audit
         )
 
-    def attach(self, relay: Relay) -> None:
+    def attach(self, host: FeatureHost) -> None:
         """Serve the agent-opened ``telemetry`` and ``logs`` channels; export metrics."""
-        relay.control.channels["telemetry"] = self.channels.serve
-        relay.control.channels["logs"] = self.uploads.serve
-        relay.metrics_registry.register(TelemetryCollector(self))
+        host.serve_channel("telemetry", self.channels.serve)
+        host.serve_channel("logs", self.uploads.serve)
+        host.add_metrics(TelemetryCollector(self))
 
     async def start(self) -> None:
-        self._tasks.spawn(self.ingestor.run(), name="telemetry-ingest")
+        await self.ingestor.start()
+        await self.alarms.start()
         self._tasks.spawn(self.alarms.run(), name="telemetry-alarms")
         self._tasks.spawn(self.notifier.run(), name="telemetry-notify")
         self._tasks.spawn(self._downsampling(), name="telemetry-downsample")
 
     async def stop(self) -> None:
+        """Stop the periodic work, then drain the writers: what ingestion took is
+        written, then the alarms it raised."""
         await self._tasks.cancel_all()
+        await self.ingestor.stop()
+        await self.alarms.stop()
 
     async def _downsampling(self) -> None:
         while True:
@@ -125,7 +127,16 @@ class TelemetryService:
             log.info("= fetch logs of %s not delivered: %s", device_id, type(exc).__name__)
             return
         if not reply.ok:
-            await asyncio.to_thread(self._refused, device_id, upload_id, reply.error or "error")
+            error = reply.error or "error"
+            await asyncio.to_thread(self._refused, upload_id, error)
+            self._audit.record(
+                "telemetry.logs_refused",
+                f"the device refused a rule's log upload: {error}",
+                outcome="failure",
+                device_id=device_id,
+                upload=upload_id,
+                error=error,
+            )
 
     def _request_upload(
         self, device_id: str, source: str, rule_id: int | None
@@ -140,18 +151,9 @@ class TelemetryService:
             )
             return upload.id, instruction
 
-    def _refused(self, device_id: str, upload_id: str, error: str) -> None:
+    def _refused(self, upload_id: str, error: str) -> None:
         with session_scope(self._sessions) as session:
             refuse_log_upload(session, upload_id, error)
-            append_audit(
-                session,
-                "telemetry.logs_refused",
-                outcome="failure",
-                actor=f"relay:{self._relay_id}",
-                device_id=device_id,
-                summary=f"the device refused a rule's log upload: {error}",
-                details={"upload": upload_id, "error": error},
-            )
 
 
 class TelemetryCollector:
@@ -175,7 +177,7 @@ class TelemetryCollector:
             "outlink_telemetry_ingest_seconds", "Time spent writing telemetry", value=ingest.seconds
         )
         yield CounterMetricFamily(
-            "outlink_telemetry_ingest_flushes", "Ingestion transactions", value=ingest.flushes
+            "outlink_telemetry_ingest_flushes", "Ingestion transactions", value=ingest.batches
         )
 
 

@@ -32,7 +32,6 @@ from sqlalchemy import Engine, func, select
 
 from relay_server.telemetry.config import TelemetryServerConfig
 from store.db import make_sessionmaker, session_scope
-from store.portal import append_audit
 from store.telemetry import (
     UPLOAD_COMPLETE,
     UPLOAD_FAILED,
@@ -47,6 +46,7 @@ from tunnel.aio import ChannelError, IncomingChannel
 
 if TYPE_CHECKING:
     from relay_server.agent_link import AgentLink
+    from relay_server.audit import AuditLog
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,11 @@ class UploadMetaError(ValueError):
 class UploadReceiver:
     """Serves every agent's ``logs`` channels (one instance per relay)."""
 
-    def __init__(self, engine: Engine, config: TelemetryServerConfig, *, relay_id: str) -> None:
+    def __init__(self, engine: Engine, config: TelemetryServerConfig, *, audit: AuditLog) -> None:
         self._sessions = make_sessionmaker(engine)
         self._dir = Path(config.upload_dir)
         self._max = config.max_upload_bytes
-        self._relay_id = relay_id
+        self._audit = audit
         self._active: set[str] = set()
         self.stats: Counter[str] = Counter()
         self.finished = asyncio.Event()  # set after each upload ends (tests wait on it)
@@ -95,6 +95,15 @@ class UploadReceiver:
             verdict = await asyncio.to_thread(self._claim, link, meta)
             if verdict is not None:
                 self.stats[f"refused_{verdict.code.name.lower()}"] += 1
+                if verdict.code is ErrorCode.FORBIDDEN:
+                    self._audit.record(
+                        "telemetry.upload_forbidden",
+                        "log upload with another device's upload id refused",
+                        outcome="failure",
+                        device_id=device_id,
+                        source=link.peer,
+                        upload=meta["upload"],
+                    )
                 request.refuse(verdict.code, verdict.reason)
                 return
             await self._receive(link, request, meta)
@@ -134,16 +143,6 @@ class UploadReceiver:
                 )
                 session.add(row)
             elif row.device_id != link.device_id:
-                append_audit(
-                    session,
-                    "telemetry.upload_forbidden",
-                    outcome="failure",
-                    actor=f"relay:{self._relay_id}",
-                    source=link.peer,
-                    device_id=link.device_id,
-                    summary="log upload with another device's upload id refused",
-                    details={"upload": meta["upload"]},
-                )
                 return UploadMetaError(ErrorCode.FORBIDDEN, "not this device's upload")
             elif row.state in (UPLOAD_REFUSED, UPLOAD_FAILED) and row.reason != "schedule":
                 row.state = UPLOAD_REQUESTED  # the agent retries what we asked for

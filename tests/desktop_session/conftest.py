@@ -36,7 +36,7 @@ from desktop.capture import Frame, Monitor
 from desktop.pacing import PacerSettings
 from desktop.streamer import StreamerSettings
 from relay_server.config import ViewerConfig
-from relay_server.viewer import SUBPROTOCOL
+from relay_server.desktop.viewer import SUBPROTOCOL
 from store import desktop
 from store.db import session_scope
 from store.desktop import Actor, DesktopSession, Mode
@@ -133,7 +133,7 @@ class Stage:
 
     @property
     def relay_url(self) -> str:
-        return f"wss://127.0.0.1:{self.fleet.relay.viewers.port}"
+        return f"wss://127.0.0.1:{self.fleet.desktop.viewers.port}"
 
     def request(self, user: str = "eng", mode: Mode = Mode.CONTROL) -> str:
         """A request stored as the portal stores it (the agent is not asked)."""
@@ -173,7 +173,7 @@ class Stage:
     async def wait_state(self, sid: str, state: str, timeout: float = 10 * UNIT) -> None:
         async with asyncio.timeout(timeout):
             while self.state(sid).state != state:
-                await self.fleet.relay.viewers.events.flush()
+                await self.fleet.desktop.events.flush()
                 await asyncio.sleep(0.02)
 
     async def viewer(self, ticket: str | None, *, origin: str | None = ORIGIN,

@@ -16,8 +16,8 @@ from sqlalchemy import update
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from desktop import wire
-from relay_server.desktop_events import parse_policy
-from relay_server.viewer import CHANNEL_WINDOW
+from relay_server.desktop.events import parse_policy
+from relay_server.desktop.viewer import CHANNEL_WINDOW
 from store import desktop
 from store.db import session_scope
 from store.desktop import Mode, ViewerTicket
@@ -177,7 +177,7 @@ async def test_view_only_ticket_cannot_be_upgraded(stage: Stage) -> None:
     frame = await first_frame(ws)  # the refresh's answer: everything before it was handled
     assert frame.full
     assert stage.sink.events == []
-    assert stage.fleet.relay.viewers.live[sid].inputs_dropped == 4  # the relay dropped them
+    assert stage.fleet.desktop.viewers.live[sid].inputs_dropped == 4  # the relay dropped them
     session = stage.desktop.book.get(sid)
     assert session is not None and session.joined_mode is not None
     assert str(session.joined_mode) == "view"
@@ -188,7 +188,7 @@ async def test_clipboard_needs_its_own_right_checked_live(stage: Stage) -> None:
     ws = await stage.viewer(stage.ticket(sid))
     assert '"clipboard":true' in await ws.recv()
     await first_frame(ws)
-    live = stage.fleet.relay.viewers.live[sid]
+    live = stage.fleet.desktop.viewers.live[sid]
     paste = wire.Clipboard("serial 1234").encode()
     await ws.send(paste)
     assert await pasted(stage.display, b"serial 1234")  # the device's real clipboard
@@ -284,7 +284,7 @@ async def test_a_slow_viewer_does_not_grow_relay_memory(
         return last
 
     sent = await settled()
-    live = stage.fleet.relay.viewers.live[sid]
+    live = stage.fleet.desktop.viewers.live[sid]
     assert live.viewer is not None
     transport = live.viewer.ws.transport
     assert live.channel.buffered_bytes <= CHANNEL_WINDOW
@@ -296,7 +296,7 @@ async def test_a_slow_viewer_does_not_grow_relay_memory(
 async def test_agent_events_are_checked_and_bound_to_the_device(stage: Stage) -> None:
     sid = stage.request()
     link = stage.fleet.relay.registry.agents[stage.world.device_a]
-    events = stage.fleet.relay.viewers.events
+    events = stage.fleet.desktop.events
     before = (events.invalid, events.applied)
     events.record(link, {"session_id": "nope", "state": "accepted", "by": "device"})
     events.record(link, {"session_id": sid, "state": "prompting", "by": "device"})
@@ -328,7 +328,7 @@ async def test_undecided_requests_time_out_on_the_server(stage: Stage) -> None:
 async def test_the_device_reports_its_consent_setting_on_connecting(stage: Stage) -> None:
     async with asyncio.timeout(10 * UNIT):
         while True:
-            await stage.fleet.relay.viewers.events.flush()
+            await stage.fleet.desktop.events.flush()
             with session_scope(stage.engine) as session:
                 policy = desktop.last_reported_policy(session, stage.world.device_a)
             if policy is not None:

@@ -36,6 +36,7 @@ from relay_server.config import (
     ShutdownConfig,
     TLSConfig,
 )
+from relay_server.desktop.service import DesktopService
 from relay_server.eventloop import RelayEventLoop
 from relay_server.server import Relay
 from store.db import make_engine, session_scope, upgrade
@@ -99,11 +100,12 @@ def register_device(
 
 @dataclass
 class Fleet:
-    """The test fleet: PKI, database, and a running relay."""
+    """The test fleet: PKI, database, and a running relay with the desktop feature."""
 
     pki: FleetPKI
     engine: Engine
     relay: Relay
+    desktop: DesktopService
     _clients: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
@@ -193,11 +195,14 @@ async def running_relay(
     signs: bool = True,
     **sections: Any,
 ) -> AsyncIterator[Fleet]:
-    """A started relay (stopped gracefully on exit); `signs=False`: it holds no CA key."""
+    """A started relay (stopped gracefully on exit) with the desktop feature, as
+    `outlink-relay` runs it (telemetry: `tests.telemetry`); `signs=False`: it holds no CA key."""
     config = config or relay_config(pki, str(engine.url), **sections)
     relay = Relay(config, engine=engine, ca=pki.ca if signs else None)
+    desktop = DesktopService.for_relay(relay.host)
+    relay.add_feature(desktop)
     await relay.start()
-    fleet = Fleet(pki, engine, relay)
+    fleet = Fleet(pki, engine, relay, desktop)
     try:
         yield fleet
     finally:

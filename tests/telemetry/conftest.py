@@ -273,10 +273,9 @@ async def world(
     with SmtpSink() as smtp, HookSink() as hooks:
         relay = Relay(relay_config(fleet_pki, url), engine=engine, ca=fleet_pki.ca)
         service = TelemetryService.for_relay(
-            relay, server_config(tmp_path, smtp, hooks, **telemetry_settings)
+            relay.host, server_config(tmp_path, smtp, hooks, **telemetry_settings)
         )
-        service.attach(relay)
-        await service.start()
+        relay.add_feature(service)
         await relay.start()
         w = World(fleet_pki, engine, relay, service, tmp_path, smtp, hooks)
         try:
@@ -285,7 +284,6 @@ async def world(
             for agent in w.agents:
                 await agent.stop()
             await relay.stop()
-            await service.stop()
             # Cancelled awaits leave their worker threads running: let them finish and
             # return their connections before the pool goes.
             await asyncio.get_running_loop().shutdown_default_executor()

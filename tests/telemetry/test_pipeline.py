@@ -363,6 +363,7 @@ async def test_malformed_and_oversized_telemetry_is_refused_counted_and_containe
         lambda s: s.execute(select(TelemetryRecord.device_id, TelemetryRecord.seq)).all()
     )
     assert [tuple(r) for r in rows] == [(device_id, 5)]
+    await world.relay.audit.flush()  # the relay's batched audit writer
     audits = world.db(
         lambda s: s.scalars(
             select(AuditEvent.device_id).where(AuditEvent.kind == "telemetry.wrong_device")

@@ -62,9 +62,8 @@ async def world(fleet_pki: FleetPKI, tmp_path: Path, db_url: str) -> AsyncIterat
     )
     with SmtpSink() as smtp, HookSink() as hooks:
         relay = Relay(config, engine=engine, ca=fleet_pki.ca)
-        service = TelemetryService.for_relay(relay, server_config(tmp_path, smtp, hooks))
-        service.attach(relay)
-        await service.start()
+        service = TelemetryService.for_relay(relay.host, server_config(tmp_path, smtp, hooks))
+        relay.add_feature(service)
         await relay.start()
         w = World(fleet_pki, engine, relay, service, tmp_path, smtp, hooks)
         try:
@@ -73,7 +72,6 @@ async def world(fleet_pki: FleetPKI, tmp_path: Path, db_url: str) -> AsyncIterat
             for agent in w.agents:
                 await agent.stop()
             await relay.stop()
-            await service.stop()
             await asyncio.get_running_loop().shutdown_default_executor()
             engine.dispose()
 

@@ -23,7 +23,7 @@ const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
 const PASTE_WAIT_MS = 150;
 const WHEEL_NOTCH_PX = 100;
 
-// Close codes from the relay (relay_server/viewer.py).
+// Close codes from the relay (relay_server/desktop/viewer.py).
 const FINAL_CLOSES = {
   4403: "Your access to this session was withdrawn.",
   4409: "This session was opened in another window.",

@@ -13,7 +13,7 @@ import pytest
 # messages; the minor page faults of 20 rounds after a warm-up one.
 CHURN = """
 import resource, sys
-from tunnel.aio.allocator import tune_allocator
+from relay_server.allocator import tune_allocator
 if sys.argv[1] == "tuned":
     assert tune_allocator()
 sizes = [200_000 + (i * 97_531) % 800_000 for i in range(64)]

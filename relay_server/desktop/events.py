@@ -16,7 +16,7 @@ The agent reports every change of a session's state on its control channel::
 
 :func:`parse_state` checks the fields (sans-I/O; anything malformed is counted and
 dropped). :meth:`DesktopEvents.record` only queues -- the control channel never waits
-for the database -- and one writer task applies the queue in order through
+for the database -- and a `DbWriter` applies the queue in order through
 `store.desktop`, which moves a session only along its state table, only for the
 reporting device's own sessions, and audits each change in the same transaction. The
 viewer endpoint queues its own changes here too (``submit``), so one session's writes
@@ -27,19 +27,17 @@ even when its device is gone.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from relay_server.dbwriter import DbWriter
 from store import desktop
 from store.db import make_sessionmaker, session_scope
 from store.desktop import Actor, State
@@ -70,9 +68,6 @@ MAX_REASON_IN: Final = 2000
 MAX_COUNT: Final = 2**53 - 1
 
 Job = Callable[[Session], None]
-
-#: Errors that mean "the database is away": keep the queue and retry.
-UNREACHABLE: Final = (OperationalError, InterfaceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +174,17 @@ class DesktopEvents:
     def __init__(self, engine: Engine, relay_id: str) -> None:
         self._sessions = make_sessionmaker(engine)
         self.actor = Actor(f"relay:{relay_id}")
-        self._queue: deque[Job] = deque()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
-        self.applied = self.ignored = self.invalid = self.dropped = 0
+        # One job per transaction: a job that fails for its own reasons is dropped alone.
+        self._writer: DbWriter[Job, None] = DbWriter(
+            "desktop-sessions", self._run_jobs, max_batch=1, max_queued=MAX_BACKLOG
+        )
+        self._writer.every(SWEEP_INTERVAL, self._sweep, first=0)
+        self.applied = self.ignored = self.invalid = 0
+
+    @property
+    def dropped(self) -> int:
+        """Changes refused because the backlog was full."""
+        return self._writer.stats.dropped
 
     # -- producers (event loop; never block) --------------------------------------------
 
@@ -231,67 +232,30 @@ class DesktopEvents:
 
     def submit(self, job: Job) -> None:
         """Queue one database change (run in order, in its own transaction)."""
-        if len(self._queue) >= MAX_BACKLOG:
-            self.dropped += 1
-            log.error("! desktop session backlog full: %d changes dropped", self.dropped)
-            return
-        self._queue.append(job)
-        self._wake.set()
+        self._writer.put_nowait(job)
 
     # -- the writer ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="desktop-sessions")
+        await self._writer.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        try:
-            await self.flush()
-        except SQLAlchemyError as exc:
-            log.error("! %d desktop session changes not written at shutdown: %s",
-                      len(self._queue), exc)
+        """Write what is queued, then stop."""
+        await self._writer.stop()
 
     async def flush(self) -> None:
-        """Apply everything queued now. A database that cannot be reached raises (the
-        jobs stay queued); a job that fails otherwise is logged and dropped, so one bad
-        row cannot stop the queue."""
-        async with self._lock:
-            while self._queue:
-                job = self._queue[0]
-                try:
-                    await asyncio.to_thread(self._run_job, job)
-                except UNREACHABLE:
-                    raise
-                except Exception:
-                    log.exception("! desktop session change failed; dropped")
-                self._queue.popleft()
+        """Apply everything queued now (tests). A database that cannot be reached raises
+        (the jobs stay queued); a job that fails otherwise is logged and dropped, so one
+        bad row cannot stop the queue."""
+        await self._writer.flush()
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_sweep = loop.time()
-        while True:
-            try:
-                async with asyncio.timeout(max(0.0, next_sweep - loop.time())):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            try:
-                await self.flush()
-                if loop.time() >= next_sweep:
-                    next_sweep = loop.time() + SWEEP_INTERVAL
-                    await asyncio.to_thread(self._run_job, self._sweep)
-            except SQLAlchemyError as exc:  # keep the jobs; try again at the next sweep
-                log.error("! desktop session write failed (will retry): %s", exc)
-                next_sweep = loop.time() + SWEEP_INTERVAL
-
-    def _run_job(self, job: Job) -> None:
+    def _run_jobs(self, jobs: list[Job]) -> None:
         with session_scope(self._sessions) as session:
-            job(session)
+            for job in jobs:
+                job(session)
 
-    def _sweep(self, session: Session) -> None:
-        for row in desktop.sweep(session, datetime.now(UTC), self.actor):
-            log.info("= desktop session %s: %s (%s)", row.id, row.state, row.end_reason)
+    def _sweep(self) -> None:
+        """Time out the requests nobody decided by their deadline."""
+        with session_scope(self._sessions) as session:
+            for row in desktop.sweep(session, datetime.now(UTC), self.actor):
+                log.info("= desktop session %s: %s (%s)", row.id, row.state, row.end_reason)

@@ -1,4 +1,4 @@
-"""glibc malloc thresholds for processes that move tunnel data at line rate.
+"""glibc malloc thresholds for the relay process, which moves tunnel data at line rate.
 
 Tunnel traffic is a stream of short-lived buffers of 16 KiB to 1 MiB: TLS reads joined
 by asyncio, the WebSocket reader's buffer, chunks, reassembled messages. glibc serves

@@ -56,11 +56,13 @@ import logging
 import ssl
 import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import parse_qs, urlsplit
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -72,7 +74,7 @@ from websockets.typing import Subprotocol
 import jsonlog
 from desktop import wire
 from pki.tls import server_context
-from relay_server.desktop_events import DesktopEvents
+from relay_server.desktop.events import DesktopEvents
 from store import desktop
 from store.db import make_sessionmaker, session_scope
 from store.desktop import Admission, Mode, Refused
@@ -81,7 +83,11 @@ from tunnel.aio import Channel, ChannelError, TunnelClosedError
 
 if TYPE_CHECKING:
     from relay_server.agent_link import AgentLink
-    from relay_server.server import Relay, RelayConnection
+    from relay_server.audit import AuditLog
+    from relay_server.config import ListenConfig, TLSConfig, ViewerConfig
+    from relay_server.connection import RelayConnection
+    from relay_server.metrics import RelayStats
+    from relay_server.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -217,39 +223,60 @@ class Attachment:
 
 
 class ViewerService:
-    """``/view`` on one relay: admission, live sessions, their viewers."""
+    """``/view`` on one relay: admission, live sessions, their viewers.
 
-    def __init__(self, relay: Relay) -> None:
-        self._relay = relay
-        self._origins = frozenset(relay.config.viewer.allowed_origins)
+    Session changes go to `events` (in order with the agents' reports); refusals and
+    joins to the relay's `audit`; grace timers run in the relay's `tasks`.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        events: DesktopEvents,
+        *,
+        viewer: ViewerConfig,
+        tls: TLSConfig,
+        listen: ListenConfig,
+        agents: Mapping[str, AgentLink],
+        stats: RelayStats,
+        audit: AuditLog,
+        tasks: TaskSet,
+        connection_class: type[RelayConnection],
+    ) -> None:
+        self._config = viewer
+        self._tls = tls
+        self._listen = listen
+        self._agents = agents
+        self._stats = stats
+        self._audit = audit
+        self._tasks = tasks
+        self._connection_class = connection_class
+        self._origins = frozenset(viewer.allowed_origins)
         self._server: Server | None = None
         self._stopping = False
-        self._sessions = make_sessionmaker(relay.engine)
-        self.events = DesktopEvents(relay.engine, relay.config.relay_id)
+        self._sessions = make_sessionmaker(engine)
+        self.events = events
         self._admitted: weakref.WeakKeyDictionary[ServerConnection, Admission] = (
             weakref.WeakKeyDictionary()
         )
         self.live: dict[str, LiveSession] = {}
 
     async def start(self) -> None:
-        """The session writer, and the viewer port when any portal origin is allowed."""
-        await self.events.start()
+        """The viewer port, when any portal origin is allowed."""
         if not self._origins:
             log.info("= no [viewer] allowed_origins: no viewer port")
             return
-        config = self._relay.config
-        tls = config.tls
-        context = server_context(config.viewer.cert or tls.cert, config.viewer.key or tls.key,
-                                 tls.ca)
+        viewer, tls, listen = self._config, self._tls, self._listen
+        context = server_context(viewer.cert or tls.cert, viewer.key or tls.key, tls.ca)
         context.verify_mode = ssl.CERT_NONE  # never ask a browser for a certificate
         self._server = await serve(
-            self.serve, config.listen.host, config.viewer.port, ssl=context,
-            ssl_handshake_timeout=config.listen.handshake_timeout,
-            open_timeout=config.listen.handshake_timeout,
+            self.serve, listen.host, viewer.port, ssl=context,
+            ssl_handshake_timeout=listen.handshake_timeout,
+            open_timeout=listen.handshake_timeout,
             process_request=self.admit,
             select_subprotocol=lambda _conn, offered: SUBPROTOCOL if SUBPROTOCOL in offered
             else None,
-            create_connection=self._relay._connection_class,
+            create_connection=self._connection_class,
             max_size=VIEWER_MAX_MESSAGE, max_queue=VIEWER_MAX_QUEUE, write_limit=WRITE_LIMIT,
             compression=None, server_header="outlink-relay",
         )
@@ -270,7 +297,6 @@ class ViewerService:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        await self.events.stop()
 
     # -- handshake ----------------------------------------------------------------------
 
@@ -299,13 +325,13 @@ class ViewerService:
         except SQLAlchemyError:
             log.exception("! viewer admission: database error")
             return self._refuse(connection, "unavailable", 503, "try again shortly\n")
-        link = self._relay.registry.agents.get(admission.device_id)
+        link = self._agents.get(admission.device_id)
         if link is None or link.tunnel is None:
             return self._refuse(connection, "device_unavailable", 503,
                                 "the device is not connected to this relay\n",
                                 device_id=admission.device_id, code="device-not-here")
         self._admitted[connection] = admission
-        self._relay.stats.handshakes[("view", "ok")] += 1
+        self._stats.handshakes[("view", "ok")] += 1
         return None
 
     def _admit(self, secret: str) -> Admission:
@@ -321,12 +347,12 @@ class ViewerService:
                 **details: Any) -> Response:
         """Refuse the handshake; refusals that concern a session or a foreign site are
         audited (not stray requests: counted and logged only)."""
-        self._relay.stats.handshakes[("view", outcome)] += 1
+        self._stats.handshakes[("view", outcome)] += 1
         with jsonlog.context(peer=connection.peer, endpoint="view"):
             log.info("! viewer refused: %s (%d)", outcome, status)
         if not audit:
             return connection.respond(http.HTTPStatus(status), text)
-        self._relay.audit.record(
+        self._audit.record(
             "desktop.join_refused", f"viewer refused: {outcome}", outcome="failure",
             device_id=device_id, source=connection.peer, reason=outcome,
             **{k: v for k, v in details.items() if v is not None},
@@ -361,7 +387,7 @@ class ViewerService:
         await self._attach(live, ws, reattached)
 
     async def _open(self, ws: RelayConnection, admission: Admission) -> LiveSession | None:
-        link = self._relay.registry.agents.get(admission.device_id)
+        link = self._agents.get(admission.device_id)
         meta = {"session_id": admission.session_id, "mode": str(admission.mode),
                 "viewer": admission.username, "clipboard": admission.clipboard}
         try:
@@ -372,7 +398,7 @@ class ViewerService:
             )
         except ChannelError as exc:
             log.info("! desktop channel for %s not opened: %s", admission.session_id, exc)
-            self._relay.audit.record(
+            self._audit.record(
                 "desktop.join_refused", "the device did not open the desktop channel",
                 outcome="failure", device_id=admission.device_id, source=ws.peer,
                 session_id=admission.session_id, engineer=admission.username,
@@ -391,7 +417,7 @@ class ViewerService:
         admission = live.admission
         attachment = Attachment(ws, ws.peer)
         live.viewer = attachment
-        self._relay.audit.record(
+        self._audit.record(
             "desktop.joined", f"{admission.username} joined the desktop session",
             device_id=admission.device_id, source=ws.peer, session_id=admission.session_id,
             engineer=admission.username, mode=str(admission.mode),
@@ -436,7 +462,7 @@ class ViewerService:
         code, reason = _CLOSE.get(outcome, (1000, ""))
         if outcome is not Outcome.VIEWER_LEFT:
             await attachment.ws.close(code, reason)
-        self._relay.audit.record(
+        self._audit.record(
             "desktop.viewer_left", f"viewer left the desktop session: {outcome.value}",
             device_id=admission.device_id, source=attachment.peer,
             session_id=admission.session_id, engineer=admission.username,
@@ -446,7 +472,7 @@ class ViewerService:
         )
         log.info("= viewer of session %s left: %s", admission.session_id, outcome.value)
         if outcome in (Outcome.VIEWER_LEFT, Outcome.BAD_MESSAGE) and not self._stopping:
-            live.grace = self._relay.tasks.spawn(
+            live.grace = self._tasks.spawn(
                 self._await_return(live), name=f"view grace {admission.session_id}"
             )
         elif outcome is not Outcome.REPLACED:
