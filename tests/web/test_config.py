@@ -41,8 +41,8 @@ def test_overrides_win(tmp_path: Path) -> None:
             {"OUTLINK_PORTAL_TRUST_PROXY": "yse"},
             "OUTLINK_PORTAL_TRUST_PROXY (portal.trust_proxy): expected boolean, got 'yse'",
         ),
-        # Used to be accepted and break later, far from the file.
-        ('[portal]\nworkers = "two"\n', {}, "portal.workers: expected integer, got string 'two'"),
+        # Used to pass through unchecked.
+        ("[portal]\nworkers = 2.5\n", {}, "portal.workers: expected integer, got float 2.5"),
         ("[portal]\ntrust_proxy = 1\n", {}, "portal.trust_proxy: expected boolean, got integer 1"),
         ("[portal]\nrelay_timeout = true\n", {}, "portal.relay_timeout: expected float"),
         # Used to be ignored: the whole file fell back to defaults.
