@@ -27,7 +27,7 @@ import urllib.parse
 from pathlib import Path
 
 from agent.builtin import register_builtin
-from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_cli_config
 from agent.connection import ConnectionManager
 from agent.control import Registry
 from agent.desktop import answers
@@ -37,16 +37,12 @@ from agent.proxy import redact, resolve_proxies
 from agent.status import StatusBook, read_status
 from agent.telemetry.audit import AuditLog
 from agent.telemetry.cli import add_audit_parser, audit_path, cmd_audit
-from agent.telemetry.config import (
-    TelemetryConfig,
-    TelemetryConfigError,
-    find_config,
-    load_telemetry_config,
-)
+from agent.telemetry.config import TelemetryConfig, load_cli_telemetry_config
 from agent.telemetry.service import TelemetryAgent
 from agent.watchdog import Notifier, watchdog_loop
 from jsonlog import configure as configure_logging
 from release import VERSION
+from tomlconfig import ConfigError
 
 logger = logging.getLogger("agent")
 
@@ -54,13 +50,6 @@ EXIT_OK = 0
 EXIT_NOT_CONNECTED = 1
 EXIT_ALARM = 2
 EXIT_USAGE = 64  # EX_USAGE: bad config or arguments
-
-
-def _load(args: argparse.Namespace) -> AgentConfig:
-    path: str | None = args.config
-    if path == DEFAULT_CONFIG_PATH and not Path(path).exists():
-        path = None  # no system config installed: defaults + environment
-    return load_config(path)
 
 
 # -- run ---------------------------------------------------------------------------------
@@ -145,10 +134,6 @@ async def _run(config: AgentConfig, telemetry_config: TelemetryConfig) -> None:
         if watchdog is not None:
             watchdog.cancel()
         logger.info("= outlink-agent stopped")
-
-
-def _telemetry_config(args: argparse.Namespace) -> TelemetryConfig:
-    return load_telemetry_config(find_config(args.telemetry, args.config))
 
 
 # -- enroll ------------------------------------------------------------------------------
@@ -285,9 +270,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = _load(args)
+        config = load_cli_config(args.config)
         if args.command == "run":
-            return cmd_run(config, _telemetry_config(args))
+            return cmd_run(config, load_cli_telemetry_config(args.telemetry, args.config))
         if args.command == "audit":
             return cmd_audit(config, args)
         if args.command == "enroll":
@@ -295,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "desktop":
             return cmd_desktop(config, args)
         return cmd_status(config, args)
-    except (ConfigError, TelemetryConfigError) as exc:
+    except ConfigError as exc:
         print(f"outlink-agent: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -1,28 +1,30 @@
-"""Agent configuration: one TOML file, safe defaults, `OUTLINK_AGENT_*` env overrides.
+"""Agent configuration: ``agent.toml`` read by `tomlconfig`, safe defaults.
 
 The agent refuses anything that would weaken R24/R27: relay URLs must be
 ``wss://`` (a ``ws://`` URL is an error, not a warning), and the relay is
 verified against ``ca_file`` only, never the system trust store.
 
-Unknown keys are an error so that a typo cannot silently fall back to a default.
-Environment variables override the file: a top-level key ``ca_file`` is
+Types, unknown keys (refused, so that a typo cannot silently fall back to a default)
+and environment overrides follow `tomlconfig`: a top-level key ``ca_file`` is
 ``OUTLINK_AGENT_CA_FILE``; a key in a table, e.g. ``[backoff] cap``, is
-``OUTLINK_AGENT_BACKOFF_CAP``. Lists (``relay_urls``) are comma-separated.
+``OUTLINK_AGENT_BACKOFF_CAP``. Lists (``relay_urls``) are comma-separated. Relative
+paths are taken from the file's directory.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-import tomllib
-import types
-import typing
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal
+
+from agent.desktop.policy import DesktopPolicy
+from desktop.pacing import PacerSettings
+from tomlconfig import ConfigError, ConfigFile, Relative
+from tunnel import Settings
 
 ENV_PREFIX = "OUTLINK_AGENT_"
 
@@ -31,8 +33,10 @@ DEFAULT_DATA_DIR = "/var/lib/outlink-agent"
 DEFAULT_CONFIG_PATH = "/etc/outlink/agent.toml"
 
 
-class ConfigError(ValueError):
-    """The configuration file or an override is invalid; the message says which key."""
+# Defaults that belong to the code which uses them are read from there, never copied.
+_TUNNEL_DEFAULTS = Settings()
+_POLICY_DEFAULTS = DesktopPolicy()
+_PACER_DEFAULTS = PacerSettings()
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,12 @@ class BackoffConfig:
 
 @dataclass(frozen=True)
 class KeepaliveConfig:
-    """Dead-peer detection by the tunnel (client side: PING after 15 s idle, dead 20 s later)."""
+    """Dead-peer detection by the tunnel, client side: PING after `idle` seconds without
+    receiving anything, dead `timeout` seconds later. The defaults are the tunnel's
+    (decision 0005); the relay's idle time is longer, so idle agents ping and it answers."""
 
-    idle: float = 15.0
-    timeout: float = 20.0
+    idle: float = _TUNNEL_DEFAULTS.client_ping_idle
+    timeout: float = _TUNNEL_DEFAULTS.client_ping_timeout
 
 
 @dataclass(frozen=True)
@@ -71,20 +77,20 @@ class DesktopConfig:
     # /tmp/.X11-unix/X0; off otherwise (a headless device has no screen to share).
     enabled: bool | None = None
     # Ask the person at the device before any session (on by default; R31).
-    consent_required: bool = True
+    consent_required: bool = _POLICY_DEFAULTS.consent_required
     # No answer within this many seconds = denied.
-    consent_timeout_s: float = 30.0
+    consent_timeout_s: float = _POLICY_DEFAULTS.consent_timeout_s
     # Let the customer's site contacts answer from the portal instead of the device.
-    allow_remote_consent: bool = False
+    allow_remote_consent: bool = _POLICY_DEFAULTS.allow_remote_consent
     # A session ends after this long whatever happens (4 h).
-    max_session_s: float = 14400.0
+    max_session_s: float = _POLICY_DEFAULTS.max_session_s
     # ... and after this long without any input or message from the viewer (15 min).
-    idle_timeout_s: float = 900.0
+    idle_timeout_s: float = _POLICY_DEFAULTS.idle_timeout_s
     # The X display to share and to show the prompt on; "" = $DISPLAY, else ":0".
     display: str = ""
     # R32: frame-rate cap and CPU budget (fraction of one core) of the screen encoder.
-    max_fps: float = 30.0
-    cpu_budget: float = 0.5
+    max_fps: float = _PACER_DEFAULTS.max_fps
+    cpu_budget: float = _PACER_DEFAULTS.cpu_budget
 
 
 @dataclass(frozen=True)
@@ -93,16 +99,16 @@ class AgentConfig:
 
     relay_urls: tuple[str, ...] = ()
     # The pinned fleet CA: the ONLY trust anchor for the relay's certificate.
-    ca_file: str = "/etc/outlink/ca.pem"
+    ca_file: Relative[str] = "/etc/outlink/ca.pem"
     # device.key (0600) + device.pem written by `outlink-agent enroll` and renewed over
     # the tunnel (layout: agent.identity).
-    identity_dir: str = f"{DEFAULT_DATA_DIR}/identity"
-    data_dir: str = DEFAULT_DATA_DIR
+    identity_dir: Relative[str] = f"{DEFAULT_DATA_DIR}/identity"
+    data_dir: Relative[str] = DEFAULT_DATA_DIR
     # "auto" (PAC if configured, else HTTPS_PROXY/NO_PROXY, else direct), "none", or an
     # explicit "http://[user:pass@]host:port".
     proxy: str = "auto"
     pac_url: str = ""
-    pac_file: str = ""
+    pac_file: Relative[str] = ""
     # "user:pass" for proxies named by a PAC file or the environment without userinfo.
     proxy_auth: str = ""
     # Opening handshake (TCP + proxy CONNECT + TLS + HTTP upgrade) must finish in this time.
@@ -111,7 +117,7 @@ class AgentConfig:
     nice: int = 10
     log_level: str = "INFO"
     # "text" for a terminal, "json" for the journal / log shippers.
-    log_format: str = "text"
+    log_format: Literal["text", "json"] = "text"
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
     keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
     desktop: DesktopConfig = field(default_factory=DesktopConfig)
@@ -128,37 +134,19 @@ class AgentConfig:
 def load_config(
     path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None
 ) -> AgentConfig:
-    """Read `path` (None = defaults only), apply env overrides, validate.
+    """Read `path` (None = defaults only), apply env overrides, validate. Raises ConfigError."""
+    return AGENT_FILE.load(path, environ)
 
-    Relative paths in the file are resolved against the file's directory so that a
-    config written next to its certificates works from any working directory.
+
+def load_cli_config(path: str | None) -> AgentConfig:
+    """The configuration a command's ``--config`` names (every ``outlink-agent`` command).
+
+    The default path with no file installed there means built-in defaults plus the
+    environment (a device configured by ``OUTLINK_AGENT_*`` variables only).
     """
-    env = os.environ if environ is None else environ
-    raw: dict[str, Any] = {}
-    base_dir = Path.cwd()
-    if path is not None:
-        p = Path(path)
-        try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {p}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-        base_dir = p.resolve().parent
-    config: AgentConfig = _build(AgentConfig, raw, env, ENV_PREFIX, "")
-    config = dataclasses.replace(
-        config,
-        ca_file=_absolute(config.ca_file, base_dir),
-        identity_dir=_absolute(config.identity_dir, base_dir),
-        data_dir=_absolute(config.data_dir, base_dir),
-        pac_file=_absolute(config.pac_file, base_dir) if config.pac_file else "",
-    )
-    _validate(config)
-    return config
-
-
-def _absolute(value: str, base_dir: Path) -> str:
-    return str((base_dir / value).resolve()) if value else value
+    if path == DEFAULT_CONFIG_PATH and not Path(path).exists():
+        path = None
+    return load_config(path)
 
 
 def _validate(config: AgentConfig) -> None:
@@ -170,8 +158,6 @@ def _validate(config: AgentConfig) -> None:
             raise ConfigError("proxy: must be 'auto', 'none' or http://[user:pass@]host:port")
     if config.proxy_auth and ":" not in config.proxy_auth:
         raise ConfigError("proxy_auth: must be 'user:password'")
-    if config.log_format not in ("text", "json"):
-        raise ConfigError("log_format: must be 'text' or 'json'")
     b = config.backoff
     if not (0 < b.base <= b.cap):
         raise ConfigError("backoff: need 0 < base <= cap")
@@ -223,73 +209,4 @@ def validate_relay_url(url: str) -> None:
         raise ConfigError(f"relay_urls: {url!r} has an invalid port") from None
 
 
-def _build(
-    cls: type[Any], raw: Mapping[str, Any], env: Mapping[str, str], prefix: str, where: str
-) -> Any:
-    """Instantiate dataclass `cls` from a TOML table plus env overrides, type-checked."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(raw) - names
-    if unknown:
-        raise ConfigError(f"unknown key(s) in {where or 'top level'}: {', '.join(sorted(unknown))}")
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        key = f"{where}{f.name}"
-        env_name = f"{prefix}{f.name.upper()}"
-        if dataclasses.is_dataclass(hint):
-            table = raw.get(f.name, {})
-            if not isinstance(table, dict):
-                raise ConfigError(f"{key}: must be a table")
-            values[f.name] = _build(hint, table, env, f"{env_name}_", f"{key}.")  # type: ignore[arg-type]
-            continue
-        hint, optional = _optional(hint)
-        if env_name in env:
-            text = env[env_name]
-            if optional and text.strip().lower() in ("", "auto"):
-                values[f.name] = None
-            else:
-                values[f.name] = _from_env(hint, text, env_name)
-        elif f.name in raw:
-            values[f.name] = _check_type(hint, raw[f.name], key)
-    return cls(**values)
-
-
-def _optional(hint: Any) -> tuple[Any, bool]:
-    """``(X, True)`` for ``X | None`` (None = "decide at run time"; TOML has no null, so
-    the file just leaves the key out, and the environment says "auto"), else ``(hint, False)``."""
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) and len(args) == 2 and type(None) in args:
-        return next(a for a in args if a is not type(None)), True
-    return hint, False
-
-
-def _from_env(hint: Any, text: str, name: str) -> Any:
-    try:
-        if hint is bool:
-            if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("1", "true", "yes")
-        if hint is int:
-            return int(text)
-        if hint is float:
-            return float(text)
-        if hint == tuple[str, ...]:
-            return tuple(part.strip() for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(
-            f"{name}: cannot parse {text!r} as {getattr(hint, '__name__', hint)}"
-        ) from None
-    return text
-
-
-def _check_type(hint: Any, value: Any, key: str) -> Any:
-    if hint == tuple[str, ...]:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key}: must be a list of strings")
-        return tuple(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}: must be {hint.__name__}, got {type(value).__name__}")
-    return value
+AGENT_FILE = ConfigFile(AgentConfig, ENV_PREFIX, check=_validate)

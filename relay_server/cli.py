@@ -20,18 +20,15 @@ from sqlalchemy.exc import SQLAlchemyError
 import jsonlog
 from pki.ca import CAError, CertificateAuthority, load_ca
 from relay_server.allocator import tune_allocator
-from relay_server.config import ConfigError, RelayConfig, load_config
+from relay_server.config import RelayConfig, load_config
 from relay_server.desktop.service import DesktopService
 from relay_server.eventloop import new_event_loop
 from relay_server.server import Relay
-from relay_server.telemetry.config import (
-    TelemetryConfigError,
-    TelemetryServerConfig,
-    load_telemetry_config,
-)
+from relay_server.telemetry.config import TelemetryServerConfig, load_telemetry_config
 from relay_server.telemetry.service import TelemetryService
 from release import VERSION
 from store.db import upgrade
+from tomlconfig import ConfigError
 
 log = logging.getLogger("relay_server")
 
@@ -60,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         telemetry = load_telemetry_config(args.telemetry)
-    except (ConfigError, TelemetryConfigError) as exc:
+    except ConfigError as exc:
         print(f"outlink-relay: {exc}", file=sys.stderr)
         return 2
     if args.check_config:

@@ -1,32 +1,29 @@
-"""Relay configuration: one TOML file, safe defaults, `OUTLINK_RELAY_*` env overrides.
+"""Relay configuration: ``relay.toml`` read by `tomlconfig`, safe defaults.
 
 Every setting has a default that is safe on a developer machine (everything on
-127.0.0.1). Unknown keys are an error so that a typo cannot silently fall back to
-a default. Environment variables override the file: a top-level key ``db_url`` is
-``OUTLINK_RELAY_DB_URL`` (``relay_id`` is ``OUTLINK_RELAY_ID``); a key in a table,
-e.g. ``[listen] port``, is ``OUTLINK_RELAY_LISTEN_PORT``.
+127.0.0.1). Types, unknown keys (refused, so that a typo cannot silently fall back to a
+default) and environment overrides follow `tomlconfig`: a top-level key ``db_url`` is
+``OUTLINK_RELAY_DB_URL`` (``relay_id`` is ``OUTLINK_RELAY_RELAY_ID``); a key in a
+table, e.g. ``[listen] port``, is ``OUTLINK_RELAY_LISTEN_PORT``. Paths are taken as
+written (relative ones from the working directory).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import socket
-import tomllib
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Literal
 
+from tomlconfig import ConfigError, ConfigFile
 from tunnel import Settings
 
 ENV_PREFIX = "OUTLINK_RELAY_"
 
-
-class ConfigError(ValueError):
-    """The configuration file or an override is invalid; the message says which key."""
+# Tunnel numbers are the tunnel's (docs/tunnel-protocol.md), never copied here.
+_TUNNEL_DEFAULTS = Settings()
 
 
 @dataclass(frozen=True)
@@ -75,14 +72,11 @@ class LimitsConfig:
     # Whole-relay cap: beyond this the process would exceed its memory budget.
     max_connections: int = 20000
     # Tunnel settings for each connection (see tunnel.Settings).
-    max_channels: int = 64
-    max_pending_opens: int = 16
+    max_channels: int = _TUNNEL_DEFAULTS.max_channels
+    max_pending_opens: int = _TUNNEL_DEFAULTS.max_pending_opens
     # Per-source-address bookkeeping is bounded: beyond this many tracked sources the
     # oldest idle buckets are dropped (they would be full again anyway).
     max_tracked_sources: int = 100_000
-
-
-_TUNNEL_DEFAULTS = Settings()
 
 
 @dataclass(frozen=True)
@@ -152,7 +146,7 @@ class ViewerConfig:
 class LogConfig:
     level: str = "INFO"
     # "json" (one object per line, for production) or "text" (for a terminal).
-    format: str = "json"
+    format: Literal["json", "text"] = "json"
 
 
 @dataclass(frozen=True)
@@ -182,96 +176,10 @@ class RelayConfig:
 
 
 def load_config(
-    path: str | Path | None = None, env: Mapping[str, str] | None = None
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
 ) -> RelayConfig:
     """Read `path` (if given), apply env overrides, validate. Raises ConfigError."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-    _apply_env(data, os.environ if env is None else env)
-    config: RelayConfig = _build(RelayConfig, data, "")
-    _validate(config)
-    return config
-
-
-def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    """Copy OUTLINK_RELAY_[SECTION_]KEY values into `data` (as strings; _build converts)."""
-    hints = typing.get_type_hints(RelayConfig)
-    for f in dataclasses.fields(RelayConfig):
-        section_type = hints[f.name]
-        if not dataclasses.is_dataclass(section_type):
-            # relay_id -> OUTLINK_RELAY_ID, db_url -> OUTLINK_RELAY_DB_URL
-            name = ENV_PREFIX + f.name.upper().removeprefix("RELAY_")
-            if name in env:
-                data[f.name] = env[name]
-            continue
-        for sub in dataclasses.fields(section_type):
-            name = f"{ENV_PREFIX}{f.name.upper()}_{sub.name.upper()}"
-            if name in env:
-                section = data.setdefault(f.name, {})
-                if not isinstance(section, dict):
-                    raise ConfigError(f"[{f.name}] must be a table")
-                section[sub.name] = env[name]
-
-
-def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"[{where}] must be a table")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        prefix = f"[{where}] " if where else ""
-        raise ConfigError(f"{prefix}unknown key(s): {', '.join(unknown)}")
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        t = hints[name]
-        key = f"{where}.{name}" if where else name
-        if isinstance(t, type) and dataclasses.is_dataclass(t):
-            kwargs[name] = _build(t, value, key)
-        else:
-            kwargs[name] = _convert(t, value, key)
-    return cls(**kwargs)
-
-
-def _convert(t: Any, value: Any, key: str) -> Any:
-    """Coerce a TOML value or an env string to the field's scalar type (or a tuple of
-    strings: a TOML list, or a comma-separated env string)."""
-    try:
-        if typing.get_origin(t) is tuple:
-            items = value.split(",") if isinstance(value, str) else value
-            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-                raise ValueError(value)
-            return tuple(i.strip() for i in items if i.strip())
-        if t is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if t is int:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return int(value)
-        if t is float:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return float(value)
-        if t is str:
-            if not isinstance(value, str):
-                raise ValueError(value)
-            return value
-    except ValueError:
-        raise ConfigError(f"{key}: expected {t.__name__}, got {value!r}") from None
-    raise ConfigError(f"{key}: unsupported type {t!r}")
+    return RELAY_FILE.load(path, env)
 
 
 # scheme://host[:port] as browsers send it in Origin (lowercase host, no path, https only).
@@ -310,7 +218,6 @@ def _validate(c: RelayConfig) -> None:
             all(_ORIGIN.fullmatch(o) for o in c.viewer.allowed_origins),
             'viewer.allowed_origins: each must be an origin like "https://portal.example:8444"',
         ),
-        (c.log.format in ("json", "text"), "log.format must be 'json' or 'text'"),
         (
             c.log.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
             "log.level must be a logging level name",
@@ -319,3 +226,6 @@ def _validate(c: RelayConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+RELAY_FILE = ConfigFile(RelayConfig, ENV_PREFIX, check=_validate)

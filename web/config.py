@@ -1,9 +1,10 @@
 """Portal settings: a TOML file, then ``OUTLINK_PORTAL_*`` variables, over safe defaults.
 
 Every setting lives in the ``[portal]`` table of the file under the field name
-below; ``OUTLINK_PORTAL_<FIELD>`` (upper case) overrides it. Secrets never live in
-the file or the repository: the Flask secret key is generated into the data
-directory on first run (mode 0600) and read from there afterwards.
+below, read by `tomlconfig` (types checked, unknown keys refused); ``OUTLINK_PORTAL_<FIELD>``
+(upper case) overrides it. Relative paths are taken from the file's directory. Secrets
+never live in the file or the repository: the Flask secret key is generated into the
+data directory on first run (mode 0600) and read from there afterwards.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import dataclasses
 import os
 import secrets
 import tempfile
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pki.keys import PRIVATE_FILE_MODE
+from tomlconfig import ConfigFile, Relative
 
 ENV_PREFIX = "OUTLINK_PORTAL_"
 #: Where ``create_app()`` (gunicorn's entry point) finds the config file.
@@ -32,20 +34,20 @@ SECRET_KEY_BYTES = 64
 class PortalConfig:
     """All portal settings with their defaults (development on one machine)."""
 
-    data_dir: Path = Path("var/portal")
+    data_dir: Relative[Path] = Path("var/portal")
     database_url: str = "sqlite:///var/outlink.db"
     bind: str = "127.0.0.1:8444"
     #: The portal's TLS server cert/key; made from the staff CA by ``init`` when missing.
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    tls_cert: Relative[Path | None] = None
+    tls_key: Relative[Path | None] = None
     #: Names the generated server cert is valid for.
     tls_names: list[str] = field(default_factory=lambda: ["localhost", "127.0.0.1"])
     #: The staff CA (client certificates for staff login; signs the portal's server cert).
-    staff_ca_dir: Path | None = None
+    staff_ca_dir: Relative[Path | None] = None
     #: The portal's service identity towards relays (``/service``), from the fleet CA.
-    relay_ca: Path | None = None
-    relay_cert: Path | None = None
-    relay_key: Path | None = None
+    relay_ca: Relative[Path | None] = None
+    relay_cert: Relative[Path | None] = None
+    relay_key: Relative[Path | None] = None
     #: Used when no relay has registered its service URL in the database yet.
     relay_url: str = ""
     #: Seconds an RPC to a relay may take before the portal gives up (the DB is the truth).
@@ -56,7 +58,7 @@ class PortalConfig:
     relay_view_url: str = "wss://{host}:8445/view"
     #: Where relays store uploaded log files (their telemetry ``upload_dir``, shared with
     #: the portal); unset: uploads are listed but cannot be downloaded from this portal.
-    upload_dir: Path | None = None
+    upload_dir: Relative[Path | None] = None
     #: Who asks, as a device's consent prompt names the requester's organisation.
     organisation: str = "Remote service"
     session_idle_minutes: int = 30
@@ -76,71 +78,26 @@ class PortalConfig:
     #: Client address source: False = the socket peer; True = X-Forwarded-For (behind a proxy).
     trust_proxy: bool = False
 
-    def resolve(self, base: Path) -> PortalConfig:
-        """Make relative paths relative to ``base`` (the config file's folder)."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Path) and not value.is_absolute():
-                setattr(self, f.name, base / value)
-        if self.staff_ca_dir is None:
-            self.staff_ca_dir = self.data_dir / "staff-ca"
-        if self.tls_cert is None:
-            self.tls_cert = self.data_dir / "portal.pem"
-        if self.tls_key is None:
-            self.tls_key = self.data_dir / "portal.key"
-        return self
 
-
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    if isinstance(value, str) and not isinstance(default, str):
-        if isinstance(default, bool):
-            return value.strip().lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, list):
-            return [v.strip() for v in value.split(",") if v.strip()]
-    if name in _PATH_FIELDS and value is not None:
-        return Path(value)
-    return value
-
-
-_PATH_FIELDS = {
-    "data_dir", "tls_cert", "tls_key", "staff_ca_dir", "relay_ca", "relay_cert", "relay_key",
-    "upload_dir",
-}
+PORTAL_FILE = ConfigFile(PortalConfig, ENV_PREFIX, table="portal")
 
 
 def load_config(
     path: Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    environ: dict[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> PortalConfig:
     """Defaults <- ``[portal]`` of ``path`` <- ``OUTLINK_PORTAL_*`` <- ``overrides``.
 
-    Unknown keys are an error (a typo must not silently keep a default).
+    Raises `tomlconfig.ConfigError`. Files left unset are placed in ``data_dir``.
     """
-    environ = dict(os.environ) if environ is None else environ
-    values: dict[str, Any] = {}
-    base = Path.cwd()
-    if path is not None:
-        path = Path(path)
-        with path.open("rb") as f:
-            values.update(tomllib.load(f).get("portal", {}))
-        base = path.parent.resolve()
-    names = {f.name: f for f in dataclasses.fields(PortalConfig)}
-    for name in names:
-        env_value = environ.get(ENV_PREFIX + name.upper())
-        if env_value is not None:
-            values[name] = env_value
-    values.update(overrides or {})
-    unknown = set(values) - set(names)
-    if unknown:
-        raise ValueError(f"unknown portal setting(s): {', '.join(sorted(unknown))}")
-    defaults = PortalConfig()
-    kwargs = {k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()}
-    return PortalConfig(**kwargs).resolve(base)
+    config = PORTAL_FILE.load(path, environ, overrides)
+    return dataclasses.replace(
+        config,
+        staff_ca_dir=config.staff_ca_dir or config.data_dir / "staff-ca",
+        tls_cert=config.tls_cert or config.data_dir / "portal.pem",
+        tls_key=config.tls_key or config.data_dir / "portal.key",
+    )
 
 
 def secret_key(data_dir: Path) -> str:

@@ -13,15 +13,11 @@ import logging
 import sys
 from pathlib import Path
 
-from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_cli_config
 from agent.telemetry.audit import read_entries, verify
-from agent.telemetry.config import (
-    TelemetryConfig,
-    TelemetryConfigError,
-    find_config,
-    load_telemetry_config,
-)
+from agent.telemetry.config import TelemetryConfig, load_cli_telemetry_config
 from release import VERSION
+from tomlconfig import ConfigError
 
 logger = logging.getLogger("agent")
 
@@ -47,7 +43,7 @@ def audit_path(config: AgentConfig, telemetry: TelemetryConfig) -> Path:
 
 
 def cmd_audit(config: AgentConfig, args: argparse.Namespace) -> int:
-    path = audit_path(config, _telemetry_config(args))
+    path = audit_path(config, load_cli_telemetry_config(args.telemetry, args.config))
     if not path.exists():
         print(f"no audit log at {path}")
         return EXIT_OK
@@ -76,10 +72,6 @@ def cmd_audit(config: AgentConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _telemetry_config(args: argparse.Namespace) -> TelemetryConfig:
-    return load_telemetry_config(find_config(args.telemetry, args.config))
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m agent.telemetry", description="The agent's local audit log."
@@ -91,13 +83,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from agent.cli import _load  # the agent's own config rules (agent.cli imports us)
-
     args = _parser().parse_args(argv)
     try:
-        config = _load(args)
-        return cmd_audit(config, args)
-    except (ConfigError, TelemetryConfigError) as exc:
+        return cmd_audit(load_cli_config(args.config), args)
+    except ConfigError as exc:
         print(f"outlink-agent: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

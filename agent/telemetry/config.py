@@ -4,48 +4,29 @@ Kept apart from ``agent.toml`` (whose keys the connection manager owns and check
 strictly) because it describes the *equipment*: where its logs are, which error codes
 matter, which processes are the equipment software. Found at ``--telemetry FILE``,
 else ``$OUTLINK_AGENT_TELEMETRY_CONFIG``, else ``telemetry.toml`` next to the agent's
-config file; no file means defaults (system metrics only). Relative paths are
-resolved against the file's directory. Unknown keys are an error. Example::
-
-    poll_interval = 60        # R16
-    send_interval = 300       # batches every 5 min; urgent codes go at once (R17)
-    processes = ["equipment-daemon"]
-    disks = ["/", "/data"]
-    properties_file = "/opt/equipment/device.json"
-
-    [[sources]]
-    name = "app"
-    path = "/var/log/equipment/app.log"
-
-    [severity]
-    default = "warning"
-    codes = { "I*" = "routine", "W*" = "warning", "E9*" = "urgent" }
-
-    [scrub]
-    name_keys = ["radiographer"]     # added to the built-in keys
-    patterns = ['ACC-\\d{6}']
-
-    [[uploads]]
-    name = "app"
-    path = "/var/log/equipment/app.log*"
-    max_bytes = 20_000_000
+config file; no file means defaults (system metrics only). Read by `tomlconfig`:
+unknown keys are an error, relative paths are taken from the file's directory, and
+``OUTLINK_AGENT_TELEMETRY_<KEY PATH>`` overrides a key (``poll_interval`` is
+``OUTLINK_AGENT_TELEMETRY_POLL_INTERVAL``). ``deploy/agent-telemetry.example.toml``
+shows every key.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
 from telemetry.records import SOURCE
 from telemetry.scrub import DEFAULT_DOB_KEYS, DEFAULT_ID_KEYS, DEFAULT_NAME_KEYS, ScrubRules
 from telemetry.severity import SeverityTable
+from tomlconfig import ConfigError, ConfigFile, Relative, Via
 
 ENV_CONFIG = "OUTLINK_AGENT_TELEMETRY_CONFIG"
+ENV_PREFIX = "OUTLINK_AGENT_TELEMETRY_"
 DEFAULT_FILE_NAME = "telemetry.toml"
 
 #: A log line: ``2025-11-27 10:00:01.123 ERROR [component] E4012 message``. Named groups:
@@ -63,16 +44,12 @@ DEFAULT_UPLOAD_MAX = 20 * 1024 * 1024
 DEFAULT_SPOOL_BYTES = 50 * 1024 * 1024
 
 
-class TelemetryConfigError(ValueError):
-    """The telemetry configuration is invalid; the message names the key."""
-
-
 @dataclass(frozen=True)
 class SourceConfig:
     """A log file read for error codes (``type = "logfile"``) or another plug-in type."""
 
     name: str
-    path: str
+    path: Relative[str]
     type: str = "logfile"
     pattern: str = DEFAULT_PATTERN
     timestamp_format: str = DEFAULT_TS_FORMAT
@@ -87,8 +64,37 @@ class UploadConfig:
     """A log file (or glob of rotated files) the server may ask for, by `name`."""
 
     name: str
-    path: str
+    path: Relative[str]
     max_bytes: int = DEFAULT_UPLOAD_MAX
+
+
+@dataclass(frozen=True)
+class SeverityFile:
+    """``[severity]``: error code (or glob) -> level, and the level of other codes."""
+
+    default: str = SeverityTable({}).default.label
+    codes: Mapping[str, str] = field(default_factory=dict)
+
+    def table(self) -> SeverityTable:
+        return SeverityTable(self.codes, self.default)
+
+
+@dataclass(frozen=True)
+class ScrubFile:
+    """``[scrub]``: keys and patterns added to the built-in scrub rules (never replacing them)."""
+
+    name_keys: tuple[str, ...] = ()
+    id_keys: tuple[str, ...] = ()
+    dob_keys: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+
+    def rules(self) -> ScrubRules:
+        return ScrubRules(
+            name_keys=DEFAULT_NAME_KEYS + self.name_keys,
+            id_keys=DEFAULT_ID_KEYS + self.id_keys,
+            dob_keys=DEFAULT_DOB_KEYS + self.dob_keys,
+            patterns=self.patterns,
+        )
 
 
 @dataclass(frozen=True)
@@ -110,53 +116,30 @@ class TelemetryConfig:
     processes: tuple[str, ...] = ()
     temperatures: bool = True
     #: JSON object of device properties written by the equipment software.
-    properties_file: str = ""
+    properties_file: Relative[str] = ""
     properties: Mapping[str, str] = field(default_factory=dict)
-    spool_file: str = ""  # default: <data_dir>/telemetry-spool.db
+    spool_file: Relative[str] = ""  # default: <data_dir>/telemetry-spool.db
     spool_max_bytes: int = DEFAULT_SPOOL_BYTES
     spool_max_age: float = 30 * 86_400.0
-    audit_file: str = ""  # default: <data_dir>/audit.log
-    staging_dir: str = ""  # default: <data_dir>/uploads
+    audit_file: Relative[str] = ""  # default: <data_dir>/audit.log
+    staging_dir: Relative[str] = ""  # default: <data_dir>/uploads
     sources: tuple[SourceConfig, ...] = ()
     uploads: tuple[UploadConfig, ...] = ()
-    severity: SeverityTable = field(default_factory=lambda: SeverityTable({}))
-    scrub: ScrubRules = field(default_factory=ScrubRules)
+    severity: Annotated[SeverityTable, Via(SeverityFile, SeverityFile.table)] = field(
+        default_factory=lambda: SeverityFile().table()
+    )
+    scrub: Annotated[ScrubRules, Via(ScrubFile, ScrubFile.rules)] = field(
+        default_factory=lambda: ScrubFile().rules()
+    )
 
     def resolved(self, data_dir: Path) -> TelemetryConfig:
         """A copy with the data-dir defaults filled in."""
-        from dataclasses import replace
-
         return replace(
             self,
             spool_file=self.spool_file or str(data_dir / "telemetry-spool.db"),
             audit_file=self.audit_file or str(data_dir / "audit.log"),
             staging_dir=self.staging_dir or str(data_dir / "uploads"),
         )
-
-
-_TOP = {
-    "enabled": bool,
-    "poll_interval": float,
-    "send_interval": float,
-    "tail_interval": float,
-    "properties_interval": float,
-    "upload_interval": float,
-    "disks": list,
-    "processes": list,
-    "temperatures": bool,
-    "properties_file": str,
-    "properties": dict,
-    "spool_file": str,
-    "spool_max_bytes": int,
-    "spool_max_age": float,
-    "audit_file": str,
-    "staging_dir": str,
-    "sources": list,
-    "uploads": list,
-    "severity": dict,
-    "scrub": dict,
-}
-_PATHS = ("properties_file", "spool_file", "audit_file", "staging_dir")
 
 
 def find_config(explicit: str | None, agent_config: str | None) -> Path | None:
@@ -172,158 +155,75 @@ def find_config(explicit: str | None, agent_config: str | None) -> Path | None:
     return None
 
 
-def load_telemetry_config(path: Path | None) -> TelemetryConfig:
-    """Read and validate `path` (None: defaults). Raises TelemetryConfigError."""
-    if path is None:
-        return TelemetryConfig()
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TelemetryConfigError(f"telemetry config not found: {path}") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise TelemetryConfigError(f"{path}: {exc}") from None
-    return parse_config(raw, path.resolve().parent)
+def load_telemetry_config(
+    path: Path | None, environ: Mapping[str, str] | None = None
+) -> TelemetryConfig:
+    """Read and validate `path` (None: defaults). Raises ConfigError."""
+    return TELEMETRY_FILE.load(path, environ)
 
 
-def parse_config(raw: Mapping[str, Any], base: Path) -> TelemetryConfig:
-    unknown = set(raw) - set(_TOP)
-    if unknown:
-        raise TelemetryConfigError(f"unknown key(s): {', '.join(sorted(unknown))}")
-    values: dict[str, Any] = {}
-    for key, kind in _TOP.items():
-        if key not in raw:
-            continue
-        value = raw[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise TelemetryConfigError(f"{key}: must be {kind.__name__}")
-        values[key] = value
-    for key in _PATHS:
-        if values.get(key):
-            values[key] = str((base / values[key]).resolve())
-    for key in ("disks", "processes"):
-        if key in values:
-            values[key] = _strings(values[key], key)
-    if "properties" in values:
-        values["properties"] = {
-            str(k): _string(v, f"properties.{k}") for k, v in values["properties"].items()
-        }
-    if "sources" in values:
-        values["sources"] = tuple(_source(t, base, i) for i, t in enumerate(values["sources"]))
-        _unique([s.name for s in values["sources"]], "sources")
-    if "uploads" in values:
-        values["uploads"] = tuple(_upload(t, base, i) for i, t in enumerate(values["uploads"]))
-        _unique([u.name for u in values["uploads"]], "uploads")
-    if "severity" in values:
-        values["severity"] = _severity(values["severity"])
-    if "scrub" in values:
-        values["scrub"] = _scrub(values["scrub"])
-    config = TelemetryConfig(**values)
+def load_cli_telemetry_config(telemetry: str | None, config: str | None) -> TelemetryConfig:
+    """The telemetry configuration for a command's ``--telemetry`` and ``--config``."""
+    return load_telemetry_config(find_config(telemetry, config))
+
+
+def _validate(config: TelemetryConfig) -> None:
     for name in ("poll_interval", "send_interval", "tail_interval", "properties_interval"):
         if not getattr(config, name) > 0:
-            raise TelemetryConfigError(f"{name}: must be > 0")
+            raise ConfigError(f"{name}: must be > 0")
     if config.upload_interval < 0 or config.spool_max_bytes < 64 * 1024:
-        raise TelemetryConfigError("upload_interval >= 0 and spool_max_bytes >= 65536 needed")
+        raise ConfigError("upload_interval >= 0 and spool_max_bytes >= 65536 needed")
     if config.spool_max_age <= 0:
-        raise TelemetryConfigError("spool_max_age: must be > 0")
-    return config
+        raise ConfigError("spool_max_age: must be > 0")
+    for key in ("disks", "processes"):
+        _strings(getattr(config, key), key)
+    for name, value in config.properties.items():
+        _string(value, f"properties.{name}")
+    for i, source in enumerate(config.sources):
+        _validate_source(source, f"sources[{i}]")
+    for i, upload in enumerate(config.uploads):
+        where = f"uploads[{i}]"
+        _name(upload.name, f"{where}.name")
+        _string(upload.path, f"{where}.path")
+        if not 0 < upload.max_bytes <= 1024**3:
+            raise ConfigError(f"{where}.max_bytes: must be 1..1073741824")
+    _unique([s.name for s in config.sources], "sources")
+    _unique([u.name for u in config.uploads], "uploads")
+    scrub = config.scrub
+    for key in ("name_keys", "id_keys", "dob_keys", "patterns"):
+        _strings(getattr(scrub, key), f"scrub.{key}")
 
 
-def _source(table: Any, base: Path, index: int) -> SourceConfig:
-    where = f"sources[{index}]"
-    fields = _table(
-        table, where, {"name", "path", "type", "pattern", "timestamp_format", "utc", "from_start"}
-    )
-    name = _name(fields.get("name"), f"{where}.name")
-    path = _string(fields.get("path"), f"{where}.path")
-    pattern = _string(fields.get("pattern", DEFAULT_PATTERN), f"{where}.pattern")
+def _validate_source(source: SourceConfig, where: str) -> None:
+    _name(source.name, f"{where}.name")
+    for key in ("path", "type", "pattern", "timestamp_format"):
+        _string(getattr(source, key), f"{where}.{key}")
     try:
-        compiled = re.compile(pattern)
+        compiled = re.compile(source.pattern)
     except re.error as exc:
-        raise TelemetryConfigError(f"{where}.pattern: {exc}") from None
+        raise ConfigError(f"{where}.pattern: {exc}") from None
     if "code" not in compiled.groupindex or "message" not in compiled.groupindex:
-        raise TelemetryConfigError(f"{where}.pattern: needs named groups 'code' and 'message'")
-    return SourceConfig(
-        name=name,
-        path=str((base / path).resolve()),
-        type=_string(fields.get("type", "logfile"), f"{where}.type"),
-        pattern=pattern,
-        timestamp_format=_string(fields.get("timestamp_format", DEFAULT_TS_FORMAT), where),
-        utc=_bool(fields.get("utc", False), f"{where}.utc"),
-        from_start=_bool(fields.get("from_start", False), f"{where}.from_start"),
-    )
+        raise ConfigError(f"{where}.pattern: needs named groups 'code' and 'message'")
 
 
-def _upload(table: Any, base: Path, index: int) -> UploadConfig:
-    where = f"uploads[{index}]"
-    fields = _table(table, where, {"name", "path", "max_bytes"})
-    max_bytes = fields.get("max_bytes", DEFAULT_UPLOAD_MAX)
-    if type(max_bytes) is not int or not 0 < max_bytes <= 1024**3:
-        raise TelemetryConfigError(f"{where}.max_bytes: must be 1..1073741824")
-    path = _string(fields.get("path"), f"{where}.path")
-    return UploadConfig(
-        _name(fields.get("name"), f"{where}.name"), str((base / path).resolve()), max_bytes
-    )
+def _string(value: str, where: str) -> None:
+    if not value:
+        raise ConfigError(f"{where}: must be a non-empty string")
 
 
-def _severity(table: Mapping[str, Any]) -> SeverityTable:
-    fields = _table(table, "severity", {"default", "codes"})
-    codes = fields.get("codes", {})
-    if not isinstance(codes, dict):
-        raise TelemetryConfigError("severity.codes: must be a table of code = level")
-    try:
-        return SeverityTable(
-            {str(k): _string(v, f"severity.codes.{k}") for k, v in codes.items()},
-            _string(fields.get("default", "warning"), "severity.default"),
-        )
-    except ValueError as exc:
-        raise TelemetryConfigError(f"severity: {exc}") from None
+def _strings(values: tuple[str, ...], where: str) -> None:
+    if not all(values):
+        raise ConfigError(f"{where}: must be a list of non-empty strings")
 
 
-def _scrub(table: Mapping[str, Any]) -> ScrubRules:
-    fields = _table(table, "scrub", {"name_keys", "id_keys", "dob_keys", "patterns"})
-    return ScrubRules(
-        name_keys=DEFAULT_NAME_KEYS + _strings(fields.get("name_keys", []), "scrub.name_keys"),
-        id_keys=DEFAULT_ID_KEYS + _strings(fields.get("id_keys", []), "scrub.id_keys"),
-        dob_keys=DEFAULT_DOB_KEYS + _strings(fields.get("dob_keys", []), "scrub.dob_keys"),
-        patterns=_strings(fields.get("patterns", []), "scrub.patterns"),
-    )
-
-
-def _table(value: Any, where: str, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise TelemetryConfigError(f"{where}: must be a table")
-    unknown = set(value) - allowed
-    if unknown:
-        raise TelemetryConfigError(f"{where}: unknown key(s): {', '.join(sorted(unknown))}")
-    return value
-
-
-def _string(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise TelemetryConfigError(f"{where}: must be a non-empty string")
-    return value
-
-
-def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise TelemetryConfigError(f"{where}: must be true or false")
-    return value
-
-
-def _name(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not SOURCE.fullmatch(value):
-        raise TelemetryConfigError(f"{where}: must be a short lowercase name like app")
-    return value
-
-
-def _strings(value: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise TelemetryConfigError(f"{where}: must be a list of strings")
-    return tuple(value)
+def _name(value: str, where: str) -> None:
+    if not SOURCE.fullmatch(value):
+        raise ConfigError(f"{where}: must be a short lowercase name like app")
 
 
 def _unique(names: list[str], where: str) -> None:
     if len(set(names)) != len(names):
-        raise TelemetryConfigError(f"{where}: names must be unique")
+        raise ConfigError(f"{where}: names must be unique")
+
+
+TELEMETRY_FILE = ConfigFile(TelemetryConfig, ENV_PREFIX, check=_validate)

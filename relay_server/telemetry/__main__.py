@@ -20,15 +20,12 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from relay_server.cli import CONFIG_ENV
-from relay_server.config import ConfigError, load_config
-from relay_server.telemetry.config import (
-    TelemetryConfigError,
-    TelemetryServerConfig,
-    load_telemetry_config,
-)
+from relay_server.config import load_config
+from relay_server.telemetry.config import TelemetryServerConfig, load_telemetry_config
 from release import VERSION
 from store.db import make_engine, session_scope
 from store.telemetry import DOWNSAMPLE_BATCH, downsample, prune
+from tomlconfig import ConfigError
 
 log = logging.getLogger("relay_server")
 
@@ -47,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         telemetry = load_telemetry_config(args.telemetry)
-    except (ConfigError, TelemetryConfigError) as exc:
+    except ConfigError as exc:
         print(f"outlink-relay: {exc}", file=sys.stderr)
         return 2
     return maintain(args.db or config.db_url, telemetry)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, ConfigError, load_config
+from agent.config import DEFAULT_CONFIG_PATH, load_cli_config, load_config
+from tomlconfig import ConfigError
+from tunnel import Settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -69,18 +71,21 @@ def test_env_overrides_file(tmp_path: Path) -> None:
         ('relay_urls = ["https://relay.example/agent"]', "wss://"),
         ('relay_urls = ["wss:///agent"]', "no host"),
         ('relay_urls = ["wss://u:p@relay.example/agent"]', "credentials"),
-        ('relay_urls = "wss://relay.example/agent"', "list of strings"),
+        ('relay_urls = "wss://relay.example/agent"', "relay_urls: expected array of strings"),
         ('proxy = "socks5://p:1080"', "proxy"),
         ('proxy_auth = "nocolon"', "proxy_auth"),
-        ("bogus = 1", "unknown key"),
+        ("bogus = 1", "unknown key bogus"),
         ("[backoff]\nbase = 100\ncap = 10", "base <= cap"),
-        ("[backoff]\njitter = 1", "unknown key"),
-        ('nice = "high"', "must be int"),
+        ("[backoff]\njitter = 1", "unknown key backoff.jitter"),
+        ('nice = "high"', "nice: expected integer, got string 'high'"),
+        ('log_format = "xml"', "log_format: expected one of 'text', 'json'"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_named(tmp_path: Path, text: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        load_config(write(tmp_path, text), environ={})
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
 
 
 def test_ws_url_from_env_is_refused_too() -> None:
@@ -100,8 +105,24 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
         load_config(write(tmp_path, "relay_urls = ["), environ={})
 
 
-def test_example_config_in_deploy_loads() -> None:
-    example = Path(__file__).resolve().parents[2] / "deploy" / "agent.example.toml"
-    config = load_config(example, environ={})
-    assert isinstance(config, AgentConfig)
-    assert config.relay_urls
+def test_keepalive_defaults_are_the_tunnels() -> None:
+    """Decision 0005 tuned the client's keepalive in the tunnel; agents must run it."""
+    keepalive = load_config(None, environ={}).keepalive
+    tunnel = Settings()
+    assert (keepalive.idle, keepalive.timeout) == (
+        tunnel.client_ping_idle,
+        tunnel.client_ping_timeout,
+    )
+
+
+def test_cli_config_falls_back_to_defaults_without_a_system_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OUTLINK_AGENT_NICE", "7")
+    if not Path(DEFAULT_CONFIG_PATH).exists():
+        assert load_cli_config(DEFAULT_CONFIG_PATH) == load_config(None)
+    assert load_cli_config(None).nice == 7
+    path = write(tmp_path, "nice = 12\n")
+    assert load_cli_config(str(path)) == load_config(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_cli_config(str(tmp_path / "absent.toml"))

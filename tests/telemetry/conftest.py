@@ -29,7 +29,7 @@ from agent.config import AgentConfig, BackoffConfig
 from agent.connection import ConnectionManager
 from agent.control import Registry
 from agent.identity import IdentityFiles
-from agent.telemetry.config import TelemetryConfig, parse_config
+from agent.telemetry.config import TELEMETRY_FILE, TelemetryConfig
 from agent.telemetry.service import TelemetryAgent
 from pki.identity import DeviceIdentity
 from relay_server.server import Relay
@@ -197,7 +197,7 @@ class World:
             "temperatures": False,
             **(telemetry or {}),
         }
-        tconfig: TelemetryConfig = parse_config(settings, self.tmp)
+        tconfig: TelemetryConfig = TELEMETRY_FILE.parse(settings, base=self.tmp, environ={})
         registry = Registry()
         manager = ConnectionManager(config, registry)
         agent = TelemetryAgent(
@@ -252,7 +252,7 @@ def server_config(
         downsample_interval=3600.0,
         smtp=SmtpConfig(host="127.0.0.1", port=smtp.port, sender="outlink@test", timeout=T),
         notify=NotifyConfig(attempts=2, retry_delay=0.05 * UNIT, webhook_timeout=T),
-        webhooks={"ops": Webhook("ops", hooks.url, WEBHOOK_SECRET)},
+        webhooks={"ops": Webhook(hooks.url, WEBHOOK_SECRET)},
     )
     return dataclasses.replace(base, **changes)
 

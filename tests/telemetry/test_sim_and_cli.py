@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from agent.telemetry.config import TelemetryConfigError, load_telemetry_config
+from agent.telemetry.config import load_telemetry_config
 from pki.fleet import create_device, ensure_site
-from relay_server.telemetry.config import TelemetryConfigError as ServerConfigError
 from relay_server.telemetry.config import load_telemetry_config as load_server_config
 from store.db import session_scope
 from store.telemetry import ingest
 from telemetry.records import Metrics, Severity
 from tests.conftest import UNIT
+from tomlconfig import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -94,7 +94,7 @@ def test_agent_telemetry_config(tmp_path: Path) -> None:
         ('[severity]\ncodes = { "E1" = "fatal" }\n', "unknown severity"),
     ):
         path.write_text(bad)
-        with pytest.raises(TelemetryConfigError, match=message):
+        with pytest.raises(ConfigError, match=message):
             load_telemetry_config(path)
 
 
@@ -105,7 +105,7 @@ def test_relay_telemetry_config(tmp_path: Path) -> None:
         'url = "https://hooks.example/x"\n'
     )
     env = {
-        "OUTLINK_TELEMETRY_WEBHOOK_OPS_SECRET": "s" * 20,
+        "OUTLINK_TELEMETRY_WEBHOOKS_OPS_SECRET": "s" * 20,
         "OUTLINK_TELEMETRY_SMTP_PASSWORD": "pw",
     }
     config = load_server_config(path, env)
@@ -117,11 +117,11 @@ def test_relay_telemetry_config(tmp_path: Path) -> None:
         ),
         ('[webhooks.ops]\nurl = "https://h.example/"\nsecret = "short"\n', "at least 16"),
         ("[notify]\nrate_limit = 0\n", "rate_limit"),
-        ('[smtp]\nport = "25"\n', "smtp.port: must be int"),
+        ('[smtp]\nport = "25"\n', "smtp.port: expected integer, got string '25'"),
         ("retention_days = 1\n", "unknown key"),
     ):
         path.write_text(bad)
-        with pytest.raises(ServerConfigError, match=message):
+        with pytest.raises(ConfigError, match=message):
             load_server_config(path, {})
 
 
