@@ -66,7 +66,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from agent.control import ControlChannel, Registry
-from relay_server.client import ServiceClient
+from protocol.aio.client import ServiceClient
 from tunnel import SUBPROTOCOLS, Role
 from tunnel.aio import Channel, ChannelError, IncomingChannel, Tunnel, websocket_options
 from tunnel.aio.allocator import tune_allocator
