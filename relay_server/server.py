@@ -44,11 +44,11 @@ from pki.identity import (
 )
 from pki.tls import server_context
 from pki.wire import ENROLL_SUBPROTOCOL
+from protocol.desktop import EVENT_POLICY as DESKTOP_POLICY_EVENT
+from protocol.desktop import EVENT_STATE as DESKTOP_STATE_EVENT
 from relay_server.agent_link import AgentLink, ControlContext
 from relay_server.audit import AuditLog
 from relay_server.config import RelayConfig
-from relay_server.desktop_events import EVENT_NAME as DESKTOP_STATE_EVENT
-from relay_server.desktop_events import POLICY_EVENT as DESKTOP_POLICY_EVENT
 from relay_server.enrollment import EnrollmentService, serve_enrollment
 from relay_server.limits import SourceLimiter
 from relay_server.links import Link, jittered_retry_ms
