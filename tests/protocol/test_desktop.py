@@ -87,8 +87,11 @@ def test_new_session_ids_are_canonical() -> None:
 def test_session_ids_are_canonical_uuids_in_every_message(value: Any) -> None:
     refused(parse_session_id, value, "session_id")
     refused(EndRequest.parse, {"session_id": value}, "session_id")
-    refused(JoinMeta.parse, {**JoinMeta(SID, Mode.VIEW, "erika").to_json(), "session_id": value},
-            "session_id")
+    refused(
+        JoinMeta.parse,
+        {**JoinMeta(SID, Mode.VIEW, "erika").to_json(), "session_id": value},
+        "session_id",
+    )
     report = StateReport(SID, State.ACCEPTED, "device", "", Mode.VIEW).to_json()
     refused(StateReport.parse, {**report, "session_id": value}, "session_id")
 
@@ -105,8 +108,11 @@ def test_display_strings_are_one_clean_line() -> None:
     refused(Requester.parse, {"name": "no user"}, "requester.user")
     refused(Requester.parse, {"user": " \t\n"}, "requester.user must not be empty")
     assert clean_text("x" * MAX_REASON, MAX_REASON, "reason", required=False)
-    refused(lambda v: clean_text(v, MAX_REASON, "reason", required=False),
-            "x" * (MAX_REASON + 1), f"reason exceeds {MAX_REASON} characters")
+    refused(
+        lambda v: clean_text(v, MAX_REASON, "reason", required=False),
+        "x" * (MAX_REASON + 1),
+        f"reason exceeds {MAX_REASON} characters",
+    )
     # cleaning comes first: control characters do not count against the limit
     assert clean_text("x" * MAX_NAME + "\x00", MAX_NAME, "name", required=True) == "x" * MAX_NAME
 
@@ -125,14 +131,17 @@ def test_reason_cleaning_never_raises_anything_but_message_error(text: str) -> N
 session_ids = st.uuids().map(lambda u: SessionId(str(u)))
 # Text as a clean parse leaves it: one line, no control/format characters, single spaces.
 words = st.text(
-    st.characters(blacklist_categories=("Cc", "Cf", "Zl", "Zp", "Zs", "Cs")), min_size=1,
+    st.characters(blacklist_categories=("Cc", "Cf", "Zl", "Zp", "Zs", "Cs")),
+    min_size=1,
     max_size=12,
 )
 
 
 def clean(limit: int, *, min_size: int = 0) -> st.SearchStrategy[str]:
-    return st.lists(words, min_size=min_size, max_size=8).map(" ".join).filter(
-        lambda s: len(s) <= limit
+    return (
+        st.lists(words, min_size=min_size, max_size=8)
+        .map(" ".join)
+        .filter(lambda s: len(s) <= limit)
     )
 
 
@@ -140,8 +149,9 @@ def raw(limit: int) -> st.SearchStrategy[str]:
     return st.text(max_size=limit)
 
 
-requesters = st.builds(Requester, clean(MAX_NAME, min_size=1), clean(MAX_NAME, min_size=1),
-                       clean(MAX_NAME))
+requesters = st.builds(
+    Requester, clean(MAX_NAME, min_size=1), clean(MAX_NAME, min_size=1), clean(MAX_NAME)
+)
 seconds = st.integers(1, CONSENT_TIMEOUT_MAX).map(float) | st.sampled_from([0.5, 2.25, 599.999])
 counts = st.integers(0, MAX_COUNT)
 
@@ -149,19 +159,42 @@ MESSAGES: st.SearchStrategy[Any] = st.one_of(
     st.builds(SessionRequest, session_ids, st.sampled_from(Mode), requesters, clean(MAX_REASON)),
     st.builds(RequestReply, st.just(State.ACCEPTED)),
     st.builds(RequestReply, st.just(State.PROMPTING), seconds, st.booleans()),
-    st.builds(ConsentAnswer, session_ids, st.sampled_from(Decision),
-              clean(MAX_NAME, min_size=1), clean(MAX_NAME)),
+    st.builds(
+        ConsentAnswer,
+        session_ids,
+        st.sampled_from(Decision),
+        clean(MAX_NAME, min_size=1),
+        clean(MAX_NAME),
+    ),
     st.builds(EndRequest, session_ids),
     st.builds(StateReply, st.sampled_from(State)),
-    st.builds(JoinMeta, session_ids, st.sampled_from(Mode), clean(MAX_NAME, min_size=1),
-              st.booleans()),
+    st.builds(
+        JoinMeta, session_ids, st.sampled_from(Mode), clean(MAX_NAME, min_size=1), st.booleans()
+    ),
     st.builds(PolicyReport, st.booleans(), seconds, st.booleans()),
-    st.builds(StateReport, session_ids, st.sampled_from(sorted(REPORTED - {State.ENDED})),
-              raw(MAX_BY), raw(MAX_REPORT_TEXT), st.none() | st.sampled_from(Mode),
-              raw(MAX_NAME)),
-    st.builds(StateReport, session_ids, st.just(State.ENDED), raw(MAX_BY),
-              raw(MAX_REPORT_TEXT), st.none() | st.sampled_from(Mode), raw(MAX_NAME),
-              raw(MAX_REPORT_TEXT), st.integers(0, 10**9).map(float), counts, counts, counts),
+    st.builds(
+        StateReport,
+        session_ids,
+        st.sampled_from(sorted(REPORTED - {State.ENDED})),
+        raw(MAX_BY),
+        raw(MAX_REPORT_TEXT),
+        st.none() | st.sampled_from(Mode),
+        raw(MAX_NAME),
+    ),
+    st.builds(
+        StateReport,
+        session_ids,
+        st.just(State.ENDED),
+        raw(MAX_BY),
+        raw(MAX_REPORT_TEXT),
+        st.none() | st.sampled_from(Mode),
+        raw(MAX_NAME),
+        raw(MAX_REPORT_TEXT),
+        st.integers(0, 10**9).map(float),
+        counts,
+        counts,
+        counts,
+    ),
 )
 
 
@@ -174,39 +207,66 @@ def test_what_the_agent_sends_is_what_it_sent_before() -> None:
     """The JSON of each message, spelled out (the wire must not drift by accident)."""
     requester = Requester("erika", "Erika", "Acme")
     assert SessionRequest(SID, Mode.CONTROL, requester, "error 42").to_json() == {
-        "action": "desktop.request", "session_id": SID, "mode": "control",
+        "action": "desktop.request",
+        "session_id": SID,
+        "mode": "control",
         "requester": {"user": "erika", "name": "Erika", "organisation": "Acme"},
         "reason": "error 42",
     }
     assert RequestReply(State.PROMPTING, 30.0, True).to_json() == {
-        "state": "prompting", "consent_required": True, "timeout_s": 30,
+        "state": "prompting",
+        "consent_required": True,
+        "timeout_s": 30,
         "remote_consent_allowed": True,
     }
     assert RequestReply(State.ACCEPTED).to_json() == {
-        "state": "accepted", "consent_required": False,
+        "state": "accepted",
+        "consent_required": False,
     }
     assert ConsentAnswer(SID, Decision.DENY, "bob", "Bob").to_json() == {
-        "action": "desktop.answer", "session_id": SID, "decision": "deny",
+        "action": "desktop.answer",
+        "session_id": SID,
+        "decision": "deny",
         "by": {"user": "bob", "name": "Bob"},
     }
     assert EndRequest(SID).to_json() == {"action": "desktop.end", "session_id": SID}
     assert JoinMeta(SID, Mode.VIEW, "erika", True).to_json() == {
-        "session_id": SID, "mode": "view", "viewer": "erika", "clipboard": True,
+        "session_id": SID,
+        "mode": "view",
+        "viewer": "erika",
+        "clipboard": True,
     }
     assert PolicyReport(True, 2.5, False).to_json() == {
-        "consent_required": True, "consent_timeout_s": 2.5, "remote_consent_allowed": False,
+        "consent_required": True,
+        "consent_timeout_s": 2.5,
+        "remote_consent_allowed": False,
     }
     assert StateReport(SID, State.TIMEOUT, "device", "no answer within 30 s").to_json() == {
-        "session_id": SID, "state": "timeout", "by": "device",
+        "session_id": SID,
+        "state": "timeout",
+        "by": "device",
         "reason": "no answer within 30 s",
     }
-    ended = StateReport(SID, State.ENDED, BY_SITE_CONTACT + "bob", EndReason.IDLE_TIMEOUT,
-                        end_reason=EndReason.IDLE_TIMEOUT, duration_s=1100.0,
-                        bytes_to_viewer=1000, bytes_from_viewer=6)
+    ended = StateReport(
+        SID,
+        State.ENDED,
+        BY_SITE_CONTACT + "bob",
+        EndReason.IDLE_TIMEOUT,
+        end_reason=EndReason.IDLE_TIMEOUT,
+        duration_s=1100.0,
+        bytes_to_viewer=1000,
+        bytes_from_viewer=6,
+    )
     assert ended.to_json() == {
-        "session_id": SID, "state": "ended", "by": "site-contact:bob",
-        "reason": "idle-timeout", "end_reason": "idle-timeout", "duration_s": 1100,
-        "bytes_to_viewer": 1000, "bytes_from_viewer": 6, "inputs_dropped": 0,
+        "session_id": SID,
+        "state": "ended",
+        "by": "site-contact:bob",
+        "reason": "idle-timeout",
+        "end_reason": "idle-timeout",
+        "duration_s": 1100,
+        "bytes_to_viewer": 1000,
+        "bytes_from_viewer": 6,
+        "inputs_dropped": 0,
     }
 
 
@@ -232,12 +292,18 @@ def test_each_limit_is_inclusive() -> None:
     at, over = "x" * MAX_NAME, "x" * (MAX_NAME + 1)
     assert SessionRequest.parse(request_with(requester={"user": at})).requester.user == at
     refused(SessionRequest.parse, request_with(requester={"user": over}), "requester.user")
-    refused(SessionRequest.parse, request_with(requester={"user": "e", "organisation": over}),
-            "requester.organisation")
+    refused(
+        SessionRequest.parse,
+        request_with(requester={"user": "e", "organisation": over}),
+        "requester.organisation",
+    )
     assert SessionRequest.parse(request_with(reason="r" * MAX_REASON)).reason == "r" * MAX_REASON
     refused(SessionRequest.parse, request_with(reason="r" * (MAX_REASON + 1)), "reason")
-    refused(ConsentAnswer.parse, {"session_id": SID, "decision": "accept", "by": {"user": over}},
-            "by.user")
+    refused(
+        ConsentAnswer.parse,
+        {"session_id": SID, "decision": "accept", "by": {"user": over}},
+        "by.user",
+    )
     refused(JoinMeta.parse, {"session_id": SID, "mode": "view", "viewer": over}, "viewer")
 
     assert StateReport.parse(report_with(by="b" * MAX_BY)).by == "b" * MAX_BY
@@ -254,8 +320,11 @@ def test_each_limit_is_inclusive() -> None:
 
     policy = PolicyReport(True, CONSENT_TIMEOUT_MAX, False).to_json()
     assert PolicyReport.parse(policy).consent_timeout_s == CONSENT_TIMEOUT_MAX
-    refused(PolicyReport.parse, {**policy, "consent_timeout_s": CONSENT_TIMEOUT_MAX + 1},
-            "consent_timeout_s")
+    refused(
+        PolicyReport.parse,
+        {**policy, "consent_timeout_s": CONSENT_TIMEOUT_MAX + 1},
+        "consent_timeout_s",
+    )
     reply = RequestReply(State.PROMPTING, CONSENT_TIMEOUT_MAX).to_json()
     assert RequestReply.parse(reply).timeout_s == CONSENT_TIMEOUT_MAX
     refused(RequestReply.parse, {**reply, "timeout_s": CONSENT_TIMEOUT_MAX + 0.5}, "timeout_s")
@@ -272,17 +341,22 @@ def test_each_limit_is_inclusive() -> None:
         (SessionRequest.parse, request_with(requester="erika"), "requester must be an object"),
         (SessionRequest.parse, request_with(reason=["x"]), "reason must be a string"),
         (RequestReply.parse, {"state": "ended"}, 'state must be "prompting" or "accepted"'),
-        (RequestReply.parse, {"state": "prompting", "remote_consent_allowed": False},
-         "timeout_s"),
+        (RequestReply.parse, {"state": "prompting", "remote_consent_allowed": False}, "timeout_s"),
         (RequestReply.parse, {"state": "prompting", "timeout_s": 30}, "remote_consent_allowed"),
-        (ConsentAnswer.parse, {"session_id": SID, "decision": "yes", "by": {"user": "bob"}},
-         "decision"),
+        (
+            ConsentAnswer.parse,
+            {"session_id": SID, "decision": "yes", "by": {"user": "bob"}},
+            "decision",
+        ),
         (ConsentAnswer.parse, {"session_id": SID, "decision": "accept"}, "by.user"),
         (StateReply.parse, {"state": "bored"}, "state must be one of"),
         (StateReply.parse, [], "reply must be an object"),
         (JoinMeta.parse, {"session_id": SID, "mode": "view"}, "viewer"),
-        (JoinMeta.parse, {"session_id": SID, "mode": "view", "viewer": "e", "clipboard": "yes"},
-         "clipboard must be a boolean"),
+        (
+            JoinMeta.parse,
+            {"session_id": SID, "mode": "view", "viewer": "e", "clipboard": "yes"},
+            "clipboard must be a boolean",
+        ),
         (StateReport.parse, report_with(state="prompting"), "state must be one of"),
         (StateReport.parse, report_with(state="requested"), "state must be one of"),
         (StateReport.parse, report_with(by=None), "by must be a string"),
@@ -292,18 +366,40 @@ def test_each_limit_is_inclusive() -> None:
         (StateReport.parse, report_with(duration_s=float("inf")), "duration_s"),
         # desktop.policy, as a relay received it from a misbehaving agent
         (PolicyReport.parse, {}, "consent_required must be a boolean"),
-        (PolicyReport.parse, {"consent_required": 1, "consent_timeout_s": 30,
-                              "remote_consent_allowed": False}, "consent_required"),
-        (PolicyReport.parse, {"consent_required": True, "consent_timeout_s": True,
-                              "remote_consent_allowed": False}, "consent_timeout_s"),
-        (PolicyReport.parse, {"consent_required": True, "consent_timeout_s": 0,
-                              "remote_consent_allowed": False}, "consent_timeout_s"),
-        (PolicyReport.parse, {"consent_required": True, "consent_timeout_s": float("nan"),
-                              "remote_consent_allowed": False}, "consent_timeout_s"),
-        (PolicyReport.parse, {"consent_required": True, "consent_timeout_s": "30",
-                              "remote_consent_allowed": None}, "consent_timeout_s"),
-        (PolicyReport.parse, {"consent_required": True, "consent_timeout_s": 30,
-                              "remote_consent_allowed": None}, "remote_consent_allowed"),
+        (
+            PolicyReport.parse,
+            {"consent_required": 1, "consent_timeout_s": 30, "remote_consent_allowed": False},
+            "consent_required",
+        ),
+        (
+            PolicyReport.parse,
+            {"consent_required": True, "consent_timeout_s": True, "remote_consent_allowed": False},
+            "consent_timeout_s",
+        ),
+        (
+            PolicyReport.parse,
+            {"consent_required": True, "consent_timeout_s": 0, "remote_consent_allowed": False},
+            "consent_timeout_s",
+        ),
+        (
+            PolicyReport.parse,
+            {
+                "consent_required": True,
+                "consent_timeout_s": float("nan"),
+                "remote_consent_allowed": False,
+            },
+            "consent_timeout_s",
+        ),
+        (
+            PolicyReport.parse,
+            {"consent_required": True, "consent_timeout_s": "30", "remote_consent_allowed": None},
+            "consent_timeout_s",
+        ),
+        (
+            PolicyReport.parse,
+            {"consent_required": True, "consent_timeout_s": 30, "remote_consent_allowed": None},
+            "remote_consent_allowed",
+        ),
     ],
 )
 def test_bad_input_gets_a_clear_error(parse: Parser, obj: object, words: str) -> None:
@@ -312,15 +408,31 @@ def test_bad_input_gets_a_clear_error(parse: Parser, obj: object, words: str) ->
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
-                                                                 max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6)
+    ),
     max_leaves=20,
 )
-likely_keys = st.sampled_from([
-    "session_id", "mode", "requester", "reason", "state", "timeout_s", "decision", "by",
-    "viewer", "clipboard", "end_reason", "duration_s", "bytes_to_viewer", "consent_required",
-    "consent_timeout_s", "remote_consent_allowed",
-])
+likely_keys = st.sampled_from(
+    [
+        "session_id",
+        "mode",
+        "requester",
+        "reason",
+        "state",
+        "timeout_s",
+        "decision",
+        "by",
+        "viewer",
+        "clipboard",
+        "end_reason",
+        "duration_s",
+        "bytes_to_viewer",
+        "consent_required",
+        "consent_timeout_s",
+        "remote_consent_allowed",
+    ]
+)
 
 
 @given(st.sampled_from(PARSERS), json_values | st.dictionaries(likely_keys, json_values))

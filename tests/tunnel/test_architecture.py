@@ -27,11 +27,29 @@ PACKAGES = sorted(p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.
 
 SANS_IO = ("tunnel", "protocol")
 ADAPTER = "aio"  # the one subpackage of a sans-I/O core that may do I/O
-IO = frozenset({
-    "asyncio", "socket", "ssl", "selectors", "select", "subprocess", "threading",
-    "multiprocessing", "time", "http", "urllib", "smtplib",
-    "websockets", "sqlalchemy", "psycopg", "flask", "werkzeug", "asyncssh", "aiosmtpd",
-})
+IO = frozenset(
+    {
+        "asyncio",
+        "socket",
+        "ssl",
+        "selectors",
+        "select",
+        "subprocess",
+        "threading",
+        "multiprocessing",
+        "time",
+        "http",
+        "urllib",
+        "smtplib",
+        "websockets",
+        "sqlalchemy",
+        "psycopg",
+        "flask",
+        "werkzeug",
+        "asyncssh",
+        "aiosmtpd",
+    }
+)
 """I/O, event loops, threads and clocks (a sans-I/O core takes ``now`` as an argument)."""
 
 
@@ -157,8 +175,18 @@ def listing(imports: Iterable[object]) -> str:
 
 def test_every_package_is_read() -> None:
     assert set(PACKAGES) >= {
-        "tunnel", "protocol", "jsonlog", "pki", "store", "relay_server", "agent", "web",
-        "desktop", "telemetry", "sim", "stack",
+        "tunnel",
+        "protocol",
+        "jsonlog",
+        "pki",
+        "store",
+        "relay_server",
+        "agent",
+        "web",
+        "desktop",
+        "telemetry",
+        "sim",
+        "stack",
     }
     core = {i.path for i in imports_of(ROOT, "tunnel", skip=ADAPTER)}
     assert {"tunnel/connection.py", "tunnel/channel.py", "tunnel/flow.py"} <= core
@@ -202,21 +230,26 @@ def write(root: Path, files: dict[str, str]) -> None:
 
 
 def test_the_checks_would_catch_offenders(tmp_path: Path) -> None:
-    write(tmp_path, {
-        "core/__init__.py": "",
-        "core/frames.py": "import os\n\ndef later():\n    from asyncio import sleep\n",
-        "core/aio/__init__.py": "import websockets\n",
-        "core/sub/__init__.py": "from ..frames import later\nfrom . import deeper\n",
-        "agent/__init__.py": "",
-        "agent/cli.py": "def main():\n    import relay_server.client\n",
-        "relay_server/__init__.py": "from agent import cli\n",
-        "web/__init__.py": (
-            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import relay_server\n"
-        ),
-    })
+    write(
+        tmp_path,
+        {
+            "core/__init__.py": "",
+            "core/frames.py": "import os\n\ndef later():\n    from asyncio import sleep\n",
+            "core/aio/__init__.py": "import websockets\n",
+            "core/sub/__init__.py": "from ..frames import later\nfrom . import deeper\n",
+            "agent/__init__.py": "",
+            "agent/cli.py": "def main():\n    import relay_server.client\n",
+            "relay_server/__init__.py": "from agent import cli\n",
+            "web/__init__.py": (
+                "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import relay_server\n"
+            ),
+        },
+    )
     assert [str(i) for i in io_imports(tmp_path, "core")] == ["core/frames.py:4 imports asyncio"]
     assert {i.module for i in imports_of(tmp_path, "core")} >= {
-        "core.frames", "core.sub.deeper", "websockets"
+        "core.frames",
+        "core.sub.deeper",
+        "websockets",
     }
     assert [str(i) for i in imports_of_packages(tmp_path, "agent", ["relay_server"])] == [
         "agent/cli.py:2 imports relay_server.client"
