@@ -40,11 +40,11 @@ from sqlalchemy import insert  # noqa: E402
 
 from pki.ca import CA_CERT_FILE, init_ca  # noqa: E402
 from pki.fleet import ensure_site  # noqa: E402
-from pki.identity import DeviceId, new_device_id  # noqa: E402
 from pki.issue import issue_device_cert, issue_server_cert, issue_service_cert  # noqa: E402
 from pki.keys import generate_key, private_key_pem  # noqa: E402
 from pki.serials import serial_hex  # noqa: E402
 from pki.tls import client_context, server_context  # noqa: E402
+from protocol.ids import DeviceId, new_device_id  # noqa: E402
 from store.db import make_engine, session_scope, upgrade  # noqa: E402
 from store.models import Certificate, Device  # noqa: E402
 

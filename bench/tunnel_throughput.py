@@ -66,8 +66,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from agent.control import ControlChannel, Registry
+from protocol.aio.client import ServiceClient
 from relay_server.allocator import tune_allocator
-from relay_server.client import ServiceClient
 from tunnel import SUBPROTOCOLS, Role
 from tunnel.aio import Channel, ChannelError, IncomingChannel, Tunnel, websocket_options
 from tunnel.limits import MAX_CHUNK

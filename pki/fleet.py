@@ -11,9 +11,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pki.ca import CertificateAuthority
-from pki.identity import DeviceId, is_slug, new_device_id
+from pki.identity import is_slug
 from pki.issue import DEFAULT_DEVICE_LIFETIME, issue_device_cert
 from pki.serials import serial_hex
+from protocol.ids import DeviceId, new_device_id
 from store.models import Certificate, Customer, Device, Site
 
 

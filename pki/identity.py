@@ -11,17 +11,15 @@ returns (what a server sees after the TLS layer verified the chain).
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, NewType
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from pki.serials import serial_hex
-
-DeviceId = NewType("DeviceId", str)
+from protocol.ids import DeviceId, parse_device_id
 
 URN_DEVICE = "urn:outlink:device:"
 URN_CUSTOMER = "urn:outlink:customer:"
@@ -61,22 +59,6 @@ Identity = DeviceIdentity | ServiceIdentity
 def is_slug(value: str) -> bool:
     """True if ``value`` is a valid customer/site/service name."""
     return SLUG_RE.fullmatch(value) is not None
-
-
-def parse_device_id(value: str) -> DeviceId:
-    """Accept only the canonical lowercase text form of a uuid4."""
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        raise IdentityError("device id is not a UUID") from None
-    if str(parsed) != value or parsed.version != 4:
-        raise IdentityError("device id is not a canonical uuid4")
-    return DeviceId(value)
-
-
-def new_device_id() -> DeviceId:
-    """A fresh server-chosen device id."""
-    return DeviceId(str(uuid.uuid4()))
 
 
 def device_uris(device_id: DeviceId, customer: str, site: str) -> list[str]:
@@ -136,7 +118,10 @@ def _identity(uris: list[str], cns: list[str], serial: str) -> Identity:
         return ServiceIdentity(name=_slug(service, "service name"), serial=serial)
     if device is None:
         raise IdentityError("certificate names no device and no service")
-    device_id = parse_device_id(device)
+    try:
+        device_id = parse_device_id(device)
+    except ValueError as exc:
+        raise IdentityError(str(exc)) from None
     if cns != [device_id]:
         raise IdentityError("certificate CN does not match its device URI")
     return DeviceIdentity(

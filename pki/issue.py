@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from pki.ca import CLOCK_SKEW, CertificateAuthority
-from pki.identity import DeviceId, device_uris, is_slug, service_uri
+from pki.identity import device_uris, is_slug, service_uri
 from pki.keys import (
     PUBLIC_FILE_MODE,
     check_public_key,
@@ -31,6 +31,7 @@ from pki.keys import (
     write_private_key,
 )
 from pki.serials import new_serial
+from protocol.ids import DeviceId
 
 log = logging.getLogger(__name__)
 

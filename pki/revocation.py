@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from pki.ca import CertificateAuthority
-from pki.identity import DeviceId
+from protocol.ids import DeviceId
 from store.models import Certificate, Device
 
 log = logging.getLogger(__name__)

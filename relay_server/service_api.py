@@ -3,7 +3,7 @@
 A service client (the portal, tests, benchmarks) connects to `/service` with a
 service certificate and speaks the tunnel protocol. It opens:
 
-* ``rpc`` channels: JSON requests (`relay_server.rpc`), answered concurrently (at most
+* ``rpc`` channels: JSON requests (`protocol.rpc`), answered concurrently (at most
   MAX_RPC_INFLIGHT per channel; beyond that the relay stops reading, which is
   backpressure, not an error);
 * ``bridge`` channels: the relay opens a channel of the requested kind on the
@@ -26,6 +26,7 @@ from websockets.asyncio.server import ServerConnection
 
 import jsonlog
 from pki.identity import ServiceIdentity
+from protocol import rpc
 from protocol.envelope import (
     ERR_INTERNAL,
     ERR_TIMEOUT,
@@ -34,7 +35,6 @@ from protocol.envelope import (
     encode_error,
     encode_reply,
 )
-from relay_server import rpc
 from relay_server.agent_link import AgentLink, AgentUnavailable
 from relay_server.links import Link
 from relay_server.metrics import kind_label

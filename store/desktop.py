@@ -20,18 +20,17 @@ one conditional UPDATE so two processes racing on the same row cannot both win),
 that every applied change lands in the audit trail in the same transaction.
 
 The agent enforces consent (R31); these rows only record what happened and gate the
-viewer on the server side.
+viewer on the server side. The session's vocabulary (modes, states, limits, who decided,
+end reasons) is the contract's, `protocol.desktop`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -51,6 +50,19 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from protocol.desktop import (
+    BY_POLICY,
+    CONSENT_TIMEOUT_MAX,
+    JOIN_WINDOW,
+    MAX_BY,
+    MAX_REASON,
+    SESSION_ID_LEN,
+    EndReason,
+    Mode,
+    SessionId,
+    State,
+    new_session_id,
+)
 from store.models import Base, Device
 from store.portal import Permission, RolePermission, User, UserScope, append_audit
 
@@ -69,28 +81,18 @@ DECISION_GRACE: Final = timedelta(seconds=5)
 """The server waits the consent timeout plus this for the agent's decision, then marks
 the request ``timeout`` itself (the agent may be gone, or its event lost)."""
 
-JOIN_WINDOW: Final = timedelta(seconds=60)
-"""The agent ends an accepted session nobody joined after 60 s; the server follows suit
-(plus :data:`DECISION_GRACE`) in case that report never comes."""
+JOIN_DEADLINE: Final = timedelta(seconds=JOIN_WINDOW) + DECISION_GRACE
+"""The agent ends an accepted session nobody joined after its JOIN_WINDOW; the server
+follows suit this long after the decision, in case that report never comes."""
 
 CONSENT_TIMEOUT_DEFAULT: Final = 30
-"""Seconds the portal asks the agent to wait for an answer (the device may differ)."""
-
-CONSENT_TIMEOUT_MAX: Final = 600
-"""The longest consent timeout an agent can report (its own configuration's limit)."""
-
-MAX_REASON: Final = 500
-"""The engineer's reason, as the device's prompt shows it."""
-
-MAX_BY: Final = 200
-"""``decided_by``: ``device``, ``policy:no-consent``, ``site-contact:<user>``, ``server:…``."""
+"""Seconds the portal counts down before the agent said how long it waits (the agent's
+default; its answer brings its own)."""
 
 MAX_END_REASON: Final = 200
 
 TICKET_RETENTION: Final = timedelta(days=1)
 """Spent and expired tickets are deleted after this (they prove nothing afterwards)."""
-
-SESSION_ID_LEN: Final = 36
 
 # Permission names (the portal's ``web.authz.Perm`` has the same values; a test keeps them
 # in step). The store cannot import the portal.
@@ -98,28 +100,7 @@ PERM_VIEW: Final = "desktop.view"
 PERM_CONTROL: Final = "desktop.control"
 PERM_CLIPBOARD: Final = "desktop.clipboard"
 
-
-class Mode(StrEnum):
-    """What the viewer may do; ``control`` includes ``view``."""
-
-    VIEW = "view"
-    CONTROL = "control"
-
-
 MODE_PERMISSION: Final = {Mode.VIEW: PERM_VIEW, Mode.CONTROL: PERM_CONTROL}
-
-
-class State(StrEnum):
-    """A session's life; see :data:`TRANSITIONS`."""
-
-    REQUESTED = "requested"  # stored by the portal, instruction on its way
-    PROMPTING = "prompting"  # the agent asks the person at the device
-    ACCEPTED = "accepted"
-    DENIED = "denied"
-    TIMEOUT = "timeout"  # nobody answered in time (agent or server said so)
-    FAILED = "failed"  # the device could not be asked (offline, refused)
-    STARTED = "started"  # a viewer joined
-    ENDED = "ended"
 
 
 #: ``(from, to)`` pairs that may happen; anything else is ignored when reported (late or
@@ -156,16 +137,8 @@ AUDIT_KIND: Final = {
     State.ENDED: "desktop.ended",
 }
 
-# decided_by values the server writes itself.
+#: The decided_by the server writes itself (the agent's are `protocol.desktop`'s BY_*).
 BY_SERVER_TIMEOUT: Final = "server:no-decision"
-BY_POLICY: Final = "policy:no-consent"
-
-# End reasons the server writes itself (the agent's are in agent.desktop.policy).
-END_NOT_JOINED: Final = "not-joined"
-END_ACCESS_WITHDRAWN: Final = "access-withdrawn"
-END_DEVICE_DISCONNECTED: Final = "device-disconnected"
-END_VIEWER_LEFT: Final = "viewer-left"
-END_BY_ENGINEER: Final = "ended-by-engineer"
 
 
 # -- tables -------------------------------------------------------------------------------
@@ -187,7 +160,7 @@ class DesktopSession(Base):
         Index("ix_desktop_sessions_state", "state"),
     )
 
-    id: Mapped[str] = mapped_column(String(SESSION_ID_LEN), primary_key=True)
+    id: Mapped[SessionId] = mapped_column(String(SESSION_ID_LEN), primary_key=True)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
     user_id: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), index=True
@@ -235,7 +208,7 @@ class ViewerTicket(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    session_id: Mapped[str] = mapped_column(
+    session_id: Mapped[SessionId] = mapped_column(
         ForeignKey("desktop_sessions.id", ondelete="CASCADE"), index=True
     )
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
@@ -305,21 +278,6 @@ class Actor:
     name: str
     user_id: int | None = None
     source: str | None = None
-
-
-def new_session_id() -> str:
-    return str(uuid.uuid4())
-
-
-def parse_session_id(value: object) -> str | None:
-    """The canonical form of a session id (a UUID), or None for anything else."""
-    if not isinstance(value, str) or len(value) != SESSION_ID_LEN:
-        return None
-    try:
-        canonical = str(uuid.UUID(value))
-    except ValueError:
-        return None
-    return canonical if canonical == value.lower() else None
 
 
 def create_session(
@@ -530,11 +488,13 @@ def sweep(session: Session, now: datetime, actor: Actor) -> list[DesktopSession]
     unjoined = session.scalars(
         select(DesktopSession.id).where(
             DesktopSession.state == State.ACCEPTED,
-            DesktopSession.decided_at < now - JOIN_WINDOW - DECISION_GRACE,
+            DesktopSession.decided_at < now - JOIN_DEADLINE,
         ).limit(SWEEP_BATCH)
     ).all()
     for session_id in unjoined:
-        row = record_ended(session, session_id, reason=END_NOT_JOINED, now=now, actor=actor)
+        row = record_ended(
+            session, session_id, reason=EndReason.NOT_JOINED, now=now, actor=actor
+        )
         if row is not None:
             changed.append(row)
     session.execute(delete(ViewerTicket).where(ViewerTicket.expires_at < now - TICKET_RETENTION))
@@ -599,7 +559,7 @@ def redeem_ticket(session: Session, secret: object, now: datetime) -> ViewerTick
 class Admission:
     """A viewer the relay let in: whose, which session, what it may do."""
 
-    session_id: str
+    session_id: SessionId
     device_id: str
     user_id: int
     username: str

@@ -25,7 +25,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from pki.ca import CA_CERT_FILE, CertificateAuthority, create_ca, init_ca
-from pki.identity import DeviceId, DeviceIdentity, ServiceIdentity, new_device_id
+from pki.identity import DeviceIdentity, ServiceIdentity
 from pki.issue import (
     DEFAULT_DEVICE_LIFETIME,
     IssuedCertificate,
@@ -36,6 +36,7 @@ from pki.issue import (
 from pki.keys import generate_key, write_file_atomic
 from pki.serials import serial_hex
 from pki.tls import client_context, server_context
+from protocol.ids import DeviceId, new_device_id
 from store.db import make_engine, upgrade
 
 POSTGRES_ENV = "OUTLINK_TEST_POSTGRES_URL"

@@ -15,8 +15,8 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
-from pki.identity import IdentityError, parse_device_id
 from pki.tokens import create_token, revoke_token
+from protocol.ids import parse_device_id
 from store.models import Customer, Device, EnrollmentToken, Site
 from store.portal import Role, User, UserScope
 from web import passwords, sessions
@@ -61,7 +61,7 @@ def _device_ids(text: str) -> tuple[list[str], list[str]]:
     for line in text.split():
         try:
             ids.append(parse_device_id(line.strip().lower()))
-        except IdentityError:
+        except ValueError:
             bad.append(line[:40])
     return sorted(set(ids)), bad
 

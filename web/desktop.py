@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from flask import (
@@ -47,10 +48,31 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 
+from protocol.desktop import (
+    BY_DEVICE,
+    BY_POLICY,
+    BY_SITE_CONTACT,
+    ERR_CONFLICT,
+    ERR_FORBIDDEN,
+    MAX_REASON,
+    ConsentAnswer,
+    Decision,
+    EndReason,
+    EndRequest,
+    Mode,
+    Requester,
+    RequestReply,
+    SessionRequest,
+    State,
+    StateReply,
+    parse_session_id,
+)
+from protocol.envelope import ERR_BUSY, ERR_TIMEOUT, MessageError
+from protocol.rpc import ERR_OFFLINE
 from store import desktop
-from store.desktop import Actor, DesktopSession, Mode, State
+from store.desktop import Actor, DesktopSession
 from store.models import Device
-from web.authz import Perm, Principal, current_user, requires
+from web.authz import Perm, current_user, requires
 from web.db import db
 from web.fleet import load_device
 from web.recorder import client_addr, record
@@ -61,8 +83,13 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("desktop", __name__)
 
+T = TypeVar("T")
+
 #: Sessions listed on the request page (the device's recent history).
 HISTORY = 10
+
+#: The failure recorded when the device's answer does not parse.
+BAD_ANSWER = "bad-answer"
 
 STATE_TEXT = {
     State.REQUESTED: "Sending the request to the device…",
@@ -76,43 +103,45 @@ STATE_TEXT = {
     State.ENDED: "The session ended: {reason}.",
 }
 
-FAILURES = {
-    "offline": "it is offline",
+#: Why a request could not be delivered: the relay's and the agent's error codes, and
+#: `web.relay.RelayLink.instruct`'s own.
+FAILURES: dict[str, str] = {
+    ERR_OFFLINE: "it is offline",
     "no-relay": "it is offline (no relay is known)",
     "unreachable": "its relay cannot be reached",
-    "timeout": "it did not answer in time",
-    "busy": "another remote session is in progress on it",
-    "conflict": "it already has this request",
-    "bad-answer": "its answer was not understood",
+    ERR_TIMEOUT: "it did not answer in time",
+    ERR_BUSY: "another remote session is in progress on it",
+    ERR_CONFLICT: "it already has this request",
+    BAD_ANSWER: "its answer was not understood",
 }
 
-END_REASONS = {
-    "ended-by-customer": "the customer ended it at the device",
-    "ended-by-portal": "it was ended from the portal",
-    desktop.END_BY_ENGINEER: "it was ended from the portal",
-    desktop.END_VIEWER_LEFT: "the viewer disconnected",
-    desktop.END_ACCESS_WITHDRAWN: "the access to it was withdrawn",
-    desktop.END_NOT_JOINED: "nobody joined it in time",
-    desktop.END_DEVICE_DISCONNECTED: "the device disconnected",
-    "channel-reset": "the connection to the device was lost",
-    "max-length": "it reached its maximum length",
-    "idle-timeout": "it was idle too long",
-    "indicator-lost": "the device could not show its session indicator",
-    "stream-failed": "the device could not stream its screen",
-    "viewer-protocol-error": "the viewer sent something the device did not accept",
-    "agent-stopping": "the device's agent stopped",
+END_REASONS: dict[str, str] = {
+    EndReason.BY_CUSTOMER: "the customer ended it at the device",
+    EndReason.BY_PORTAL: "it was ended from the portal",
+    EndReason.BY_ENGINEER: "it was ended from the portal",
+    EndReason.VIEWER_LEFT: "the viewer disconnected",
+    EndReason.ACCESS_WITHDRAWN: "the access to it was withdrawn",
+    EndReason.NOT_JOINED: "nobody joined it in time",
+    EndReason.DEVICE_DISCONNECTED: "the device disconnected",
+    EndReason.CHANNEL_RESET: "the connection to the device was lost",
+    EndReason.MAX_LENGTH: "it reached its maximum length",
+    EndReason.IDLE_TIMEOUT: "it was idle too long",
+    EndReason.INDICATOR_LOST: "the device could not show its session indicator",
+    EndReason.STREAM_FAILED: "the device could not stream its screen",
+    EndReason.VIEWER_PROTOCOL_ERROR: "the viewer sent something the device did not accept",
+    EndReason.AGENT_STOPPING: "the device's agent stopped",
 }
 
 
 def describe_by(by: str | None) -> str:
     if not by:
         return ""
-    if by == "device":
+    if by == BY_DEVICE:
         return "at the device"
-    if by == desktop.BY_POLICY:
+    if by == BY_POLICY:
         return "automatically (this device does not ask for consent)"
-    if by.startswith("site-contact:"):
-        return f"by site contact {by.removeprefix('site-contact:')}"
+    if by.startswith(BY_SITE_CONTACT):
+        return f"by site contact {by.removeprefix(BY_SITE_CONTACT)}"
     return f"({by})"
 
 
@@ -159,8 +188,10 @@ def actor() -> Actor:
 
 def own_session(device: Device, value: object) -> DesktopSession:
     """The current user's session ``value`` on ``device``, else 404 (others' look absent)."""
-    session_id = desktop.parse_session_id(value)
-    row = db.session.get(DesktopSession, session_id) if session_id else None
+    try:
+        row = db.session.get(DesktopSession, parse_session_id(value))
+    except MessageError:
+        abort(404)
     if row is None or row.device_id != device.id or row.user_id != current_user().id:
         abort(404)
     return row
@@ -201,7 +232,7 @@ def page(device_id: str) -> ResponseReturnValue:
         "desktop/session.html" if row is not None else "desktop/request.html",
         device=device, session=row, history=history, describe=describe,
         policy=desktop.last_reported_policy(db.session, device.id),
-        can_control=user.can(Perm.DESKTOP_CONTROL), max_reason=desktop.MAX_REASON,
+        can_control=user.can(Perm.DESKTOP_CONTROL), max_reason=MAX_REASON,
         final=row is not None and row.state in desktop.FINAL,
         joinable=row is not None and row.state in desktop.JOINABLE,
     )
@@ -216,7 +247,7 @@ def request_session(device_id: str) -> Response:
     device = load_device(device_id)
     user = current_user()
     mode = _mode(request.form.get("mode", ""))
-    reason = " ".join(request.form.get("reason", "").split())[: desktop.MAX_REASON]
+    reason = " ".join(request.form.get("reason", "").split())[:MAX_REASON]
     if desktop.viewer_rights(db.session, user.id, device.id, mode) is None:
         abort(403)
     now = datetime.now(UTC)
@@ -227,40 +258,44 @@ def request_session(device_id: str) -> Response:
     record("desktop.requested", device_id=device.id, summary=f"{mode} desktop requested",
            details={"session_id": row.id, "mode": str(mode), "reason": reason})
     db.session.commit()
-    answer, failure = relay_link().instruct(device.id, {
-        "action": "desktop.request", "session_id": row.id, "mode": str(mode),
-        "requester": {"user": user.username, "name": user.display_name,
-                      "organisation": current_app.config["OUTLINK"].organisation},
-        "reason": reason, "timeout_s": desktop.CONSENT_TIMEOUT_DEFAULT,
-    })
-    _apply_request_answer(row.id, answer, failure, user)
+    requester = Requester(user.username, user.display_name,
+                          current_app.config["OUTLINK"].organisation)
+    answer, failure = relay_link().instruct(
+        device.id, SessionRequest(row.id, mode, requester, reason).to_json())
+    _apply_request_answer(row.id, answer, failure)
     db.session.commit()
     return redirect(url_for("desktop.page", device_id=device.id, session=row.id))
 
 
-def _apply_request_answer(
-    session_id: str, answer: dict[str, Any] | None, failure: str, user: Principal
-) -> None:
+def _apply_request_answer(session_id: str, answer: dict[str, Any] | None, failure: str) -> None:
     now = datetime.now(UTC)
-    state = answer.get("state") if answer else None
-    if answer is not None and state == State.PROMPTING:
-        timeout = answer.get("timeout_s")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            timeout = desktop.CONSENT_TIMEOUT_DEFAULT
+    reply = _parse(RequestReply.parse, answer)
+    if reply is not None and reply.state is State.PROMPTING:
         desktop.record_prompting(
-            db.session, session_id, consent_timeout_s=math.ceil(timeout),
-            remote_consent_allowed=answer.get("remote_consent_allowed") is True, now=now,
-            actor=actor(),
+            db.session, session_id, consent_timeout_s=math.ceil(reply.timeout_s),
+            remote_consent_allowed=reply.remote_consent_allowed, now=now, actor=actor(),
         )
-    elif answer is not None and state == State.ACCEPTED:
+    elif reply is not None:
         desktop.record_decision(
-            db.session, session_id, State.ACCEPTED, by=desktop.BY_POLICY,
+            db.session, session_id, State.ACCEPTED, by=BY_POLICY,
             reason="consent is off on this device", now=now, actor=actor(),
         )
     else:
-        log.info("! desktop request %s not delivered: %s", session_id, failure or "bad-answer")
-        desktop.record_failed(db.session, session_id, reason=failure or "bad-answer", now=now,
+        log.info("! desktop request %s not delivered: %s", session_id, failure or BAD_ANSWER)
+        desktop.record_failed(db.session, session_id, reason=failure or BAD_ANSWER, now=now,
                               actor=actor())
+
+
+def _parse(parse: Callable[[object], T], answer: dict[str, Any] | None) -> T | None:
+    """The device's answer as ``parse`` reads it; None when there is none or it does
+    not parse (logged)."""
+    if answer is None:
+        return None
+    try:
+        return parse(answer)
+    except MessageError as exc:
+        log.warning("! the device's answer was not understood: %s", exc.message)
+        return None
 
 
 # -- the page's JSON -------------------------------------------------------------------------
@@ -313,13 +348,12 @@ def end(device_id: str) -> ResponseReturnValue:
     row = own_session(device, _session_arg())
     if row.state in desktop.FINAL:
         return jsonify(state_json(row, datetime.now(UTC)))
-    answer, failure = relay_link().instruct(
-        device.id, {"action": "desktop.end", "session_id": row.id})
+    answer, failure = relay_link().instruct(device.id, EndRequest(row.id).to_json())
     record("desktop.end_requested", outcome="success" if answer is not None else "failure",
            device_id=device.id, summary="the engineer ended the desktop session",
            details={"session_id": row.id, "error": failure or None})
     if answer is None:  # the device cannot say so itself: record it here
-        desktop.record_ended(db.session, row.id, reason=desktop.END_BY_ENGINEER,
+        desktop.record_ended(db.session, row.id, reason=EndReason.BY_ENGINEER,
                              now=datetime.now(UTC), actor=actor())
     db.session.commit()
     db.session.refresh(row)
@@ -364,28 +398,31 @@ def answer(device_id: str) -> Response:
     """Forward the site contact's answer; the agent decides whether it counts."""
     device = load_device(device_id)
     user = current_user()
-    session_id = desktop.parse_session_id(request.form.get("session"))
-    decision = request.form.get("decision")
-    row = db.session.get(DesktopSession, session_id) if session_id else None
-    if row is None or row.device_id != device.id or decision not in ("accept", "deny"):
+    try:
+        row = db.session.get(DesktopSession, parse_session_id(request.form.get("session")))
+        decision = Decision(request.form.get("decision", ""))
+    except (MessageError, ValueError):
         abort(400)
-    result, failure = relay_link().instruct(device.id, {
-        "action": "desktop.answer", "session_id": row.id, "decision": decision,
-        "by": {"user": user.username, "name": user.display_name},
-    })
-    record("desktop.answered", outcome="success" if result is not None else "failure",
+    if row is None or row.device_id != device.id:
+        abort(400)
+    answer = ConsentAnswer(row.id, decision, user.username, user.display_name)
+    result, failure = relay_link().instruct(device.id, answer.to_json())
+    reply = _parse(StateReply.parse, result)
+    if result is not None and reply is None:
+        failure = BAD_ANSWER
+    record("desktop.answered", outcome="success" if reply is not None else "failure",
            device_id=device.id, summary=f"site contact answered a desktop request: {decision}",
-           details={"session_id": row.id, "decision": decision, "error": failure or None})
-    if result is not None and result.get("state") in (State.ACCEPTED, State.DENIED):
+           details={"session_id": row.id, "decision": str(decision), "error": failure or None})
+    if reply is not None and reply.state in (State.ACCEPTED, State.DENIED):
         desktop.record_decision(
-            db.session, row.id, State(result["state"]), by=f"site-contact:{user.username}",
-            reason=f"{result['state']} by a site contact", now=datetime.now(UTC),
+            db.session, row.id, reply.state, by=BY_SITE_CONTACT + user.username,
+            reason=f"{reply.state} by a site contact", now=datetime.now(UTC),
             actor=actor(),
         )
     db.session.commit()
-    if result is not None:
+    if reply is not None:
         flash(f"Your answer was given to the device: {decision}.", "success")
-    elif failure == "forbidden":
+    elif failure == ERR_FORBIDDEN:
         flash("This device only takes answers at the device itself.", "error")
     else:
         flash(f"The answer could not be given: {FAILURES.get(failure, failure)}.", "error")

@@ -24,7 +24,9 @@ from sqlalchemy import select
 from websockets.exceptions import WebSocketException
 
 from pki.tls import client_context
+from protocol.aio.client import RpcError, ServiceClient
 from store.models import Presence, Relay
+from tunnel import TunnelError
 from web.config import PortalConfig
 from web.db import db
 
@@ -53,9 +55,6 @@ def service_client_call(url: str, op: str, args: dict[str, Any],
     Raises OSError/TimeoutError when the relay cannot be reached, ``RpcError`` (a
     ValueError for the caller's purpose: the relay said no) when it refuses.
     """
-    from relay_server.client import RpcError, ServiceClient  # the relay owns the wire
-    from tunnel import TunnelError
-
     if not (config.relay_ca and config.relay_cert and config.relay_key):
         raise OSError("no relay service certificate configured")
     context = client_context(config.relay_ca, config.relay_cert, config.relay_key)

@@ -9,5 +9,5 @@
 * `prompt_app`, `indicator_app`, `ui` -- those windows: small Tk programs;
 * `answers`       -- the file drop behind ``outlink-agent desktop accept|deny|end``.
 
-The session contract with the relay and portal is in the `service` docstring.
+The session contract with the relay and portal is `protocol.desktop`.
 """

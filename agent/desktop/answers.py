@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from .policy import BAD_REQUEST, Refusal, parse_session_id
+from protocol.desktop import SessionId, parse_session_id
+from protocol.envelope import ERR_BAD_REQUEST, MessageError
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class Answer:
     """One answer taken from the drop; ``reply`` with the same nonce."""
 
     nonce: str
-    session_id: str
+    session_id: SessionId
     action: str
 
 
@@ -96,7 +97,7 @@ def submit(
         raise ValueError(f"action must be one of {', '.join(ACTIONS)}")
     try:
         session_id = parse_session_id(session_id)
-    except Refusal as exc:
+    except MessageError as exc:
         raise ValueError(exc.message) from None
     if not directory.is_dir():
         raise FileNotFoundError(str(directory))
@@ -160,7 +161,7 @@ class AnswerBox:
             nonce = entry.name.removesuffix(".answer")
             try:
                 answers.append(self._read(Path(entry.path), nonce))
-            except Refusal as exc:
+            except MessageError as exc:
                 logger.warning("! local answer %s refused: %s", entry.name, exc.message)
                 if _NONCE.fullmatch(nonce):
                     self.reply(nonce, {"ok": False, "error": exc.code, "message": exc.message})
@@ -173,23 +174,25 @@ class AnswerBox:
 
     def _read(self, path: Path, nonce: str) -> Answer:
         if not _NONCE.fullmatch(nonce):
-            raise Refusal(BAD_REQUEST, "not an answer file name")
+            raise MessageError(ERR_BAD_REQUEST, "not an answer file name")
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_uid not in (os.geteuid(), 0):
-                raise Refusal(BAD_REQUEST, "answer file not written by the agent's user or root")
+                raise MessageError(
+                    ERR_BAD_REQUEST, "answer file not written by the agent's user or root"
+                )
             if st.st_size > MAX_FILE:
-                raise Refusal(BAD_REQUEST, "answer file too large")
+                raise MessageError(ERR_BAD_REQUEST, "answer file too large")
             data = os.read(fd, MAX_FILE + 1)
         finally:
             os.close(fd)
         try:
             body = json.loads(data)
         except ValueError:
-            raise Refusal(BAD_REQUEST, "answer file is not JSON") from None
+            raise MessageError(ERR_BAD_REQUEST, "answer file is not JSON") from None
         if not isinstance(body, dict) or body.get("action") not in ACTIONS:
-            raise Refusal(BAD_REQUEST, f"action must be one of {', '.join(ACTIONS)}")
+            raise MessageError(ERR_BAD_REQUEST, f"action must be one of {', '.join(ACTIONS)}")
         return Answer(nonce, parse_session_id(body.get("session_id")), body["action"])
 
     def reply(self, nonce: str, result: dict[str, Any]) -> None:

@@ -13,30 +13,40 @@ and decides every transition::
 It never reads a clock: every method takes ``now`` (``time.monotonic()`` seconds) and
 :meth:`SessionBook.next_deadline` says when :meth:`SessionBook.tick` must run next
 (consent timeout, join window, maximum length, idle timeout). Every change of state
-returns a :class:`StateChange`, which the service reports to the relay as a
+returns a `protocol.desktop.StateReport`, which the service reports to the relay as a
 ``desktop.state`` event and writes to the local audit log. What the book refuses it
 refuses with :class:`Refusal` (a stable code and a message safe to send).
 
 The rules it enforces (the service cannot skip them: there is no other way to a
 started session): a viewer joins only an *accepted* session, within
-:data:`JOIN_WINDOW` of the acceptance, in a mode no stronger than the accepted one,
+`protocol.desktop.JOIN_WINDOW` of the acceptance, in a mode no stronger than the accepted one,
 and only once; remote answers only where the policy allows them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import unicodedata
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Final
 
-JOIN_WINDOW: Final = 60.0
-"""Seconds from acceptance within which the viewer must join: the portal's ticket lives
-60 s, and an accepted session nobody joins must not stay open for later."""
+from protocol.desktop import (
+    BY_DEVICE,
+    BY_POLICY,
+    BY_SITE_CONTACT,
+    ERR_CONFLICT,
+    ERR_FORBIDDEN,
+    ERR_NOT_FOUND,
+    JOIN_WINDOW,
+    EndReason,
+    Mode,
+    Requester,
+    SessionId,
+    State,
+    StateReport,
+    seconds_field,
+)
+from protocol.envelope import ERR_BUSY
 
 MAX_LIVE_SESSIONS: Final = 1
 """Prompting, accepted or started sessions at once. One screen, one prompt, one pair of
@@ -44,56 +54,6 @@ hands on the device's keyboard: a second request waits until the first is over."
 
 MAX_FINISHED: Final = 32
 """Finished sessions remembered, so a late answer or end gets "conflict", not "not_found"."""
-
-MAX_NAME: Final = 128
-"""Requester name, organisation, user: what fits on one line of the prompt."""
-
-MAX_REASON: Final = 500
-"""The engineer's reason as shown in the prompt."""
-
-BY_DEVICE: Final = "device"
-BY_POLICY: Final = "policy:no-consent"
-SITE_CONTACT: Final = "site-contact:"
-
-# End reasons (stable codes: the relay stores them and the portal shows them).
-ENDED_BY_CUSTOMER: Final = "ended-by-customer"
-ENDED_BY_PORTAL: Final = "ended-by-portal"
-VIEWER_LEFT: Final = "viewer-left"
-CHANNEL_RESET: Final = "channel-reset"
-NOT_JOINED: Final = "not-joined"
-MAX_LENGTH: Final = "max-length"
-IDLE_TIMEOUT: Final = "idle-timeout"
-INDICATOR_LOST: Final = "indicator-lost"
-STREAM_FAILED: Final = "stream-failed"
-VIEWER_PROTOCOL_ERROR: Final = "viewer-protocol-error"
-AGENT_STOPPING: Final = "agent-stopping"
-
-# Refusal codes (InstructionError codes on the control channel).
-BAD_REQUEST: Final = "bad_request"
-BUSY: Final = "busy"
-CONFLICT: Final = "conflict"
-FORBIDDEN: Final = "forbidden"
-NOT_FOUND: Final = "not_found"
-
-
-class Mode(StrEnum):
-    """What the viewer may do; ordered: ``control`` includes ``view``."""
-
-    VIEW = "view"
-    CONTROL = "control"
-
-    def allows(self, wanted: Mode) -> bool:
-        return wanted is Mode.VIEW or self is Mode.CONTROL
-
-
-class State(StrEnum):
-    PROMPTING = "prompting"
-    ACCEPTED = "accepted"
-    DENIED = "denied"
-    TIMEOUT = "timeout"
-    STARTED = "started"
-    ENDED = "ended"
-
 
 LIVE: Final = frozenset({State.PROMPTING, State.ACCEPTED, State.STARTED})
 """States in which a session holds the slot (and the service shows a window)."""
@@ -148,20 +108,11 @@ def desktop_enabled(
     return False, "no display configured, no $DISPLAY, no X server on :0"
 
 
-@dataclass(frozen=True, slots=True)
-class Requester:
-    """Who asks, as the portal says; shown in the prompt and on the indicator."""
-
-    user: str
-    name: str
-    organisation: str
-
-
 @dataclass(slots=True)
 class Session:
     """One session's facts. Mutated only by :class:`SessionBook`."""
 
-    id: str
+    id: SessionId
     mode: Mode
     requester: Requester
     reason: str
@@ -179,84 +130,6 @@ class Session:
     bytes_to_viewer: int = 0
     bytes_from_viewer: int = 0
     inputs_dropped: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    """A transition to report. :meth:`fields` is the ``desktop.state`` event body."""
-
-    session_id: str
-    state: State
-    by: str
-    reason: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def fields(self) -> dict[str, Any]:
-        return {
-            "session_id": self.session_id,
-            "state": str(self.state),
-            "by": self.by,
-            "reason": self.reason,
-            **self.extra,
-        }
-
-
-def _clean(value: Any, limit: int, what: str, *, required: bool) -> str:
-    """A display string: no control or format characters (a reason must not fake more
-    lines or reorder text in the prompt), collapsed spaces, at most ``limit``."""
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str):
-        raise Refusal(BAD_REQUEST, f"{what} must be a string")
-    text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in value)
-    text = " ".join(text.split())
-    if required and not text:
-        raise Refusal(BAD_REQUEST, f"{what} must not be empty")
-    if len(text) > limit:
-        raise Refusal(BAD_REQUEST, f"{what} exceeds {limit} characters")
-    return text
-
-
-def parse_session_id(value: Any) -> str:
-    """A canonical (lower-case, hyphenated) UUID string: the exact text goes back in
-    every event, and names nothing else than a UUID in the answer drop."""
-    if isinstance(value, str) and len(value) == 36:
-        with contextlib.suppress(ValueError):
-            if str(uuid.UUID(value)) == value:
-                return value
-    raise Refusal(BAD_REQUEST, "session_id must be a UUID in canonical form")
-
-
-def parse_mode(value: Any) -> Mode:
-    try:
-        return Mode(value)
-    except ValueError:
-        raise Refusal(BAD_REQUEST, 'mode must be "view" or "control"') from None
-
-
-def parse_requester(value: Any) -> Requester:
-    if not isinstance(value, dict):
-        raise Refusal(BAD_REQUEST, "requester must be an object")
-    user = _clean(value.get("user"), MAX_NAME, "requester.user", required=True)
-    name = _clean(value.get("name"), MAX_NAME, "requester.name", required=False) or user
-    organisation = _clean(
-        value.get("organisation"), MAX_NAME, "requester.organisation", required=False
-    )
-    return Requester(user, name, organisation)
-
-
-def parse_name(value: Any, what: str) -> str:
-    """A user name from the relay (the viewer, a site contact): required, one line."""
-    return _clean(value, MAX_NAME, what, required=True)
-
-
-def parse_reason(value: Any) -> str:
-    return _clean(value, MAX_REASON, "reason", required=False)
-
-
-def seconds_field(value: float) -> int | float:
-    """Durations in events: whole seconds stay integers in the JSON."""
-    return int(value) if float(value).is_integer() else round(value, 3)
 
 
 class SessionBook:
@@ -288,14 +161,14 @@ class SessionBook:
     # -- transitions -----------------------------------------------------------------------
 
     def request(
-        self, session_id: str, mode: Mode, requester: Requester, reason: str, now: float
-    ) -> tuple[Session, list[StateChange]]:
+        self, session_id: SessionId, mode: Mode, requester: Requester, reason: str, now: float
+    ) -> tuple[Session, list[StateReport]]:
         """A new request: ``prompting`` (no event: the instruction's answer says so), or
         ``accepted`` at once when the policy asks for no consent."""
         if self.get(session_id) is not None:
-            raise Refusal(CONFLICT, "a session with this id exists already")
+            raise Refusal(ERR_CONFLICT, "a session with this id exists already")
         if len(self._live) >= MAX_LIVE_SESSIONS:
-            raise Refusal(BUSY, "another desktop session is in progress on this device")
+            raise Refusal(ERR_BUSY, "another desktop session is in progress on this device")
         session = Session(session_id, mode, requester, reason, requested_at=now)
         self._live[session_id] = session
         if self.policy.consent_required:
@@ -305,42 +178,38 @@ class SessionBook:
 
     def answer(
         self, session_id: str, accept: bool, now: float, *, site_contact: str | None = None
-    ) -> list[StateChange]:
+    ) -> list[StateReport]:
         """The device's answer, or (``site_contact`` = their user name) a remote one."""
         if site_contact is not None and not self.policy.allow_remote_consent:
-            raise Refusal(FORBIDDEN, "this device does not accept answers from the portal")
+            raise Refusal(ERR_FORBIDDEN, "this device does not accept answers from the portal")
         session = self._find(session_id)
         if session.state is not State.PROMPTING:
-            raise Refusal(CONFLICT, f"the request is already {session.state}")
-        by = BY_DEVICE if site_contact is None else SITE_CONTACT + site_contact
+            raise Refusal(ERR_CONFLICT, f"the request is already {session.state}")
+        by = BY_DEVICE if site_contact is None else BY_SITE_CONTACT + site_contact
         where = "on the device" if site_contact is None else "by a site contact"
         if accept:
             return [self._accept(session, by, now, f"accepted {where}")]
         return [self._finish(session, State.DENIED, by, now, f"denied {where}")]
 
-    def join(self, session_id: str, mode: Mode, viewer: str, now: float) -> list[StateChange]:
+    def join(self, session_id: str, mode: Mode, viewer: str, now: float) -> list[StateReport]:
         """A viewer's desktop channel. Raises ``forbidden`` unless the session is accepted,
         the join window is open, ``mode`` is allowed and nobody joined before."""
         session = self._live.get(session_id)
         if session is None or session.state is not State.ACCEPTED:
-            raise Refusal(FORBIDDEN, "no accepted desktop session with this id")
+            raise Refusal(ERR_FORBIDDEN, "no accepted desktop session with this id")
         assert session.accepted_at is not None
         if now >= session.accepted_at + JOIN_WINDOW:
-            raise Refusal(FORBIDDEN, "the session was not joined in time")
+            raise Refusal(ERR_FORBIDDEN, "the session was not joined in time")
         if not session.mode.allows(mode):
-            raise Refusal(FORBIDDEN, f"the session was accepted for {session.mode} only")
+            raise Refusal(ERR_FORBIDDEN, f"the session was accepted for {session.mode} only")
         session.state = State.STARTED
         session.started_at = session.last_activity = now
         session.viewer = viewer
         session.joined_mode = mode
         session.deadline = self._stream_deadline(session)
         return [
-            StateChange(
-                session.id,
-                State.STARTED,
-                session.decided_by,
-                "viewer joined",
-                {"mode": str(mode), "viewer": viewer},
+            StateReport(
+                session.id, State.STARTED, session.decided_by, "viewer joined", mode, viewer
             )
         ]
 
@@ -359,17 +228,17 @@ class SessionBook:
             session.last_activity = now
             session.deadline = self._stream_deadline(session)
 
-    def end(self, session_id: str, reason: str, now: float) -> list[StateChange]:
+    def end(self, session_id: str, reason: str, now: float) -> list[StateReport]:
         """End a live session (customer, portal, viewer gone, failure). A prompting
         request ends too (withdrawn); a finished one raises ``conflict``."""
         session = self._find(session_id)
         if session.state not in LIVE:
-            raise Refusal(CONFLICT, f"the session is already {session.state}")
+            raise Refusal(ERR_CONFLICT, f"the session is already {session.state}")
         return [self._finish(session, State.ENDED, session.decided_by or BY_DEVICE, now, reason)]
 
-    def tick(self, now: float) -> list[StateChange]:
+    def tick(self, now: float) -> list[StateReport]:
         """Fire every deadline that has passed."""
-        changes: list[StateChange] = []
+        changes: list[StateReport] = []
         for session in list(self._live.values()):
             if session.deadline is None or now < session.deadline:
                 continue
@@ -382,12 +251,14 @@ class SessionBook:
                 )
             elif session.state is State.ACCEPTED:
                 changes.append(
-                    self._finish(session, State.ENDED, session.decided_by, now, NOT_JOINED)
+                    self._finish(
+                        session, State.ENDED, session.decided_by, now, EndReason.NOT_JOINED
+                    )
                 )
             else:
                 assert session.started_at is not None
                 over = now >= session.started_at + self.policy.max_session_s
-                reason = MAX_LENGTH if over else IDLE_TIMEOUT
+                reason = EndReason.MAX_LENGTH if over else EndReason.IDLE_TIMEOUT
                 changes.append(self._finish(session, State.ENDED, session.decided_by, now, reason))
         return changes
 
@@ -396,15 +267,15 @@ class SessionBook:
     def _find(self, session_id: str) -> Session:
         session = self.get(session_id)
         if session is None:
-            raise Refusal(NOT_FOUND, "no desktop session with this id")
+            raise Refusal(ERR_NOT_FOUND, "no desktop session with this id")
         return session
 
-    def _accept(self, session: Session, by: str, now: float, reason: str) -> StateChange:
+    def _accept(self, session: Session, by: str, now: float, reason: str) -> StateReport:
         session.state = State.ACCEPTED
         session.decided_by = by
         session.accepted_at = now
         session.deadline = now + JOIN_WINDOW
-        return StateChange(session.id, State.ACCEPTED, by, reason, {"mode": str(session.mode)})
+        return StateReport(session.id, State.ACCEPTED, by, reason, session.mode)
 
     def _stream_deadline(self, session: Session) -> float:
         assert session.started_at is not None
@@ -415,7 +286,7 @@ class SessionBook:
 
     def _finish(
         self, session: Session, state: State, by: str, now: float, reason: str
-    ) -> StateChange:
+    ) -> StateReport:
         was = session.state
         session.state = state
         session.deadline = None
@@ -424,19 +295,17 @@ class SessionBook:
         del self._live[session.id]
         self._finished.append(session)
         if state is not State.ENDED:
-            return StateChange(session.id, state, by, reason)
+            return StateReport(session.id, state, by, reason)
         session.end_reason = reason
         started = session.started_at if was is State.STARTED else None
-        return StateChange(
+        return StateReport(
             session.id,
             state,
             by,
             reason,
-            {
-                "end_reason": reason,
-                "duration_s": seconds_field(now - started) if started is not None else 0,
-                "bytes_to_viewer": session.bytes_to_viewer,
-                "bytes_from_viewer": session.bytes_from_viewer,
-                "inputs_dropped": session.inputs_dropped,
-            },
+            end_reason=reason,
+            duration_s=now - started if started is not None else 0,
+            bytes_to_viewer=session.bytes_to_viewer,
+            bytes_from_viewer=session.bytes_from_viewer,
+            inputs_dropped=session.inputs_dropped,
         )

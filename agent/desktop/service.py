@@ -1,20 +1,17 @@
 """Desktop sessions on the agent: consent, the device's windows, the stream.
 
-Registered with the agent's `Registry` (:meth:`DesktopService.register`):
+Registered with the agent's `Registry` (:meth:`DesktopService.register`), it speaks the
+agent's side of `protocol.desktop` (the contract, with every message's fields):
 
-* on every link, event ``desktop.policy`` {consent_required, consent_timeout_s,
-  remote_consent_allowed}: the device's own setting, shown in the portal;
-* action ``desktop.request`` {session_id, mode, requester {user, name, organisation},
-  reason} -> ``{"state": "prompting", "consent_required": true, "timeout_s": N,
-  "remote_consent_allowed": bool}``, or ``{"state": "accepted", "consent_required":
-  false}`` when the device's policy asks for no consent;
-* action ``desktop.answer`` {session_id, decision: accept|deny, by {user, name}}: a site
-  contact's answer from the portal; ``forbidden`` unless the policy allows it;
-* action ``desktop.end`` {session_id}: the portal ends a session (or withdraws a request);
-* channel kind ``desktop`` with meta {session_id, mode, viewer, clipboard}: the viewer,
-  joined by the relay. Refused FORBIDDEN unless `SessionBook.join` agrees. The
-  clipboard right (and the relay's later `desktop.wire.Rights`) is enforced here too
-  (`agent.desktop.clipboard`).
+* on every link, event ``desktop.policy``: the device's own consent setting;
+* action ``desktop.request``: answered ``prompting`` at once, or ``accepted`` when the
+  device's policy asks for no consent;
+* action ``desktop.answer``: a site contact's answer from the portal; ``forbidden``
+  unless the policy allows it;
+* action ``desktop.end``: the portal ends a session (or withdraws a request);
+* channel kind ``desktop``: the viewer, joined by the relay. Refused FORBIDDEN unless
+  `SessionBook.join` agrees. The clipboard right (and the relay's later
+  `desktop.wire.Rights`) is enforced here too (`agent.desktop.clipboard`).
 
 Every state change is reported as ``{"op": "event", "name": "desktop.state", ...}``
 on the control channel (`Registry.send_event`) and written to the local audit log, in
@@ -51,36 +48,39 @@ from desktop.inject import InputPump, InputSink, ViewOnly, XTestSink
 from desktop.pacing import PacerSettings
 from desktop.streamer import Streamer, StreamerSettings
 from desktop.x11 import X11Error
+from protocol.desktop import (
+    ACTION_ANSWER,
+    ACTION_END,
+    ACTION_REQUEST,
+    CHANNEL_KIND,
+    EVENT_POLICY,
+    EVENT_STATE,
+    ConsentAnswer,
+    Decision,
+    EndReason,
+    EndRequest,
+    JoinMeta,
+    Mode,
+    PolicyReport,
+    RequestReply,
+    SessionRequest,
+    State,
+    StateReply,
+    StateReport,
+)
+from protocol.envelope import MessageError
 from tunnel import ErrorCode, Priority
 from tunnel.aio import Channel, ChannelError, IncomingChannel
 
 from .answers import POLL_INTERVAL, Answer, AnswerBox, answers_dir
 from .clipboard import SessionClipboard
 from .policy import (
-    AGENT_STOPPING,
-    BAD_REQUEST,
-    CHANNEL_RESET,
-    ENDED_BY_CUSTOMER,
-    ENDED_BY_PORTAL,
-    INDICATOR_LOST,
-    STREAM_FAILED,
-    VIEWER_LEFT,
-    VIEWER_PROTOCOL_ERROR,
     DesktopPolicy,
-    Mode,
     Refusal,
     Session,
     SessionBook,
-    State,
-    StateChange,
     desktop_enabled,
-    parse_mode,
-    parse_name,
-    parse_reason,
-    parse_requester,
-    parse_session_id,
     resolve_display,
-    seconds_field,
 )
 from .prompt import (
     INDICATOR_APP,
@@ -93,8 +93,6 @@ from .prompt import (
 
 logger = logging.getLogger(__name__)
 
-EVENT: Final = "desktop.state"
-POLICY_EVENT: Final = "desktop.policy"
 AUDIT_KIND: Final = "desktop"
 
 CHANNEL_WINDOW: Final = wire.MAX_MESSAGE
@@ -201,17 +199,17 @@ class DesktopService:
             self.answers.prepare()
         except OSError as exc:  # sessions still work; only the local command does not
             logger.error("! no local answers: cannot create %s: %s", self.answers.directory, exc)
-        registry.add_action("desktop.request", self._on_request)
-        registry.add_action("desktop.answer", self._on_answer)
-        registry.add_action("desktop.end", self._on_end)
-        registry.add_channel("desktop", self._on_channel)
+        registry.add_action(ACTION_REQUEST, self._on_request)
+        registry.add_action(ACTION_ANSWER, self._on_answer)
+        registry.add_action(ACTION_END, self._on_end)
+        registry.add_channel(CHANNEL_KIND, self._on_channel)
         registry.on_link.append(self._announce_policy)
         self._report = registry.send_event
 
     async def aclose(self) -> None:
         """End every live session (``agent-stopping``), close the windows, flush reports."""
         for session in self.book.live:
-            self._end(session.id, AGENT_STOPPING)
+            self._end(session.id, EndReason.AGENT_STOPPING)
         waits = [*self._streams.values(), *self._tasks, *([self._sender] if self._sender else [])]
         if waits:
             await asyncio.wait(waits, timeout=CLOSE_WAIT)
@@ -227,93 +225,86 @@ class DesktopService:
         anyone asks for a session (the relay stores it; the agent still decides)."""
         policy = self.policy
         assert self._report is not None
-        await self._report(
-            POLICY_EVENT,
-            consent_required=policy.consent_required,
-            consent_timeout_s=seconds_field(policy.consent_timeout_s),
-            remote_consent_allowed=policy.allow_remote_consent,
+        report = PolicyReport(
+            policy.consent_required, policy.consent_timeout_s, policy.allow_remote_consent
         )
+        await self._report(EVENT_POLICY, **report.to_json())
 
     # -- instructions -------------------------------------------------------------------
 
     async def _on_request(self, instruction: dict[str, Any]) -> dict[str, Any]:
-        """Answer at once; the decision comes later as events. A ``timeout_s`` in the
-        instruction is ignored: the device's policy sets the consent timeout (R31)."""
+        """Answer at once; the decision comes later as events. The device's policy sets
+        the consent timeout (R31)."""
         now = self._clock()
         try:
-            session_id = parse_session_id(instruction.get("session_id"))
-            mode = parse_mode(instruction.get("mode"))
-            requester = parse_requester(instruction.get("requester"))
-            reason = parse_reason(instruction.get("reason"))
-            session, changes = self.book.request(session_id, mode, requester, reason, now)
-        except Refusal as exc:
+            req = SessionRequest.parse(instruction)
+            session, changes = self.book.request(
+                req.session_id, req.mode, req.requester, req.reason, now
+            )
+        except (MessageError, Refusal) as exc:
             self._note("request-refused", error=exc.code, session_id=_raw_id(instruction))
             raise InstructionError(exc.code, exc.message) from None
         self._note(
             "requested",
-            session_id=session_id,
-            mode=str(mode),
-            user=requester.user,
-            name=requester.name,
-            organisation=requester.organisation,
-            reason=reason,
+            session_id=req.session_id,
+            mode=str(req.mode),
+            user=req.requester.user,
+            name=req.requester.name,
+            organisation=req.requester.organisation,
+            reason=req.reason,
         )
         logger.info(
             "< desktop request %s (%s) from %s (%s)%s",
-            session_id,
-            mode,
-            requester.name,
-            requester.organisation or requester.user,
+            req.session_id,
+            req.mode,
+            req.requester.name,
+            req.requester.organisation or req.requester.user,
             f": answer on {self.policy.display} or with `outlink-agent desktop accept|deny "
-            f"{session_id}`"
+            f"{req.session_id}`"
             if session.state is State.PROMPTING
             else "",
         )
         self._apply(changes)
         self._watch()
         if session.state is State.PROMPTING:
-            self._spawn(self._run_prompt(session), f"desktop-prompt-{session_id[:8]}")
-            return {
-                "state": str(State.PROMPTING),
-                "consent_required": True,
-                "timeout_s": seconds_field(self.policy.consent_timeout_s),
-                "remote_consent_allowed": self.policy.allow_remote_consent,
-            }
-        return {"state": str(State.ACCEPTED), "consent_required": False}
+            self._spawn(self._run_prompt(session), f"desktop-prompt-{session.id[:8]}")
+            reply = RequestReply(
+                State.PROMPTING, self.policy.consent_timeout_s, self.policy.allow_remote_consent
+            )
+            return reply.to_json()
+        return RequestReply(State.ACCEPTED).to_json()
 
     async def _on_answer(self, instruction: dict[str, Any]) -> dict[str, Any]:
         try:
-            session_id = parse_session_id(instruction.get("session_id"))
-            decision = instruction.get("decision")
-            if decision not in ("accept", "deny"):
-                raise Refusal(BAD_REQUEST, 'decision must be "accept" or "deny"')
-            by = instruction.get("by")
-            user = parse_name(by.get("user") if isinstance(by, dict) else None, "by.user")
+            answer = ConsentAnswer.parse(instruction)
             changes = self.book.answer(
-                session_id, decision == "accept", self._clock(), site_contact=user
+                answer.session_id,
+                answer.decision is Decision.ACCEPT,
+                self._clock(),
+                site_contact=answer.user,
             )
-        except Refusal as exc:
+        except (MessageError, Refusal) as exc:
             self._note("remote-answer-refused", error=exc.code, session_id=_raw_id(instruction))
             raise InstructionError(exc.code, exc.message) from None
         self._apply(changes)
-        return {"state": str(changes[0].state)}
+        return StateReply(changes[0].state).to_json()
 
     async def _on_end(self, instruction: dict[str, Any]) -> dict[str, Any]:
         try:
-            session_id = parse_session_id(instruction.get("session_id"))
-            changes = self.book.end(session_id, ENDED_BY_PORTAL, self._clock())
-        except Refusal as exc:
+            end = EndRequest.parse(instruction)
+            changes = self.book.end(end.session_id, EndReason.BY_PORTAL, self._clock())
+        except (MessageError, Refusal) as exc:
             raise InstructionError(exc.code, exc.message) from None
         self._apply(changes)
-        return {"state": str(State.ENDED)}
+        return StateReply(State.ENDED).to_json()
 
     # -- state changes ------------------------------------------------------------------
 
-    def _apply(self, changes: list[StateChange]) -> None:
+    def _apply(self, changes: list[StateReport]) -> None:
         """Report each change and make the device match it: no prompt once decided, an
         indicator while accepted or started, the stream stopped once over."""
         for change in changes:
-            self._queue(str(change.state), change.fields(), report=True)
+            self._queue(str(change.state), change.to_json(), report=True)
             sid = change.session_id
             if change.state is not State.STARTED:
                 self._close_window(self._prompts, sid)
@@ -378,7 +369,7 @@ class DesktopService:
             )
         except OSError as exc:
             logger.error("! cannot show the session indicator: %s", exc)
-            self._end(session.id, INDICATOR_LOST)
+            self._end(session.id, EndReason.INDICATOR_LOST)
             return
         if session.state not in (State.ACCEPTED, State.STARTED):
             await program.close()
@@ -391,10 +382,10 @@ class DesktopService:
         await program.close()
         if message is not None and message.get("event") == "end":
             logger.info("< session %s ended by the customer (indicator)", session.id)
-            self._end(session.id, ENDED_BY_CUSTOMER)
+            self._end(session.id, EndReason.BY_CUSTOMER)
         else:
             logger.error("! session indicator for %s went away; ending the session", session.id)
-            self._end(session.id, INDICATOR_LOST)
+            self._end(session.id, EndReason.INDICATOR_LOST)
 
     def _close_window(self, windows: dict[str, WindowProgram], session_id: str) -> None:
         program = windows.pop(session_id, None)
@@ -431,7 +422,7 @@ class DesktopService:
         session = self.book.get(answer.session_id)
         try:
             if answer.action == "end" and not (session and session.state is State.PROMPTING):
-                changes = self.book.end(answer.session_id, ENDED_BY_CUSTOMER, now)
+                changes = self.book.end(answer.session_id, EndReason.BY_CUSTOMER, now)
             else:
                 changes = self.book.answer(answer.session_id, answer.action == "accept", now)
         except Refusal as exc:
@@ -446,12 +437,10 @@ class DesktopService:
     async def _on_channel(self, request: IncomingChannel) -> None:
         meta = request.meta
         try:
-            session_id = parse_session_id(meta.get("session_id"))
-            mode = parse_mode(meta.get("mode"))
-            viewer = parse_name(meta.get("viewer"), "viewer")
-            clipboard = meta.get("clipboard") is True
-            changes = self.book.join(session_id, mode, viewer, self._clock())
-        except Refusal as exc:
+            join = JoinMeta.parse(meta)
+            session_id, mode, clipboard = join.session_id, join.mode, join.clipboard
+            changes = self.book.join(session_id, mode, join.viewer, self._clock())
+        except (MessageError, Refusal) as exc:
             logger.warning("! desktop channel refused: %s", exc.message)
             self._note("join-refused", session_id=_raw_id(meta), error=exc.code)
             request.refuse(ErrorCode.FORBIDDEN, "no desktop session to join")
@@ -466,7 +455,7 @@ class DesktopService:
             )
         except ChannelError:
             self._apply(changes)
-            self._end(session_id, CHANNEL_RESET)
+            self._end(session_id, EndReason.CHANNEL_RESET)
             self._stops.pop(session_id, None)
             return
         self._apply(changes)
@@ -491,7 +480,7 @@ class DesktopService:
             devices = await asyncio.to_thread(self._open_devices, mode)
         except (CaptureError, X11Error, OSError) as exc:
             logger.error("! cannot stream the display %s: %s", self.policy.display, exc)
-            self._finish(session, channel, STREAM_FAILED, ErrorCode.INTERNAL_ERROR)
+            self._finish(session, channel, EndReason.STREAM_FAILED, ErrorCode.INTERNAL_ERROR)
             return
         pump = InputPump(devices.sink)
 
@@ -522,7 +511,7 @@ class DesktopService:
         clipping = asyncio.create_task(clip.run(), name=f"desktop-clipboard-{session.id[:8]}")
         tasks = (streaming, reading, stopping)
         # What stands if this task is cancelled: the tunnel is closing under us.
-        reason: str | None = CHANNEL_RESET
+        reason: str | None = EndReason.CHANNEL_RESET
         code = ErrorCode.CANCELLED
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -543,7 +532,7 @@ class DesktopService:
         """End the session (unless already ended: ``reason`` None) and the channel."""
         if reason is not None:
             self._end(session.id, reason)
-        if reason == VIEWER_LEFT:
+        if reason == EndReason.VIEWER_LEFT:
             self._spawn(channel.close(), "desktop-close-channel")
         else:
             channel.reset(code, session.end_reason or reason or "")
@@ -596,10 +585,10 @@ class DesktopService:
                 self.book.received(session.id, len(data), self._clock(), dropped=dropped)
         except wire.WireError as exc:
             logger.warning("! session %s: bad message from the viewer: %s", session.id, exc)
-            return VIEWER_PROTOCOL_ERROR
+            return EndReason.VIEWER_PROTOCOL_ERROR
         except ChannelError:
-            return CHANNEL_RESET
-        return VIEWER_LEFT
+            return EndReason.CHANNEL_RESET
+        return EndReason.VIEWER_LEFT
 
     # -- reports --------------------------------------------------------------------------
 
@@ -629,10 +618,10 @@ class DesktopService:
                 logger.info("= audit desktop %s %s", outcome, detail)
             if not report:
                 continue
-            sent = self._report is not None and await self._report(EVENT, **detail)
+            sent = self._report is not None and await self._report(EVENT_STATE, **detail)
             if not sent:
                 logger.warning(
-                    "! %s %s not reported: no link to the relay", EVENT, detail.get("state")
+                    "! %s %s not reported: no link to the relay", EVENT_STATE, detail.get("state")
                 )
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
@@ -696,12 +685,12 @@ def _outcome(
         exc = reading.exception()
         if exc is None:
             reason = reading.result()
-            code = ErrorCode.BAD_REQUEST if reason == VIEWER_PROTOCOL_ERROR else ErrorCode.CANCELLED
-            return reason, code
+            protocol_error = reason == EndReason.VIEWER_PROTOCOL_ERROR
+            return reason, ErrorCode.BAD_REQUEST if protocol_error else ErrorCode.CANCELLED
         logger.error("! input injection failed", exc_info=exc)
-        return STREAM_FAILED, ErrorCode.INTERNAL_ERROR
+        return EndReason.STREAM_FAILED, ErrorCode.INTERNAL_ERROR
     exc = streaming.exception()
     if isinstance(exc, ChannelError):
-        return CHANNEL_RESET, ErrorCode.CANCELLED
+        return EndReason.CHANNEL_RESET, ErrorCode.CANCELLED
     logger.error("! the stream failed", exc_info=exc)
-    return STREAM_FAILED, ErrorCode.INTERNAL_ERROR
+    return EndReason.STREAM_FAILED, ErrorCode.INTERNAL_ERROR

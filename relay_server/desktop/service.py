@@ -11,7 +11,8 @@ Wiring (what ``relay_server.cli`` does)::
 
 from __future__ import annotations
 
-from relay_server.desktop.events import EVENT_NAME, POLICY_EVENT, DesktopEvents
+from protocol.desktop import EVENT_POLICY, EVENT_STATE
+from relay_server.desktop.events import DesktopEvents
 from relay_server.desktop.viewer import ViewerService
 from relay_server.features import FeatureHost
 
@@ -43,8 +44,8 @@ class DesktopService:
 
     def attach(self, host: FeatureHost) -> None:
         """Take the agents' ``desktop.state`` and ``desktop.policy`` events."""
-        host.on_event(EVENT_NAME, self.events.record)
-        host.on_event(POLICY_EVENT, self.events.record_policy)
+        host.on_event(EVENT_STATE, self.events.record)
+        host.on_event(EVENT_POLICY, self.events.record_policy)
 
     async def start(self) -> None:
         await self.events.start()

@@ -74,10 +74,11 @@ from websockets.typing import Subprotocol
 import jsonlog
 from desktop import wire
 from pki.tls import server_context
+from protocol.desktop import CHANNEL_KIND, EndReason, JoinMeta, Mode
 from relay_server.desktop.events import DesktopEvents
 from store import desktop
 from store.db import make_sessionmaker, session_scope
-from store.desktop import Admission, Mode, Refused
+from store.desktop import Admission, Refused
 from tunnel import ErrorCode
 from tunnel.aio import Channel, ChannelError, TunnelClosedError
 
@@ -388,13 +389,13 @@ class ViewerService:
 
     async def _open(self, ws: RelayConnection, admission: Admission) -> LiveSession | None:
         link = self._agents.get(admission.device_id)
-        meta = {"session_id": admission.session_id, "mode": str(admission.mode),
-                "viewer": admission.username, "clipboard": admission.clipboard}
+        meta = JoinMeta(admission.session_id, admission.mode, admission.username,
+                        admission.clipboard).to_json()
         try:
             if link is None or link.tunnel is None:
                 raise TunnelClosedError(ErrorCode.UNAVAILABLE, "", close_code=None)
             channel = await link.tunnel.open_channel(
-                "desktop", meta, window=CHANNEL_WINDOW, max_message=CHANNEL_WINDOW
+                CHANNEL_KIND, meta, window=CHANNEL_WINDOW, max_message=CHANNEL_WINDOW
             )
         except ChannelError as exc:
             log.info("! desktop channel for %s not opened: %s", admission.session_id, exc)
@@ -497,10 +498,10 @@ class ViewerService:
             Outcome.WITHDRAWN, Outcome.UNVERIFIABLE) else ErrorCode.CANCELLED
         live.channel.reset(code, outcome.value)
         reason = {
-            Outcome.WITHDRAWN: desktop.END_ACCESS_WITHDRAWN,
-            Outcome.UNVERIFIABLE: desktop.END_ACCESS_WITHDRAWN,
-            Outcome.DEVICE_GONE: desktop.END_DEVICE_DISCONNECTED,
-        }.get(outcome, desktop.END_VIEWER_LEFT)
+            Outcome.WITHDRAWN: EndReason.ACCESS_WITHDRAWN,
+            Outcome.UNVERIFIABLE: EndReason.ACCESS_WITHDRAWN,
+            Outcome.DEVICE_GONE: EndReason.DEVICE_DISCONNECTED,
+        }.get(outcome, EndReason.VIEWER_LEFT)
         actor = self.events.actor
         to_viewer, from_viewer = live.bytes_to_viewer, live.bytes_from_viewer
 

@@ -23,7 +23,7 @@ import pytest
 
 from agent.status import read_status
 from pki.tls import client_context
-from relay_server.client import RpcError, ServiceClient
+from protocol.aio.client import RpcError, ServiceClient
 from tests.agent.helpers import Tinyproxy, free_port, tinyproxy
 from tests.conftest import UNIT
 

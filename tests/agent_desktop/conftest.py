@@ -119,7 +119,6 @@ class Device:
             mode=mode,
             requester={"user": "erika", "name": "Erika Engineer", "organisation": "Acme Service"},
             reason="the printer queue is stuck",
-            timeout_s=30,
             **fields,
         )
         return session_id, reply

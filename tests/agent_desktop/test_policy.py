@@ -2,41 +2,39 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
-from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from agent.desktop.policy import (
-    JOIN_WINDOW,
-    MAX_REASON,
     DesktopPolicy,
-    Mode,
     Refusal,
-    Requester,
     SessionBook,
-    State,
-    StateChange,
     desktop_enabled,
-    parse_reason,
-    parse_requester,
-    parse_session_id,
     resolve_display,
+)
+from protocol.desktop import (
+    JOIN_WINDOW,
+    Mode,
+    Requester,
+    SessionId,
+    State,
+    StateReport,
+    new_session_id,
 )
 
 ERIKA = Requester("erika", "Erika Engineer", "Acme Service")
 POLICY = DesktopPolicy(consent_timeout_s=30, max_session_s=3600, idle_timeout_s=600)
 
 
-def new_id() -> str:
-    return str(uuid.uuid4())
+def new_id() -> SessionId:
+    return new_session_id()
 
 
-def states(changes: list[StateChange]) -> list[str]:
+def states(changes: list[StateReport]) -> list[str]:
     return [str(c.state) for c in changes]
 
 
@@ -59,7 +57,7 @@ def test_request_prompts_until_the_timeout_then_is_denied_by_silence() -> None:
     assert book.next_deadline() == 130.0
     assert book.tick(129.999) == []
     [timeout] = book.tick(130.0)
-    assert timeout.fields() == {
+    assert timeout.to_json() == {
         "session_id": sid,
         "state": "timeout",
         "by": "device",
@@ -79,7 +77,7 @@ def test_accept_then_join_within_the_window_in_the_accepted_mode_once() -> None:
     sid = new_id()
     book.request(sid, Mode.VIEW, ERIKA, "", 0.0)
     [change] = book.answer(sid, True, 5.0)
-    assert change.fields() == {
+    assert change.to_json() == {
         "session_id": sid,
         "state": "accepted",
         "by": "device",
@@ -91,7 +89,7 @@ def test_accept_then_join_within_the_window_in_the_accepted_mode_once() -> None:
         book.join(sid, Mode.CONTROL, "erika", 6.0)
     assert code(stronger) == "forbidden"
     [started] = book.join(sid, Mode.VIEW, "erika", 6.0)
-    assert started.fields()["viewer"] == "erika"
+    assert started.to_json()["viewer"] == "erika"
     with pytest.raises(Refusal) as second:
         book.join(sid, Mode.VIEW, "mallory", 7.0)
     assert code(second) == "forbidden"
@@ -109,8 +107,8 @@ def test_not_joined_in_time() -> None:
     with pytest.raises(Refusal):
         book.join(sid, Mode.CONTROL, "erika", 10.0 + JOIN_WINDOW)
     [ended] = book.tick(10.0 + JOIN_WINDOW)
-    assert ended.fields()["end_reason"] == "not-joined"
-    assert ended.fields()["duration_s"] == 0
+    assert ended.to_json()["end_reason"] == "not-joined"
+    assert ended.to_json()["duration_s"] == 0
 
 
 def test_idle_and_maximum_length() -> None:
@@ -123,7 +121,7 @@ def test_idle_and_maximum_length() -> None:
     assert book.next_deadline() == 1100.0
     assert book.tick(1099.0) == []
     [idle] = book.tick(1100.0)
-    assert idle.fields() == {
+    assert idle.to_json() == {
         "session_id": sid,
         "state": "ended",
         "by": "device",
@@ -141,7 +139,7 @@ def test_idle_and_maximum_length() -> None:
         book.received(sid, 6, float(t))
     assert book.next_deadline() == 2000.0 + 3600
     [over] = book.tick(5600.0)
-    assert over.fields()["end_reason"] == "max-length"
+    assert over.to_json()["end_reason"] == "max-length"
 
 
 def test_consent_off_accepts_at_once_by_policy() -> None:
@@ -205,36 +203,6 @@ def test_end_is_final() -> None:
     assert code(unknown) == "not_found"
 
 
-@pytest.mark.parametrize(
-    "value",
-    [
-        None,
-        7,
-        "",
-        "not-a-uuid",
-        "6F1C2B0E-8D7A-4C55-9E0B-1A2B3C4D5E6F",  # upper case: not what we report back
-        "{6f1c2b0e-8d7a-4c55-9e0b-1a2b3c4d5e6f}",
-        "6f1c2b0e8d7a4c559e0b1a2b3c4d5e6f",
-        "../1c2b0e-8d7a-4c55-9e0b-1a2b3c4d5e6f",
-    ],
-)
-def test_session_ids_are_canonical_uuids(value: Any) -> None:
-    with pytest.raises(Refusal):
-        parse_session_id(value)
-
-
-def test_display_strings_are_one_clean_line() -> None:
-    requester = parse_requester(
-        {"user": "erika", "name": "Erika\n\nAccept now!\u202e", "organisation": None}
-    )
-    assert requester == Requester("erika", "Erika Accept now!", "")
-    assert parse_requester({"user": "erika"}).name == "erika"
-    with pytest.raises(Refusal):
-        parse_requester({"name": "no user"})
-    with pytest.raises(Refusal):
-        parse_reason("x" * (MAX_REASON + 1))
-
-
 def test_enabled_and_display_resolution() -> None:
     def no_x(display: str) -> bool:
         return False
@@ -272,11 +240,12 @@ class Book(RuleBasedStateMachine):
         self.accepted: dict[str, tuple[float, Mode]] = {}
         self.joins: dict[str, int] = {}
 
-    def record(self, changes: list[StateChange]) -> None:
+    def record(self, changes: list[StateReport]) -> None:
         for change in changes:
             self.reported.setdefault(change.session_id, []).append(str(change.state))
             if change.state is State.ACCEPTED:
-                self.accepted[change.session_id] = (self.now, Mode(change.extra["mode"]))
+                assert change.mode is not None
+                self.accepted[change.session_id] = (self.now, change.mode)
 
     def pick(self, data: st.DataObject) -> str:
         """Mostly the newest session (the one that can be live), sometimes an old or
@@ -376,11 +345,3 @@ class Book(RuleBasedStateMachine):
 TestBook = Book.TestCase
 TestBook.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 
-
-@given(st.text(max_size=600))
-def test_reason_cleaning_never_raises_anything_but_refusal(text: str) -> None:
-    try:
-        cleaned = parse_reason(text)
-    except Refusal:
-        return
-    assert "\n" not in cleaned and len(cleaned) <= MAX_REASON

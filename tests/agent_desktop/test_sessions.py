@@ -211,6 +211,7 @@ async def test_forged_channels_get_no_frame(start_device: StartDevice) -> None:
     await answer_prompt(device, prompt_app.ACCEPT_BUTTON.center)
     await device.event(session_id, "accepted")
     await refused(device, session_id, "control")  # more than was accepted
+    await refused(device, session_id.upper(), "view")  # not the id the device was given
     assert device.sources.made == []
     channel = await device.open_desktop(session_id, "view")
     await device.event(session_id, "started")
@@ -220,6 +221,19 @@ async def test_forged_channels_get_no_frame(start_device: StartDevice) -> None:
     channel.reset(ErrorCode.CANCELLED, "viewer closed the tab")
     ended = await device.event(session_id, "ended")
     assert ended["end_reason"] == "channel-reset"
+
+
+async def test_session_ids_are_taken_in_canonical_form_only(
+    start_device: StartDevice,
+) -> None:
+    """The same rule as the relay's and the portal's (`protocol.desktop`)."""
+    device = await start_device()
+    reply = await device.instruct(
+        "desktop.request", session_id=str(uuid.uuid4()).upper(), mode="view",
+        requester={"user": "erika"},
+    )
+    assert not reply.ok and reply.body["error"] == "bad_request"
+    assert "canonical" in reply.body["message"]
 
 
 async def test_local_command_answers_and_ends(start_device: StartDevice) -> None:

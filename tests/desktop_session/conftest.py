@@ -35,11 +35,12 @@ from desktop import wire
 from desktop.capture import Frame, Monitor
 from desktop.pacing import PacerSettings
 from desktop.streamer import StreamerSettings
+from protocol.desktop import Mode
 from relay_server.config import ViewerConfig
 from relay_server.desktop.viewer import SUBPROTOCOL
 from store import desktop
 from store.db import session_scope
-from store.desktop import Actor, DesktopSession, Mode
+from store.desktop import Actor, DesktopSession
 from tests.conftest import UNIT
 from tests.desktop.conftest import xdisplay  # noqa: F401  (the indicator window's display)
 from tests.desktop_session.world import World, seed
@@ -151,7 +152,7 @@ class Stage:
         client = await self.fleet.service()
         reply = await client.rpc("instruct", device=self.world.device_a, instruction={
             "action": "desktop.request", "session_id": sid, "mode": str(mode),
-            "reason": "test", "timeout_s": 30,
+            "reason": "test",
             "requester": {"user": user, "name": user.title(), "organisation": "Vendor"},
         })
         assert reply["result"] == {"state": "accepted", "consent_required": False}

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from pki.identity import DeviceId
+from protocol.ids import DeviceId
 from store.db import make_engine, session_scope
 from store.desktop import DevicePolicy
 from store.models import Device, Presence, Site

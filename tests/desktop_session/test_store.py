@@ -10,14 +10,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, func, select
 
+from protocol.desktop import BY_POLICY, CONSENT_TIMEOUT_MAX, Mode, State
 from store import desktop
 from store.db import session_scope
 from store.desktop import (
     Actor,
     DesktopSession,
-    Mode,
     Refused,
-    State,
     ViewerRights,
 )
 from store.portal import AuditEvent, verify_chain
@@ -96,7 +95,7 @@ def test_an_agent_cannot_report_on_another_devices_session(db_engine: Engine,
 def test_no_consent_acceptance_is_recorded_as_such(db_engine: Engine, world: World) -> None:
     sid = new_session(db_engine, world)
     with session_scope(db_engine) as session:
-        row = desktop.record_decision(session, sid, State.ACCEPTED, by=desktop.BY_POLICY,
+        row = desktop.record_decision(session, sid, State.ACCEPTED, by=BY_POLICY,
                                       reason="consent is off on this device", now=NOW,
                                       actor=RELAY)
         assert row is not None and row.consent_required is False
@@ -222,7 +221,7 @@ def test_sweep_times_out_undecided_and_ends_unjoined(db_engine: Engine, world: W
     ticket = issue(db_engine, unjoined)
     with session_scope(db_engine) as session:  # just before the deadline: nothing happens
         assert desktop.sweep(session, NOW + timedelta(seconds=34), RELAY) == []
-    later = NOW + desktop.JOIN_WINDOW + desktop.DECISION_GRACE + timedelta(seconds=1)
+    later = NOW + desktop.JOIN_DEADLINE + timedelta(seconds=1)
     with session_scope(db_engine) as session:
         changed = {row.id: row.state for row in desktop.sweep(session, later, RELAY)}
     assert changed == {undecided: "timeout", unjoined: "ended", fresh: "timeout"}
@@ -262,7 +261,7 @@ def test_the_reported_policy_is_stored_and_changes_are_audited(
     with session_scope(db_engine) as session:
         policy = desktop.last_reported_policy(session, world.device_a)
     assert policy is not None and not policy.consent_required
-    assert policy.consent_timeout_s == desktop.CONSENT_TIMEOUT_MAX
+    assert policy.consent_timeout_s == CONSENT_TIMEOUT_MAX
     details = audited()
     assert len(details) == 2
     assert '"previous":{"consent_required":true' in details[1].replace(" ", "")

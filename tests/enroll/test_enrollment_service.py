@@ -17,11 +17,12 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine, select
 
 from pki.fleet import ensure_site
-from pki.identity import DeviceIdentity, identity_from_cert, new_device_id
+from pki.identity import DeviceIdentity, identity_from_cert
 from pki.keys import generate_key
 from pki.renewal import build_csr
 from pki.tokens import create_token, revoke_token
 from pki.wire import MAX_REQUEST_BYTES
+from protocol.ids import new_device_id
 from relay_server.enrollment import EnrollmentService
 from store.db import session_scope
 from store.models import Certificate, Device, EnrollmentToken

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pki.ca import CA_LIFETIME, CAError, init_ca, load_ca
-from pki.identity import DeviceIdentity, ServiceIdentity, identity_from_cert, new_device_id
+from pki.identity import DeviceIdentity, ServiceIdentity, identity_from_cert
 from pki.issue import (
     BadCSRError,
     CertificateMismatchError,
@@ -28,6 +28,7 @@ from pki.issue import (
 from pki.keys import WeakKeyError, generate_key
 from pki.renewal import build_csr
 from pki.serials import SERIAL_BITS
+from protocol.ids import new_device_id
 from tests.pki_fixtures import FleetPKI
 
 

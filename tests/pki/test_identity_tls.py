@@ -18,9 +18,9 @@ from pki.identity import (
     ServiceIdentity,
     identity_from_cert,
     identity_from_peercert,
-    new_device_id,
 )
 from pki.keys import generate_key
+from protocol.ids import new_device_id
 from tests.pki_fixtures import CertFiles, FleetPKI
 
 

@@ -22,9 +22,10 @@ from sqlalchemy import Engine
 from websockets.asyncio.client import ClientConnection, connect
 
 from pki.fleet import create_device, ensure_site, record_certificate
-from pki.identity import DeviceId, DeviceIdentity
+from pki.identity import DeviceIdentity
+from protocol.aio.client import ServiceClient
 from protocol.envelope import MessageError, Reply, decode, encode_reply, encode_request
-from relay_server.client import ServiceClient
+from protocol.ids import DeviceId
 from relay_server.config import (
     KeepaliveConfig,
     LimitsConfig,

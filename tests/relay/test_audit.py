@@ -9,8 +9,8 @@ from sqlalchemy import Engine, select
 
 from pki.keys import generate_key
 from pki.renewal import build_csr
+from protocol.aio.client import RpcError
 from relay_server.audit import MAX_BACKLOG, AuditLog
-from relay_server.client import RpcError
 from store.db import session_scope
 from store.portal import AuditEvent, verify_chain
 from tests.relay.conftest import ControlPeer, Fleet, device_id_of, wait_for

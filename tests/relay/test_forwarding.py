@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from relay_server.client import ServiceClient
+from protocol.aio.client import ServiceClient
 from tests.relay.conftest import Fleet, device_id_of, wait_for
 from tunnel import ErrorCode, Priority
 from tunnel.aio import Channel, ChannelResetError, IncomingChannel

@@ -9,8 +9,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from pki.revocation import revoke_device
+from protocol.aio.client import RpcError
 from protocol.envelope import encode_error
-from relay_server.client import RpcError
 from store.db import session_scope
 from tests.conftest import UNIT
 from tests.pki_fixtures import CertFiles

@@ -252,7 +252,7 @@ async def test_the_demo_a_failing_device_alarms_mails_calls_the_webhook_and_send
     stack: Stack, fleet_pki: FleetPKI
 ) -> None:
     """What the one-command start shows: every process real, wired as the docs say."""
-    from relay_server.client import ServiceClient
+    from protocol.aio.client import ServiceClient
     from store.telemetry import create_rule, downloadable_upload, request_log_upload
 
     smtp_port, hook_port = free_port(), free_port()

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 import relay_server.telemetry.uploads as receiver_module
 from agent.telemetry.audit import read_entries
-from relay_server.client import RpcError, ServiceClient
+from protocol.aio.client import RpcError, ServiceClient
 from store.portal import AuditEvent
 from store.telemetry import (
     TelemetryAlarm,

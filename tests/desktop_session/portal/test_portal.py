@@ -13,12 +13,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
+from protocol.desktop import EndReason
 from store import desktop
 from store.desktop import DesktopSession
 from store.portal import AuditEvent
 from tests.desktop_session.portal.conftest import AgentStandIn
 from tests.web.conftest import Fleet, csrf_token, make_user
 from web.db import db
+from web.desktop import END_REASONS
 
 
 def request(client: FlaskClient, device: str, mode: str = "control",
@@ -60,7 +62,7 @@ def test_request_asks_the_agent_and_shows_the_countdown(
     assert instruction == {
         "action": "desktop.request", "session_id": sid, "mode": "control",
         "requester": {"user": "eng", "name": "Eng", "organisation": "Remote service"},
-        "reason": "error 42", "timeout_s": 30,
+        "reason": "error 42",
     }
     data = state(eng, fleet.device_a1, sid)
     assert data["state"] == "prompting" and not data["joinable"] and not data["final"]
@@ -104,6 +106,36 @@ def test_offline_device_fails_with_a_clear_message(
     data = state(eng, fleet.device_a1, sid)
     assert data["state"] == "failed" and data["final"]
     assert data["message"] == "The device could not be asked: it is offline. Nothing was started."
+
+
+def test_an_answer_the_portal_cannot_read_fails_the_request(
+    app: Flask, fleet: Fleet, client_for: Callable[[str], FlaskClient],
+    relay_calls: AgentStandIn,
+) -> None:
+    relay_calls.answers["desktop.request"] = {"state": "prompting", "timeout_s": "soon"}
+    eng = client_for("eng")
+    data = state(eng, fleet.device_a1, request(eng, fleet.device_a1))
+    assert (data["state"], data["end_reason"]) == ("failed", "bad-answer")
+    assert data["message"] == ("The device could not be asked: its answer was not understood. "
+                               "Nothing was started.")
+
+
+def test_session_ids_are_taken_in_canonical_form_only(
+    app: Flask, fleet: Fleet, client_for: Callable[[str], FlaskClient],
+    relay_calls: AgentStandIn,
+) -> None:
+    """The same rule as the agent's and the relay's (`protocol.desktop.parse_session_id`):
+    the upper-case spelling of an existing session names nothing."""
+    eng = client_for("eng")
+    sid = request(eng, fleet.device_a1)
+    path = f"/api/v1/devices/{fleet.device_a1}/desktop"
+    assert eng.get(f"{path}?session={sid}").status_code == 200
+    assert eng.get(f"{path}?session={sid.upper()}").status_code == 404
+    assert post_json(eng, f"{path}/ticket", {"session": sid.upper()}).status_code == 404
+
+
+def test_every_end_reason_reads_as_a_sentence() -> None:
+    assert set(EndReason) <= END_REASONS.keys()
 
 
 def test_scoped_engineer_cannot_request_another_customers_device(

@@ -27,7 +27,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pki.identity import DeviceId, IdentityError, parse_device_id
 from protocol.control import validate_instruction
 from protocol.envelope import (
     ERR_BAD_REQUEST,
@@ -39,6 +38,7 @@ from protocol.envelope import (
     decode,
     int_arg,
 )
+from protocol.ids import DeviceId, parse_device_id
 
 # Requests are small; the largest is an instruction (<= 16 KiB) plus envelope.
 MAX_REQUEST = 32 * 1024
@@ -148,7 +148,7 @@ def _device(req: Request) -> DeviceId:
     if isinstance(value, str):
         try:
             return parse_device_id(value)
-        except IdentityError:
+        except ValueError:
             pass
     raise MessageError(ERR_BAD_REQUEST, '"device" must be a device id (uuid4)', req.id)
 

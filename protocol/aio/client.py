@@ -1,4 +1,5 @@
-"""`ServiceClient`: the service side of `/service` (portal, tests, benchmarks).
+"""`ServiceClient`: the service side of `/service` (portal, tests, benchmarks); the ops
+and their arguments are `protocol.rpc`'s.
 
 ::
 

@@ -1,4 +1,4 @@
-"""The service rpc schema and bridge metadata (sans-I/O)."""
+"""protocol.rpc: the service rpc schema and bridge metadata (sans-I/O)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pki.identity import DeviceId
+from protocol import rpc
 from protocol.envelope import MessageError, encode_request
-from relay_server import rpc
+from protocol.ids import DeviceId
 
 DEVICE = DeviceId("6f1c7a3e-1d2b-4c5d-8e9f-0a1b2c3d4e5f")
 
