@@ -23,6 +23,7 @@ from typing import Literal
 
 from agent.desktop.policy import DesktopPolicy
 from desktop.pacing import PacerSettings
+from protocol.desktop import CONSENT_TIMEOUT_MAX
 from tomlconfig import ConfigError, ConfigFile, Relative
 from tunnel import Settings
 
@@ -175,8 +176,9 @@ def _validate(config: AgentConfig) -> None:
 # An X display name: [host]:display[.screen] (e.g. ":0", "unix:1", "localhost:10.0").
 _X_DISPLAY = re.compile(r"[A-Za-z0-9._/-]*:[0-9]+(\.[0-9]+)?")
 # The prompt must stay up long enough to be read, and not so long that a request
-# nobody sees holds the device's one session slot for ages.
-_CONSENT_TIMEOUT_RANGE = (5.0, 600.0)
+# nobody sees holds the device's one session slot for ages (the contract's ceiling, which
+# the relay also enforces on the policy the agent reports).
+_CONSENT_TIMEOUT_RANGE = (5.0, float(CONSENT_TIMEOUT_MAX))
 
 
 def _validate_desktop(d: DesktopConfig) -> None:
