@@ -27,7 +27,8 @@ from relay_server.telemetry.config import (
     load_telemetry_config,
 )
 from store.db import make_engine, session_scope
-from store.telemetry import DOWNSAMPLE_BATCH, downsample, prune
+from store.telemetry.retention import prune
+from store.telemetry.series import DOWNSAMPLE_BATCH, downsample
 
 log = logging.getLogger("relay_server")
 

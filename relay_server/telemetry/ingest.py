@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from store.db import make_sessionmaker, session_scope
-from store.telemetry import IngestOutcome, ingest
+from store.telemetry.ingest import IngestOutcome, ingest
 from telemetry.records import Record
 
 log = logging.getLogger(__name__)

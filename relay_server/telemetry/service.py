@@ -34,7 +34,8 @@ from relay_server.telemetry.notify import Notifier
 from relay_server.telemetry.uploads import UploadReceiver
 from store.db import make_sessionmaker, session_scope
 from store.portal import append_audit
-from store.telemetry import DOWNSAMPLE_BATCH, downsample, refuse_log_upload, request_log_upload
+from store.telemetry.series import DOWNSAMPLE_BATCH, downsample
+from store.telemetry.uploads import refuse_log_upload, request_log_upload
 
 if TYPE_CHECKING:
     from relay_server.server import Relay

@@ -33,7 +33,7 @@ from sqlalchemy import Engine, func, select
 from relay_server.telemetry.config import TelemetryServerConfig
 from store.db import make_sessionmaker, session_scope
 from store.portal import append_audit
-from store.telemetry import (
+from store.telemetry.uploads import (
     UPLOAD_COMPLETE,
     UPLOAD_FAILED,
     UPLOAD_RECEIVING,

@@ -13,7 +13,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import delete, select
 
 from store.portal import Permission, Role, RolePermission
-from store.telemetry import downsample, ingest, raise_alarm
+from store.telemetry.alarms import raise_alarm
+from store.telemetry.ingest import ingest
+from store.telemetry.series import downsample
 from telemetry.records import Event, Metrics, Properties, Record, Severity
 from tests.web.conftest import Fleet
 from web.db import db

@@ -28,11 +28,7 @@ from relay_server.server import Relay
 from relay_server.telemetry.service import TelemetryService
 from store.db import make_engine
 from store.portal import AuditEvent
-from store.telemetry import (
-    UPLOAD_COMPLETE,
-    TelemetryLogUpload,
-    request_log_upload,
-)
+from store.telemetry.uploads import UPLOAD_COMPLETE, TelemetryLogUpload, request_log_upload
 from tests.conftest import UNIT
 from tests.pki_fixtures import FleetPKI
 from tests.relay.conftest import relay_config
