@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select
 
 import relay_server.telemetry.uploads as receiver_module
-from agent.telemetry.audit import read_entries
+from agent.audit import read_entries
 from relay_server.client import RpcError, ServiceClient
 from store.portal import AuditEvent
 from store.telemetry.alarms import TelemetryAlarm

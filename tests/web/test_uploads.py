@@ -22,7 +22,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from agent.telemetry.audit import read_entries
+from agent.audit import read_entries
 from relay_server.config import ListenConfig
 from relay_server.server import Relay
 from relay_server.telemetry.service import TelemetryService
