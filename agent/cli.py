@@ -26,6 +26,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
+from agent.audit import AuditLog
 from agent.builtin import register_builtin
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_cli_config
 from agent.connection import ConnectionManager
@@ -35,7 +36,6 @@ from agent.desktop.service import service_from_config
 from agent.enroll import EnrollmentError, enroll
 from agent.proxy import redact, resolve_proxies
 from agent.status import StatusBook, read_status
-from agent.telemetry.audit import AuditLog
 from agent.telemetry.cli import add_audit_parser, audit_path, cmd_audit
 from agent.telemetry.config import TelemetryConfig, load_cli_telemetry_config
 from agent.telemetry.service import TelemetryAgent

@@ -91,7 +91,9 @@ from agent.telemetry.sources import (
 from agent.telemetry.spool import Spool
 from sim.device import Simulator, log_line
 from store.db import make_engine, session_scope
-from store.telemetry import TelemetryAlarm, TelemetryEvent, TelemetryRecord
+from store.telemetry.alarms import TelemetryAlarm
+from store.telemetry.events import TelemetryEvent
+from store.telemetry.records import TelemetryRecord
 from telemetry.records import Event, Metrics, Record, Severity
 from telemetry.scrub import Scrubber
 from telemetry.severity import SeverityTable

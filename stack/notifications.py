@@ -51,7 +51,7 @@ def start_receivers(lay: Layout) -> None:
 def ensure_demo_rule(lay: Layout) -> None:
     """One rule so that a failing demo device mails and calls the webhook (once)."""
     from store.db import make_engine, session_scope
-    from store.telemetry import create_rule, list_rules
+    from store.telemetry.rules import create_rule, list_rules
 
     engine = make_engine(lay.db_url)
     try:

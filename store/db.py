@@ -6,8 +6,10 @@ engine is synchronous: asyncio code calls it through ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Iterator
+import pkgutil
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +22,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+import store
+
 log = logging.getLogger(__name__)
 
 #: How long a SQLite writer waits for the write lock before failing with "database is locked".
@@ -27,6 +31,8 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+#: Modules of the store that define no tables and must not be imported as models.
+_NOT_MODELS = ("store.migrations",)
 
 
 def utcnow() -> datetime:
@@ -80,6 +86,20 @@ def session_scope(factory: sessionmaker[Session] | Engine) -> Iterator[Session]:
         factory = make_sessionmaker(factory)
     with factory() as session, session.begin():
         yield session
+
+
+def import_models() -> None:
+    """Import every module of the store, subpackages included, so each table it defines
+    is on ``store.models.Base.metadata`` (what Alembic autogenerate compares against)."""
+    pending: list[tuple[Iterable[str], str]] = [(store.__path__, "store.")]
+    while pending:
+        path, prefix = pending.pop()
+        for info in pkgutil.iter_modules(path, prefix):
+            if info.name in _NOT_MODELS:
+                continue
+            module = importlib.import_module(info.name)
+            if info.ispkg:
+                pending.append((module.__path__, f"{info.name}."))
 
 
 def alembic_config(url: str | None = None) -> Config:

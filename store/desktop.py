@@ -12,8 +12,8 @@ And (migration ``0006``) ``desktop_policies``: each device's consent setting as 
 agent reports it on connecting (:func:`record_policy`), so the portal shows it before
 anyone asks for a session.
 
-The portal (``web.desktop``) and the relay (``relay_server.viewer``,
-``relay_server.desktop_events``) both call these functions, so a rule is written once:
+The portal (``web.desktop``) and the relay (``relay_server.desktop.viewer``,
+``relay_server.desktop.events``) both call these functions, so a rule is written once:
 who may watch (:func:`viewer_rights`), how a ticket is spent (:func:`redeem_ticket`),
 which state may follow which (:data:`TRANSITIONS`, applied by :func:`transition` with
 one conditional UPDATE so two processes racing on the same row cannot both win), and

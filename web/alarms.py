@@ -1,6 +1,6 @@
 """Alarms in the portal: the list, an alarm with its comments, acknowledge, comment, close.
 
-Alarms open on the relay (urgent codes, rules; :mod:`store.telemetry`); here engineers
+Alarms open on the relay (urgent codes, rules; :mod:`store.telemetry.alarms`); here engineers
 handle them. Seeing alarms needs ``telemetry.view``; changing one needs
 ``alarms.handle``. Scope as everywhere: an alarm of a device out of the user's scope
 answers 404, like one that does not exist. Every change is recorded in the audit trail
@@ -32,7 +32,7 @@ from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from store.models import Device
-from store.telemetry import (
+from store.telemetry.alarms import (
     ACTIVE_STATES,
     ALARM_ACKNOWLEDGED,
     ALARM_CLOSED,
@@ -45,9 +45,9 @@ from store.telemetry import (
     close_alarm,
     comment_alarm,
     list_alarms,
-    list_log_uploads,
-    list_notifications,
 )
+from store.telemetry.notifications import list_notifications
+from store.telemetry.uploads import list_log_uploads
 from telemetry.records import Severity
 from web.authz import Perm, current_user, requires
 from web.db import db

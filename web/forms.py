@@ -15,7 +15,7 @@ from wtforms import (
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, Regexp
 
 from store.portal import USERNAME_MAX
-from store.telemetry import MAX_RULE_NAME
+from store.telemetry.rules import MAX_RULE_NAME
 from telemetry.rules import MAX_RULE_LENGTH
 from web.passwords import MAX_LENGTH
 

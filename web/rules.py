@@ -19,14 +19,8 @@ from flask import Blueprint, abort, flash, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
 from werkzeug.wrappers import Response
 
-from store.telemetry import (
-    TelemetryRule,
-    create_rule,
-    delete_rule,
-    list_notifications,
-    list_rules,
-    update_rule,
-)
+from store.telemetry.notifications import list_notifications
+from store.telemetry.rules import TelemetryRule, create_rule, delete_rule, list_rules, update_rule
 from telemetry.rules import RuleSyntaxError
 from web.authz import Perm, current_user, requires
 from web.db import db

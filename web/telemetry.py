@@ -6,7 +6,7 @@ the fleet page of devices that need attention now.
   newest events, and the chart boxes. The charts are drawn by ``static/telemetry.js``
   (uPlot, vendored) from ``GET /api/v1/devices/<id>/telemetry/series``, which answers
   one metric over a named range (``1h`` ... ``1y``) or an explicit ``start``/``end``
-  (drag-to-zoom) with `store.telemetry.history`: raw samples for short recent spans,
+  (drag-to-zoom) with `store.telemetry.series.history`: raw samples for short recent spans,
   hourly aggregates otherwise, bucketed to about the chart's width in pixels.
 * ``/devices/<id>/events``: the device's events, filtered by minimum severity and code
   prefix, paginated.
@@ -28,19 +28,13 @@ from typing import Any
 
 from flask import Blueprint, Flask, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import func, not_, select
+from sqlalchemy import func, not_
 
 from store.models import Customer, Device, Presence, Site
-from store.telemetry import (
-    HOURLY_RETENTION,
-    MAX_CHART_POINTS,
-    Latest,
-    TelemetryEvent,
-    fleet_attention,
-    history,
-    latest_values,
-    list_events,
-)
+from store.telemetry.alarms import fleet_attention
+from store.telemetry.events import TelemetryEvent, events_query, list_events, urgent_events
+from store.telemetry.records import Latest, latest_values
+from store.telemetry.series import HOURLY_RETENTION, MAX_CHART_POINTS, history
 from telemetry.records import EARLIEST_TS, MAX_CODE, Severity, metric_allowed
 from web.authz import Perm, requires
 from web.db import db
@@ -273,12 +267,7 @@ def events(device_id: str) -> str:
     device = load_device(device_id)
     severity = _severity_arg()
     code = request.args.get("code", "").strip()[:MAX_CODE]
-    stmt = select(TelemetryEvent).where(
-        TelemetryEvent.device_id == device.id, TelemetryEvent.severity >= int(severity)
-    )
-    if code:
-        stmt = stmt.where(TelemetryEvent.code.startswith(code, autoescape=True))
-    stmt = stmt.order_by(TelemetryEvent.ts.desc(), TelemetryEvent.id.desc())
+    stmt = events_query(device_id=device.id, min_severity=severity, code=code)
     page = paginate(db.session, stmt, EVENTS_PAGE_SIZE, page_number())
     return render_template("telemetry/events.html", device=device, page=page,
                            severity=severity, code=code, severities=list(Severity))
@@ -313,19 +302,6 @@ class AttentionRow:
         return max(worst, default=Severity.ROUTINE)
 
 
-def _urgent_events(since: datetime) -> dict[str, tuple[int, datetime]]:
-    rows = db.session.execute(
-        select(TelemetryEvent.device_id, func.count(TelemetryEvent.id), func.max(TelemetryEvent.ts))
-        .join(Device, Device.id == TelemetryEvent.device_id)
-        .where(current_scope().devices(), TelemetryEvent.severity >= int(Severity.URGENT),
-               TelemetryEvent.ts >= since)
-        .group_by(TelemetryEvent.device_id)
-        .order_by(func.max(TelemetryEvent.ts).desc())
-        .limit(ATTENTION_LIMIT)
-    )
-    return {device_id: (int(n), latest) for device_id, n, latest in rows}
-
-
 def _offline() -> dict[str, datetime | None]:
     """Offline devices in scope (never connected included), most recently seen first."""
     rows = db.session.execute(
@@ -342,7 +318,8 @@ def attention_rows(now: datetime) -> list[AttentionRow]:
     """Devices needing attention, worst first; each reason read with the user's scope."""
     alarms = {a.device_id: a for a in fleet_attention(db.session, devices=current_scope().devices(),
                                                       limit=ATTENTION_LIMIT)}
-    urgent = _urgent_events(now - URGENT_WINDOW)
+    urgent = urgent_events(db.session, devices=current_scope().devices(),
+                           since=now - URGENT_WINDOW, limit=ATTENTION_LIMIT)
     offline = _offline()
     ids = set(alarms) | set(urgent) | set(offline)
     devices = db.session.execute(

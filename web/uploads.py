@@ -13,7 +13,7 @@ The flow (the agent's side is :mod:`agent.telemetry.uploads`, the relay's
    ``failed``. Both are audited and shown as a message.
 3. A ``complete`` upload (SHA-256 verified by the relay on arrival) is downloaded as
    an attachment from ``<upload_dir>/<stored_name>``, found only through
-   :func:`store.telemetry.downloadable_upload` for the device in scope, confined to
+   :func:`store.telemetry.uploads.downloadable_upload` for the device in scope, confined to
    ``upload_dir``, and hashed again before it is served (a file changed at rest is not
    served). Every download is audited.
 
@@ -44,7 +44,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.wrappers import Response
 
 from store.models import Device
-from store.telemetry import (
+from store.telemetry.uploads import (
     UPLOAD_COMPLETE,
     UPLOAD_FAILED,
     UPLOAD_RECEIVING,

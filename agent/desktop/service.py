@@ -115,7 +115,7 @@ INPUT_TYPES: Final = (wire.PointerEvent, wire.WheelEvent, wire.KeyEvent)
 
 
 class AuditSink(Protocol):
-    """The local audit log (`agent.telemetry.audit.AuditLog` has this shape)."""
+    """The local audit log (`agent.audit.AuditLog` has this shape)."""
 
     def append(self, kind: str, outcome: str = "ok", **detail: Any) -> Any: ...
 

@@ -13,8 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+from agent.audit import read_entries, verify
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_cli_config
-from agent.telemetry.audit import read_entries, verify
 from agent.telemetry.config import TelemetryConfig, load_cli_telemetry_config
 from release import VERSION
 from tomlconfig import ConfigError

@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agent.telemetry.audit import AuditLog
+from agent.audit import AuditLog
 from agent.telemetry.collectors import SystemCollector
 from agent.telemetry.sender import Sender
 from agent.telemetry.sources import DeviceSource

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from agent.telemetry.audit import AuditLog
+from agent.audit import AuditLog
 from agent.telemetry.spool import Spool
 from telemetry.codec import (
     MAX_BATCH_RECORDS,

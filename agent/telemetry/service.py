@@ -26,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.audit import AuditLog
 from agent.control import Registry
-from agent.telemetry.audit import AuditLog
 from agent.telemetry.collectors import SystemCollector
 from agent.telemetry.config import TelemetryConfig
 from agent.telemetry.poller import Poller

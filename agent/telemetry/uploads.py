@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.audit import AuditLog
 from agent.control import InstructionError
-from agent.telemetry.audit import AuditLog
 from agent.telemetry.config import UploadConfig
 from telemetry.scrub import Scrubber
 from tunnel import ErrorCode, Priority

@@ -24,7 +24,8 @@ from relay_server.config import load_config
 from relay_server.telemetry.config import TelemetryServerConfig, load_telemetry_config
 from release import VERSION
 from store.db import make_engine, session_scope
-from store.telemetry import DOWNSAMPLE_BATCH, downsample, prune
+from store.telemetry.retention import prune
+from store.telemetry.series import DOWNSAMPLE_BATCH, downsample
 from tomlconfig import ConfigError
 
 log = logging.getLogger("relay_server")

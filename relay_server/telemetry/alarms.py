@@ -30,13 +30,9 @@ from relay_server.tasks import TaskSet
 from relay_server.telemetry.config import TelemetryServerConfig
 from relay_server.telemetry.notify import EMAIL, WEBHOOK, Notice, Notifier
 from store.db import make_sessionmaker, session_scope
-from store.telemetry import (
-    TelemetryRule,
-    escalate_alarm,
-    offline_devices,
-    raise_alarm,
-    rules_version,
-)
+from store.fleet import offline_devices
+from store.telemetry.alarms import escalate_alarm, raise_alarm
+from store.telemetry.rules import TelemetryRule, rules_version
 from telemetry.records import Properties, Record, Severity
 from telemetry.rules import DeviceInfo, Firing, Rule, RuleEngine, RuleSyntaxError, validate_rule
 

@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 
 from relay_server.dbwriter import DbWriter, WriterStats
 from store.db import make_sessionmaker, session_scope
-from store.telemetry import IngestOutcome, ingest
+from store.telemetry.ingest import IngestOutcome, ingest
 from telemetry.records import Record
 
 #: Records waiting for the writer: ~2 s of peak load; beyond this agents wait.

@@ -1,11 +1,12 @@
 """Notifications of alarms (R8): e-mail through SMTP and HMAC-signed webhooks.
 
-Every notice is first *decided* in the database (`store.telemetry.decide_notification`):
-the same alarm key to the same target within ``dedup_window`` is a ``duplicate``; a
-target that already got ``rate_limit`` notices within ``rate_window`` is
-``rate_limited``. Both are recorded and counted, not sent, so a flapping device cannot
-flood anyone. The rest is delivered by a few workers in threads (smtplib, urllib),
-retried ``attempts`` times with doubling delays, and recorded as sent or failed.
+Every notice is first *decided* in the database
+(`store.telemetry.notifications.decide_notification`): the same alarm key to the same
+target within ``dedup_window`` is a ``duplicate``; a target that already got
+``rate_limit`` notices within ``rate_window`` is ``rate_limited``. Both are recorded
+and counted, not sent, so a flapping device cannot flood anyone. The rest is delivered
+by a few workers in threads (smtplib, urllib), retried ``attempts`` times with doubling
+delays, and recorded as sent or failed.
 
 Webhook body: JSON ``{"event": "alarm", "alarm": {...}, "device": {...}, "sent_at"}``,
 signed as `telemetry.signing` describes. E-mails are plain text. Neither carries more
@@ -32,7 +33,7 @@ from sqlalchemy import Engine
 
 from relay_server.telemetry.config import TelemetryServerConfig
 from store.db import make_sessionmaker, session_scope
-from store.telemetry import NOTIFY_PENDING, decide_notification, finish_notification
+from store.telemetry.notifications import NOTIFY_PENDING, decide_notification, finish_notification
 from telemetry.signing import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,8 @@ from relay_server.telemetry.ingest import Ingestor
 from relay_server.telemetry.notify import Notifier
 from relay_server.telemetry.uploads import UploadReceiver
 from store.db import make_sessionmaker, session_scope
-from store.telemetry import DOWNSAMPLE_BATCH, downsample, refuse_log_upload, request_log_upload
+from store.telemetry.series import DOWNSAMPLE_BATCH, downsample
+from store.telemetry.uploads import refuse_log_upload, request_log_upload
 
 log = logging.getLogger(__name__)
 

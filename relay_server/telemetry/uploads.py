@@ -32,7 +32,7 @@ from sqlalchemy import Engine, func, select
 
 from relay_server.telemetry.config import TelemetryServerConfig
 from store.db import make_sessionmaker, session_scope
-from store.telemetry import (
+from store.telemetry.uploads import (
     UPLOAD_COMPLETE,
     UPLOAD_FAILED,
     UPLOAD_RECEIVING,

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from alembic import context
 from sqlalchemy import Connection
 
-import store
-from store.db import make_engine
+from store.db import import_models, make_engine
 from store.models import Base
 
-# Every module of the store package may define tables on Base (fleet: models, portal: portal);
-# import them all so autogenerate sees the whole schema without this file listing them.
-for _module in pkgutil.iter_modules(store.__path__):
-    if not _module.ispkg:
-        importlib.import_module(f"store.{_module.name}")
+# Every module of the store may define tables on Base (fleet: models, portal: portal,
+# telemetry: one module per aggregate); import them all so autogenerate sees the whole
+# schema without this file listing them.
+import_models()
 
 config = context.config
 target_metadata = Base.metadata

@@ -14,12 +14,12 @@ import pytest
 from cryptography import x509
 
 from agent import errors
+from agent.audit import AuditLog, read_entries
 from agent.config import AgentConfig, BackoffConfig, KeepaliveConfig
 from agent.connection import ConnectionManager
 from agent.control import InstructionError, Registry
 from agent.identity import IdentityFiles
 from agent.status import read_status
-from agent.telemetry.audit import AuditLog, read_entries
 from pki.identity import identity_from_cert
 from tests.agent.conftest import Fleet, expired, renewal_due
 from tests.agent.helpers import Blackhole, RecordingTLSServer, free_port, tinyproxy

@@ -25,13 +25,13 @@ from typing import Any
 
 import pytest
 
+from agent.audit import AuditLog
 from agent.config import AgentConfig
 from agent.connection import ConnectionManager
 from agent.control import Registry
 from agent.desktop.answers import AnswerBox
 from agent.desktop.policy import DesktopPolicy
 from agent.desktop.service import DesktopService
-from agent.telemetry.audit import AuditLog
 from desktop import wire
 from desktop.capture import MssSource, ScreenSource
 from desktop.clipboard import ClipboardFactory, x11_clipboard

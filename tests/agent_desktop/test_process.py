@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.telemetry.audit import read_entries, verify
+from agent.audit import read_entries, verify
 from tests.agent.conftest import Fleet
 from tests.agent.test_process import listening_sockets
 from tests.conftest import UNIT

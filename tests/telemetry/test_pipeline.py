@@ -21,15 +21,11 @@ from protocol.envelope import decode, encode_request
 from relay_server.telemetry.config import NotifyConfig
 from store.models import Presence
 from store.portal import AuditEvent
-from store.telemetry import (
-    TelemetryAlarm,
-    TelemetryEvent,
-    TelemetryNotification,
-    TelemetryRecord,
-    TelemetryRule,
-    create_rule,
-    latest_values,
-)
+from store.telemetry.alarms import TelemetryAlarm
+from store.telemetry.events import TelemetryEvent
+from store.telemetry.notifications import TelemetryNotification
+from store.telemetry.records import TelemetryRecord, latest_values
+from store.telemetry.rules import TelemetryRule, create_rule
 from telemetry.codec import MAX_BATCH_RECORDS, MAX_MESSAGE, Ack, encode_batch, parse_reply
 from telemetry.records import Event, Severity
 from telemetry.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify

@@ -25,7 +25,8 @@ from sqlalchemy import Engine, func, select
 from agent.telemetry.config import DEFAULT_PATTERN
 from pki.identity import DeviceIdentity
 from store.db import make_engine, session_scope, upgrade
-from store.telemetry import TelemetryEvent, TelemetryRecord
+from store.telemetry.events import TelemetryEvent
+from store.telemetry.records import TelemetryRecord
 from tests.conftest import UNIT
 from tests.pki_fixtures import FleetPKI
 from tests.relay.conftest import register_device
@@ -253,7 +254,8 @@ async def test_the_demo_a_failing_device_alarms_mails_calls_the_webhook_and_send
 ) -> None:
     """What the one-command start shows: every process real, wired as the docs say."""
     from protocol.aio.client import ServiceClient
-    from store.telemetry import create_rule, downloadable_upload, request_log_upload
+    from store.telemetry.rules import create_rule
+    from store.telemetry.uploads import downloadable_upload, request_log_upload
 
     smtp_port, hook_port = free_port(), free_port()
     (stack.dir / "secret").write_text("d" * 32)

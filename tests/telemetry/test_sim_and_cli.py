@@ -18,7 +18,7 @@ from agent.telemetry.config import load_telemetry_config
 from pki.fleet import create_device, ensure_site
 from relay_server.telemetry.config import load_telemetry_config as load_server_config
 from store.db import session_scope
-from store.telemetry import ingest
+from store.telemetry.ingest import ingest
 from telemetry.records import Metrics, Severity
 from tests.conftest import UNIT
 from tomlconfig import ConfigError

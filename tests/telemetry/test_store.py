@@ -15,40 +15,34 @@ from sqlalchemy.orm import Session
 from pki.fleet import create_device, ensure_site
 from store.db import session_scope
 from store.models import Device
-from store.telemetry import (
-    NOTIFY_DUPLICATE,
-    NOTIFY_PENDING,
-    NOTIFY_RATE_LIMITED,
+from store.telemetry.alarms import (
     AlarmStateError,
-    TelemetryEvent,
-    TelemetryHourly,
-    TelemetryRecord,
-    TelemetryRollupPending,
     acknowledge_alarm,
     alarm_comments,
     close_alarm,
     comment_alarm,
-    create_rule,
-    decide_notification,
-    delete_rule,
-    downloadable_upload,
-    downsample,
-    finish_notification,
     fleet_attention,
-    high_seq,
-    history,
-    ingest,
-    latest_values,
     list_alarms,
-    list_events,
-    list_log_uploads,
-    list_rules,
-    metric_names,
-    prune,
     raise_alarm,
+)
+from store.telemetry.events import TelemetryEvent, events_query, list_events, urgent_events
+from store.telemetry.ingest import ingest
+from store.telemetry.notifications import (
+    NOTIFY_DUPLICATE,
+    NOTIFY_PENDING,
+    NOTIFY_RATE_LIMITED,
+    decide_notification,
+    finish_notification,
+)
+from store.telemetry.records import TelemetryRecord, high_seq, latest_values, metric_names
+from store.telemetry.retention import prune
+from store.telemetry.rules import create_rule, delete_rule, list_rules, update_rule
+from store.telemetry.series import TelemetryHourly, TelemetryRollupPending, downsample, history
+from store.telemetry.uploads import (
+    downloadable_upload,
+    list_log_uploads,
     refuse_log_upload,
     request_log_upload,
-    update_rule,
 )
 from telemetry.records import Event, Metrics, Properties, Severity
 from telemetry.rules import RuleSyntaxError
@@ -164,6 +158,44 @@ def test_retention_prunes_raw_after_30_days_and_keeps_hourly(
         assert session.scalar(select(func.count()).select_from(TelemetryHourly)) == 2
         report = prune(session, now=NOW + timedelta(days=800))
         assert report.events == 1 and report.hourly == 2
+
+
+def test_event_queries_filter_order_and_scope(db_engine: Engine, devices: tuple) -> None:  # type: ignore[type-arg]
+    a, b = devices
+    day = timedelta(days=1).total_seconds()
+    store(
+        db_engine,
+        (
+            a,
+            [
+                Event(1, T - 60, "E9001", Severity.URGENT, "app", "tube hot"),
+                Event(2, T - 2 * day, "E9002", Severity.URGENT, "app", "old"),
+                Event(3, T - 30, "W100", Severity.WARNING, "app", "fan"),
+                # A backlog resent late: the highest seq (and id), the oldest time.
+                Event(4, T - 3600, "E9_x", Severity.URGENT, "app", "late"),
+            ],
+        ),
+        (b, [Event(1, T - 10, "E9003", Severity.URGENT, "app", "other")]),
+    )
+    with session_scope(db_engine) as session:
+        stmt = events_query(device_id=a, min_severity=Severity.URGENT, code="E9")
+        assert [e.message for e in session.scalars(stmt)] == ["tube hot", "late", "old"]
+        # A prefix is literal: "_" matches an underscore only.
+        stmt = events_query(device_id=a, code="E9_")
+        assert [e.message for e in session.scalars(stmt)] == ["late"]
+        assert [e.message for e in list_events(session, device_id=a, limit=2)] == [
+            "fan",
+            "tube hot",
+        ]
+        since = NOW - timedelta(days=1)
+        everyone = Device.id.is_not(None)
+        urgent = urgent_events(session, devices=everyone, since=since, limit=10)
+        assert list(urgent) == [b, a]  # the most recent urgent event first
+        assert urgent[a] == (2, NOW - timedelta(seconds=60))
+        assert urgent_events(session, devices=everyone, since=since, limit=1).keys() == {b}
+        assert urgent_events(session, devices=Device.id == a, since=since, limit=10) == {
+            a: (2, NOW - timedelta(seconds=60))
+        }
 
 
 def test_alarms_open_bump_and_move_through_their_states(

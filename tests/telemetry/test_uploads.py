@@ -19,13 +19,13 @@ import pytest
 from sqlalchemy import select
 
 import relay_server.telemetry.uploads as receiver_module
-from agent.telemetry.audit import read_entries
+from agent.audit import read_entries
 from protocol.aio.client import RpcError, ServiceClient
 from store.portal import AuditEvent
-from store.telemetry import (
-    TelemetryAlarm,
+from store.telemetry.alarms import TelemetryAlarm
+from store.telemetry.rules import create_rule
+from store.telemetry.uploads import (
     TelemetryLogUpload,
-    create_rule,
     downloadable_upload,
     refuse_log_upload,
     request_log_upload,

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from store.portal import AuditEvent
-from store.telemetry import TelemetryAlarm, alarm_comments, raise_alarm
+from store.telemetry.alarms import TelemetryAlarm, alarm_comments, raise_alarm
 from telemetry.records import Severity
 from tests.web.conftest import Fleet, csrf_token
 from web.db import db

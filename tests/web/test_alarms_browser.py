@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from store.db import make_engine, session_scope
-from store.telemetry import raise_alarm
+from store.telemetry.alarms import raise_alarm
 from telemetry.records import Severity
 from tests.web.served import ENGINEER_PASSWORD, ServedPortal, serve_portal
 from tests.web.test_browser import browser, page, shot, sign_in, sync_api  # noqa: F401

@@ -13,7 +13,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from store.portal import AuditEvent
-from store.telemetry import TelemetryAlarm, TelemetryRule, decide_notification, list_rules
+from store.telemetry.alarms import TelemetryAlarm
+from store.telemetry.notifications import decide_notification
+from store.telemetry.rules import TelemetryRule, list_rules
 from tests.web.conftest import Fleet, csrf_token
 from tests.web.test_alarms import open_alarm
 from web.db import db

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 
 from store.db import make_engine, session_scope
-from store.telemetry import downsample, ingest, raise_alarm
+from store.telemetry.alarms import raise_alarm
+from store.telemetry.ingest import ingest
+from store.telemetry.series import downsample
 from telemetry.records import Event, Metrics, Properties, Record, Severity
 from tests.web.served import ServedPortal, serve_portal
 from tests.web.test_browser import TIMEOUT_MS, browser, shot, sign_in, sync_api  # noqa: F401

@@ -13,7 +13,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import delete, select
 
 from store.portal import Permission, Role, RolePermission
-from store.telemetry import downsample, ingest, raise_alarm
+from store.telemetry.alarms import raise_alarm
+from store.telemetry.ingest import ingest
+from store.telemetry.series import downsample
 from telemetry.records import Event, Metrics, Properties, Record, Severity
 from tests.web.conftest import Fleet
 from web.db import db
@@ -300,7 +302,8 @@ def test_events_are_paged_in_time_order_whatever_order_they_arrived(
     second = client.get(f"/devices/{fleet.device_a1}/events?page=2").get_data(as_text=True)
     assert "1\u201350 of 70" in first and "51\u201370 of 70" in second
     assert "R000" in first and "R029" in first and "B019" in first and "B020" not in first
-    assert "B020" in second and "B039" in second and "R0" not in second
+    assert "B020" in second and "B039" in second
+    assert not any(f"R{i:03d}" in second for i in range(30))  # ("R0" alone is in CSRF tokens)
     assert first.index("R029") < first.index("B000")
 
 

@@ -22,17 +22,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from agent.telemetry.audit import read_entries
+from agent.audit import read_entries
 from relay_server.config import ListenConfig
 from relay_server.server import Relay
 from relay_server.telemetry.service import TelemetryService
 from store.db import make_engine
 from store.portal import AuditEvent
-from store.telemetry import (
-    UPLOAD_COMPLETE,
-    TelemetryLogUpload,
-    request_log_upload,
-)
+from store.telemetry.uploads import UPLOAD_COMPLETE, TelemetryLogUpload, request_log_upload
 from tests.conftest import UNIT
 from tests.pki_fixtures import FleetPKI
 from tests.relay.conftest import relay_config

@@ -1,5 +1,9 @@
 """The device's own audit log (R21): append-only, hash-chained, readable on the device.
 
+One chain for the whole agent: every feature (desktop sessions, telemetry, and the
+features to come) appends to the same file, so a reader walks one history and one
+``verify`` covers it all.
+
 One JSON object per line in ``<data_dir>/audit.log``::
 
     {"n": 12, "ts": "2025-11-27T10:00:01.123Z", "kind": "instruction",
@@ -10,8 +14,9 @@ One JSON object per line in ``<data_dir>/audit.log``::
 the ``hash`` field; ``prev`` is the previous line's hash (64 zeros for the first). So
 editing, removing or reordering a line breaks the chain at that line, which
 ``outlink-agent audit verify`` reports. What is recorded: every instruction received
-from the relay and its outcome, channels the relay opened, refused log uploads, link
-up/down, spool drops, and urgent device events (at most URGENT_PER_MINUTE a minute).
+from the relay and its outcome, channels the relay opened, desktop sessions, refused
+log uploads, link up/down, spool drops, and urgent device events (at most
+``agent.telemetry.poller.URGENT_AUDIT_PER_MINUTE`` a minute).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The device's local audit log: hash chain, tamper detection, instruction wrapping, CLI."""
+"""The agent's local audit log (one chain for every feature): hash chain, tamper
+detection, instruction wrapping, CLI."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from agent.audit import AuditLog, read_entries, verify
 from agent.control import InstructionError, Registry
-from agent.telemetry.audit import AuditLog, read_entries, verify
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,7 +131,7 @@ def test_several_writers_keep_one_chain(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from agent.telemetry.audit import AuditLog;"
+            "import sys; from pathlib import Path; from agent.audit import AuditLog;"
             "log = AuditLog(Path(sys.argv[1]));"
             "[log.append('cli', 'ok', n=n) for n in range(25)]",
             str(path),
