@@ -66,3 +66,12 @@ def test_extras_are_built_from_the_groups() -> None:
 def test_the_agent_installs_no_server_or_demo_package() -> None:
     agent = {canonicalize_name(r.name) for p in dynamic()["agent"] for r in requirements(p)}
     assert agent.isdisjoint({"flask", "gunicorn", "psycopg", "sqlalchemy", "aiosmtpd"})
+
+
+def test_every_shipped_package_is_type_checked() -> None:
+    """`./outlink test` runs mypy over the packages the wheel ships, no fewer."""
+    from stack.testrun import MYPY_PACKAGES
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    shipped = {pattern.rstrip("*") for pattern in find["packages"]["find"]["include"]}
+    assert set(MYPY_PACKAGES) == shipped
