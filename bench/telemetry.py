@@ -534,8 +534,16 @@ def idle_agent(
     )
     with open(home / "agent.log", "ab") as log:
         return subprocess.Popen(
-            [PYTHON, "-m", "agent", "run", "--config", str(home / "agent.toml"),
-             "--telemetry", str(home / "telemetry.toml")],
+            [
+                PYTHON,
+                "-m",
+                "agent",
+                "run",
+                "--config",
+                str(home / "agent.toml"),
+                "--telemetry",
+                str(home / "telemetry.toml"),
+            ],
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=log,

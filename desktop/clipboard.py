@@ -69,6 +69,7 @@ CLOSE_WAIT: Final = 5.0
 
 _TARGETS: Final = ("TARGETS", "UTF8_STRING", "STRING", "TEXT")
 
+
 class Report(enum.Enum):
     """What becomes of the clipboard text being fetched."""
 
@@ -108,24 +109,30 @@ class X11Clipboard:
     def __init__(self, display: str, on_copy: OnCopy | None = None) -> None:
         self._d = open_display(display, require="XFIXES" if on_copy else None)
         try:
-            self._atoms = {name: self._d.intern_atom(name) for name in
-                           (*_TARGETS, "CLIPBOARD", "INCR", "OUTLINK_CLIP")}
+            self._atoms = {
+                name: self._d.intern_atom(name)
+                for name in (*_TARGETS, "CLIPBOARD", "INCR", "OUTLINK_CLIP")
+            }
             root = self._d.screen().root
             self._window = root.create_window(-10, -10, 1, 1, 0, X.CopyFromParent)
             if on_copy is not None:
                 self._d.xfixes_query_version()  # XFIXES needs the version handshake first
                 self._d.xfixes_select_selection_input(
-                    self._window, self._atoms["CLIPBOARD"],
-                    xfixes.XFixesSetSelectionOwnerNotifyMask)
-            self._owner_event = self._d.query_extension("XFIXES").first_event + \
-                xfixes.XFixesSelectionNotify if on_copy else None
+                    self._window, self._atoms["CLIPBOARD"], xfixes.XFixesSetSelectionOwnerNotifyMask
+                )
+            self._owner_event = (
+                self._d.query_extension("XFIXES").first_event + xfixes.XFixesSelectionNotify
+                if on_copy
+                else None
+            )
             self._d.set_error_handler(self._x_error)
             self._d.flush()
         except (XError, OSError) as exc:
             self._d.close()
             raise X11Error(f"cannot set up the clipboard: {exc}") from exc
-        self.max_bytes = min(MAX_TEXT, wire.MAX_CLIPBOARD,
-                             self._d.display.info.max_request_length * 4 - 32)
+        self.max_bytes = min(
+            MAX_TEXT, wire.MAX_CLIPBOARD, self._d.display.info.max_request_length * 4 - 32
+        )
         self._on_copy = on_copy
         self._owned: bytes | None = None  # the text we serve while we own the selections
         self._converting: int | None = None  # the target asked of the owner, if any
@@ -211,8 +218,9 @@ class X11Clipboard:
         self._owned = None
         for selection in (self._atoms["CLIPBOARD"], Xatom.PRIMARY):
             if self._d.get_selection_owner(selection) == self._window:
-                request.SetSelectionOwner(display=self._d.display, window=X.NONE,
-                                          selection=selection, time=X.CurrentTime)
+                request.SetSelectionOwner(
+                    display=self._d.display, window=X.NONE, selection=selection, time=X.CurrentTime
+                )
         self._d.sync()
         while self._d.pending_events():
             ev = self._d.next_event()
@@ -223,8 +231,9 @@ class X11Clipboard:
     def _own(self, text: str) -> bool:
         data = text.encode("utf-8")
         if len(data) > self.max_bytes:
-            logger.warning("! clipboard: %d bytes from the viewer not set (max %d)",
-                           len(data), self.max_bytes)
+            logger.warning(
+                "! clipboard: %d bytes from the viewer not set (max %d)", len(data), self.max_bytes
+            )
             return False
         self._owned = data
         for selection in (self._atoms["CLIPBOARD"], Xatom.PRIMARY):
@@ -255,8 +264,9 @@ class X11Clipboard:
     def _ask(self, target: int, when: int, report: Report) -> None:
         self._converting = target
         self._report = report
-        self._window.convert_selection(self._atoms["CLIPBOARD"], target,
-                                       self._atoms["OUTLINK_CLIP"], when)
+        self._window.convert_selection(
+            self._atoms["CLIPBOARD"], target, self._atoms["OUTLINK_CLIP"], when
+        )
         self._d.flush()
 
     def _received(self, ev: Any) -> None:
@@ -274,13 +284,15 @@ class X11Clipboard:
             logger.info("! clipboard: the device's copy is not plain text or too large")
             return
         if prop.bytes_after:
-            logger.info("! clipboard: the device's copy is over %d bytes: not sent",
-                        self.max_bytes)
+            logger.info("! clipboard: the device's copy is over %d bytes: not sent", self.max_bytes)
             return
         data = bytes(prop.value)
         changed, self._seen = data != self._seen, data
-        if len(data) > self.max_bytes or self._report is Report.NEVER or (
-                self._report is Report.IF_CHANGED and not changed):
+        if (
+            len(data) > self.max_bytes
+            or self._report is Report.NEVER
+            or (self._report is Report.IF_CHANGED and not changed)
+        ):
             return
         try:
             text = data.decode("utf-8") if target != Xatom.STRING else data.decode("latin-1")
@@ -306,9 +318,16 @@ class X11Clipboard:
             ev.requestor.change_property(prop, Xatom.STRING, 8, latin)
         else:
             prop = X.NONE
-        ev.requestor.send_event(xevent.SelectionNotify(
-            time=ev.time, requestor=ev.requestor, selection=ev.selection, target=ev.target,
-            property=prop), event_mask=0)
+        ev.requestor.send_event(
+            xevent.SelectionNotify(
+                time=ev.time,
+                requestor=ev.requestor,
+                selection=ev.selection,
+                target=ev.target,
+                property=prop,
+            ),
+            event_mask=0,
+        )
         self._d.flush()
         logger.debug("> clipboard: paste request (target %d) answered", ev.target)
 

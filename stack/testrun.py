@@ -20,8 +20,22 @@ from pathlib import Path
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 FUZZ_SECONDS = int(os.environ.get("OUTLINK_FUZZ_SECONDS", "30"))
 #: Every package of the product (what the wheel ships), type-checked on each run.
-MYPY_PACKAGES = ("tunnel", "protocol", "tomlconfig", "release", "jsonlog", "pki", "store",
-                 "relay_server", "agent", "web", "desktop", "telemetry", "sim", "stack")
+MYPY_PACKAGES = (
+    "tunnel",
+    "protocol",
+    "tomlconfig",
+    "release",
+    "jsonlog",
+    "pki",
+    "store",
+    "relay_server",
+    "agent",
+    "web",
+    "desktop",
+    "telemetry",
+    "sim",
+    "stack",
+)
 
 
 def _free_port() -> int:

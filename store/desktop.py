@@ -106,21 +106,23 @@ MODE_PERMISSION: Final = {Mode.VIEW: PERM_VIEW, Mode.CONTROL: PERM_CONTROL}
 #: ``(from, to)`` pairs that may happen; anything else is ignored when reported (late or
 #: duplicate events, a decision after the server's timeout). The final states have no
 #: way out.
-TRANSITIONS: Final = frozenset({
-    (State.REQUESTED, State.PROMPTING),
-    (State.REQUESTED, State.ACCEPTED),
-    (State.REQUESTED, State.DENIED),
-    (State.REQUESTED, State.TIMEOUT),
-    (State.REQUESTED, State.FAILED),
-    (State.REQUESTED, State.ENDED),
-    (State.PROMPTING, State.ACCEPTED),
-    (State.PROMPTING, State.DENIED),
-    (State.PROMPTING, State.TIMEOUT),
-    (State.PROMPTING, State.ENDED),
-    (State.ACCEPTED, State.STARTED),
-    (State.ACCEPTED, State.ENDED),
-    (State.STARTED, State.ENDED),
-})
+TRANSITIONS: Final = frozenset(
+    {
+        (State.REQUESTED, State.PROMPTING),
+        (State.REQUESTED, State.ACCEPTED),
+        (State.REQUESTED, State.DENIED),
+        (State.REQUESTED, State.TIMEOUT),
+        (State.REQUESTED, State.FAILED),
+        (State.REQUESTED, State.ENDED),
+        (State.PROMPTING, State.ACCEPTED),
+        (State.PROMPTING, State.DENIED),
+        (State.PROMPTING, State.TIMEOUT),
+        (State.PROMPTING, State.ENDED),
+        (State.ACCEPTED, State.STARTED),
+        (State.ACCEPTED, State.ENDED),
+        (State.STARTED, State.ENDED),
+    }
+)
 
 UNDECIDED: Final = frozenset({State.REQUESTED, State.PROMPTING})
 JOINABLE: Final = frozenset({State.ACCEPTED, State.STARTED})
@@ -142,7 +144,6 @@ BY_SERVER_TIMEOUT: Final = "server:no-decision"
 
 
 # -- tables -------------------------------------------------------------------------------
-
 
 
 def _one_of(column: str, values: Any) -> str:
@@ -242,11 +243,13 @@ def viewer_rights(
     ).first()
     if user is None or not user.is_active:
         return None
-    perms = set(session.scalars(
-        select(Permission.name)
-        .join(RolePermission, RolePermission.permission_id == Permission.id)
-        .where(RolePermission.role_id == user.role_id)
-    ))
+    perms = set(
+        session.scalars(
+            select(Permission.name)
+            .join(RolePermission, RolePermission.permission_id == Permission.id)
+            .where(RolePermission.role_id == user.role_id)
+        )
+    )
     if MODE_PERMISSION[mode] not in perms:
         return None
     device = session.execute(
@@ -293,11 +296,18 @@ def create_session(
 ) -> DesktopSession:
     """A new request in state ``requested`` (the caller audits ``desktop.requested``)."""
     row = DesktopSession(
-        id=new_session_id(), device_id=device_id, user_id=user_id, username=username,
-        mode=mode, reason=reason[:MAX_REASON], state=State.REQUESTED, requested_at=now,
+        id=new_session_id(),
+        device_id=device_id,
+        user_id=user_id,
+        username=username,
+        mode=mode,
+        reason=reason[:MAX_REASON],
+        state=State.REQUESTED,
+        requested_at=now,
         consent_timeout_s=consent_timeout_s,
         decision_deadline=now + timedelta(seconds=consent_timeout_s) + DECISION_GRACE,
-        bytes_to_viewer=0, bytes_from_viewer=0,
+        bytes_to_viewer=0,
+        bytes_from_viewer=0,
     )
     session.add(row)
     session.flush()
@@ -336,8 +346,15 @@ def _apply(
     row = session.get(DesktopSession, session_id, populate_existing=True)
     assert row is not None
     append_audit(
-        session, AUDIT_KIND[target], outcome=outcome, actor=actor.name, user_id=actor.user_id,
-        source=actor.source, device_id=row.device_id, summary=summary, now=now,
+        session,
+        AUDIT_KIND[target],
+        outcome=outcome,
+        actor=actor.name,
+        user_id=actor.user_id,
+        source=actor.source,
+        device_id=row.device_id,
+        summary=summary,
+        now=now,
         details={"session_id": row.id, "mode": row.mode, "engineer": row.username, **details},
     )
     return row
@@ -355,11 +372,18 @@ def record_prompting(
     """The agent asks the person at the device; the server's deadline follows its timeout."""
     timeout = max(1, min(consent_timeout_s, CONSENT_TIMEOUT_MAX))
     return _apply(
-        session, session_id, State.PROMPTING,
-        {"consent_required": True, "remote_consent_allowed": remote_consent_allowed,
-         "consent_timeout_s": timeout,
-         "decision_deadline": now + timedelta(seconds=timeout) + DECISION_GRACE},
-        actor=actor, device_id=None, now=now,
+        session,
+        session_id,
+        State.PROMPTING,
+        {
+            "consent_required": True,
+            "remote_consent_allowed": remote_consent_allowed,
+            "consent_timeout_s": timeout,
+            "decision_deadline": now + timedelta(seconds=timeout) + DECISION_GRACE,
+        },
+        actor=actor,
+        device_id=None,
+        now=now,
         summary=f"device asks for consent ({timeout} s to answer)",
         details={"consent_timeout_s": timeout, "remote_consent_allowed": remote_consent_allowed},
     )
@@ -389,9 +413,16 @@ def record_decision(
         values.update(ended_at=now, end_reason=reason)
     words = {State.ACCEPTED: "accepted", State.DENIED: "denied", State.TIMEOUT: "timed out"}
     return _apply(
-        session, session_id, state, values, actor=actor, device_id=device_id, now=now,
+        session,
+        session_id,
+        state,
+        values,
+        actor=actor,
+        device_id=device_id,
+        now=now,
         outcome="success" if state is State.ACCEPTED else "failure",
-        summary=f"desktop request {words[state]} ({by}): {reason}" if reason
+        summary=f"desktop request {words[state]} ({by}): {reason}"
+        if reason
         else f"desktop request {words[state]} ({by})",
         details={"by": by, "reason": reason, "no_consent": by == BY_POLICY},
     )
@@ -403,19 +434,37 @@ def record_failed(
     """The device could not be asked (offline, refused the instruction)."""
     reason = reason[:MAX_END_REASON]
     return _apply(
-        session, session_id, State.FAILED, {"ended_at": now, "end_reason": reason},
-        actor=actor, device_id=None, now=now, outcome="failure",
-        summary=f"desktop request failed: {reason}", details={"reason": reason},
+        session,
+        session_id,
+        State.FAILED,
+        {"ended_at": now, "end_reason": reason},
+        actor=actor,
+        device_id=None,
+        now=now,
+        outcome="failure",
+        summary=f"desktop request failed: {reason}",
+        details={"reason": reason},
     )
 
 
 def record_started(
-    session: Session, session_id: str, *, viewer: str, now: datetime, actor: Actor,
+    session: Session,
+    session_id: str,
+    *,
+    viewer: str,
+    now: datetime,
+    actor: Actor,
     device_id: str | None = None,
 ) -> DesktopSession | None:
     return _apply(
-        session, session_id, State.STARTED, {"started_at": now}, actor=actor,
-        device_id=device_id, now=now, summary=f"desktop session started ({viewer or 'viewer'})",
+        session,
+        session_id,
+        State.STARTED,
+        {"started_at": now},
+        actor=actor,
+        device_id=device_id,
+        now=now,
+        summary=f"desktop session started ({viewer or 'viewer'})",
         details={"viewer": viewer},
     )
 
@@ -438,14 +487,26 @@ def record_ended(
     ).first()
     duration = (now - row.started_at).total_seconds() if row and row.started_at else 0.0
     return _apply(
-        session, session_id, State.ENDED,
-        {"ended_at": now, "end_reason": reason, "bytes_to_viewer": bytes_to_viewer,
-         "bytes_from_viewer": bytes_from_viewer},
-        actor=actor, device_id=device_id, now=now,
+        session,
+        session_id,
+        State.ENDED,
+        {
+            "ended_at": now,
+            "end_reason": reason,
+            "bytes_to_viewer": bytes_to_viewer,
+            "bytes_from_viewer": bytes_from_viewer,
+        },
+        actor=actor,
+        device_id=device_id,
+        now=now,
         summary=f"desktop session ended: {reason} ({duration:.0f} s, "
-                f"{bytes_to_viewer} B to viewer, {bytes_from_viewer} B from viewer)",
-        details={"reason": reason, "duration_s": round(duration, 3),
-                 "bytes_to_viewer": bytes_to_viewer, "bytes_from_viewer": bytes_from_viewer},
+        f"{bytes_to_viewer} B to viewer, {bytes_from_viewer} B from viewer)",
+        details={
+            "reason": reason,
+            "duration_s": round(duration, 3),
+            "bytes_to_viewer": bytes_to_viewer,
+            "bytes_from_viewer": bytes_from_viewer,
+        },
     )
 
 
@@ -454,16 +515,25 @@ def expire_if_overdue(
 ) -> DesktopSession | None:
     """``timeout`` for a request still undecided after its deadline (the relay's sweep,
     and the portal when it shows the request); None if it is not overdue."""
-    overdue = session.scalar(select(exists().where(
-        DesktopSession.id == session_id,
-        DesktopSession.state.in_(sorted(UNDECIDED)),
-        DesktopSession.decision_deadline < now,
-    )))
+    overdue = session.scalar(
+        select(
+            exists().where(
+                DesktopSession.id == session_id,
+                DesktopSession.state.in_(sorted(UNDECIDED)),
+                DesktopSession.decision_deadline < now,
+            )
+        )
+    )
     if not overdue:
         return None
     return record_decision(
-        session, session_id, State.TIMEOUT, by=BY_SERVER_TIMEOUT,
-        reason="no decision reached the server in time", now=now, actor=actor,
+        session,
+        session_id,
+        State.TIMEOUT,
+        by=BY_SERVER_TIMEOUT,
+        reason="no decision reached the server in time",
+        now=now,
+        actor=actor,
     )
 
 
@@ -477,24 +547,24 @@ def sweep(session: Session, now: datetime, actor: Actor) -> list[DesktopSession]
     tickets older than :data:`TICKET_RETENTION` go. Returns the sessions changed."""
     changed: list[DesktopSession] = []
     overdue = session.scalars(
-        select(DesktopSession.id).where(
-            DesktopSession.state.in_(sorted(UNDECIDED)), DesktopSession.decision_deadline < now
-        ).limit(SWEEP_BATCH)
+        select(DesktopSession.id)
+        .where(DesktopSession.state.in_(sorted(UNDECIDED)), DesktopSession.decision_deadline < now)
+        .limit(SWEEP_BATCH)
     ).all()
     for session_id in overdue:
         row = expire_if_overdue(session, session_id, now, actor)
         if row is not None:
             changed.append(row)
     unjoined = session.scalars(
-        select(DesktopSession.id).where(
+        select(DesktopSession.id)
+        .where(
             DesktopSession.state == State.ACCEPTED,
             DesktopSession.decided_at < now - JOIN_DEADLINE,
-        ).limit(SWEEP_BATCH)
+        )
+        .limit(SWEEP_BATCH)
     ).all()
     for session_id in unjoined:
-        row = record_ended(
-            session, session_id, reason=EndReason.NOT_JOINED, now=now, actor=actor
-        )
+        row = record_ended(session, session_id, reason=EndReason.NOT_JOINED, now=now, actor=actor)
         if row is not None:
             changed.append(row)
     session.execute(delete(ViewerTicket).where(ViewerTicket.expires_at < now - TICKET_RETENTION))
@@ -523,10 +593,17 @@ def issue_ticket(session: Session, row: DesktopSession, now: datetime) -> str:
     if row.user_id is None:
         raise ValueError("the session's user is gone")
     secret = secrets.token_urlsafe(TICKET_BYTES)
-    session.add(ViewerTicket(
-        token_hash=_ticket_hash(secret), session_id=row.id, user_id=row.user_id,
-        device_id=row.device_id, mode=row.mode, issued_at=now, expires_at=now + TICKET_TTL,
-    ))
+    session.add(
+        ViewerTicket(
+            token_hash=_ticket_hash(secret),
+            session_id=row.id,
+            user_id=row.user_id,
+            device_id=row.device_id,
+            mode=row.mode,
+            issued_at=now,
+            expires_at=now + TICKET_TTL,
+        )
+    )
     session.flush()
     return secret
 
@@ -593,8 +670,9 @@ def admit_viewer(session: Session, secret: object, now: datetime) -> Admission:
     rights = viewer_rights(session, ticket.user_id, ticket.device_id, Mode(ticket.mode))
     if rights is None:
         raise Refused("no-rights", ticket)
-    return Admission(row.id, row.device_id, ticket.user_id, row.username, rights.mode,
-                     rights.clipboard)
+    return Admission(
+        row.id, row.device_id, ticket.user_id, row.username, rights.mode, rights.clipboard
+    )
 
 
 def recheck_viewer(session: Session, admission: Admission) -> ViewerRights:
@@ -640,8 +718,11 @@ def record_policy(
     timeout = max(1, min(consent_timeout_s, CONSENT_TIMEOUT_MAX))
     values = (consent_required, timeout, remote_consent_allowed)
     row = session.get(DevicePolicy, device_id)
-    before = None if row is None else (
-        row.consent_required, row.consent_timeout_s, row.remote_consent_allowed)
+    before = (
+        None
+        if row is None
+        else (row.consent_required, row.consent_timeout_s, row.remote_consent_allowed)
+    )
     if row is None:
         row = DevicePolicy(device_id=device_id)
         session.add(row)
@@ -650,15 +731,29 @@ def record_policy(
     if before == values:
         return False
     append_audit(
-        session, "desktop.policy_reported", actor=actor.name, user_id=actor.user_id,
-        source=actor.source, device_id=device_id, now=now,
-        summary="the device reported its consent setting: " + (
-            "consent required" if consent_required else "NO consent asked"),
-        details={"consent_required": consent_required, "consent_timeout_s": timeout,
-                 "remote_consent_allowed": remote_consent_allowed,
-                 "previous": None if before is None else dict(zip(
-                     ("consent_required", "consent_timeout_s", "remote_consent_allowed"),
-                     before, strict=True))},
+        session,
+        "desktop.policy_reported",
+        actor=actor.name,
+        user_id=actor.user_id,
+        source=actor.source,
+        device_id=device_id,
+        now=now,
+        summary="the device reported its consent setting: "
+        + ("consent required" if consent_required else "NO consent asked"),
+        details={
+            "consent_required": consent_required,
+            "consent_timeout_s": timeout,
+            "remote_consent_allowed": remote_consent_allowed,
+            "previous": None
+            if before is None
+            else dict(
+                zip(
+                    ("consent_required", "consent_timeout_s", "remote_consent_allowed"),
+                    before,
+                    strict=True,
+                )
+            ),
+        },
     )
     return True
 
@@ -668,14 +763,21 @@ def last_reported_policy(session: Session, device_id: str) -> ConsentPolicy | No
     then, with the newest request it answered; None before either."""
     reported = session.get(DevicePolicy, device_id)
     if reported is not None:
-        return ConsentPolicy(reported.consent_required, reported.remote_consent_allowed,
-                             reported.reported_at, reported.consent_timeout_s)
+        return ConsentPolicy(
+            reported.consent_required,
+            reported.remote_consent_allowed,
+            reported.reported_at,
+            reported.consent_timeout_s,
+        )
     row = session.execute(
-        select(DesktopSession.consent_required, DesktopSession.remote_consent_allowed,
-               DesktopSession.requested_at)
-        .where(DesktopSession.device_id == device_id,
-               DesktopSession.consent_required.is_not(None))
-        .order_by(DesktopSession.requested_at.desc()).limit(1)
+        select(
+            DesktopSession.consent_required,
+            DesktopSession.remote_consent_allowed,
+            DesktopSession.requested_at,
+        )
+        .where(DesktopSession.device_id == device_id, DesktopSession.consent_required.is_not(None))
+        .order_by(DesktopSession.requested_at.desc())
+        .limit(1)
     ).first()
     if row is None:
         return None

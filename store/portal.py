@@ -133,9 +133,7 @@ class UserScope(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    customer_id: Mapped[int | None] = mapped_column(
-        ForeignKey("customers.id", ondelete="CASCADE")
-    )
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
     site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
     device_id: Mapped[str | None] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
 
@@ -268,8 +266,19 @@ class AuditChainHead(Base):
 
 #: Columns covered by the hash, in the canonical document (``prev_hash`` included).
 HASHED_FIELDS = (
-    "id", "ts", "kind", "outcome", "actor", "user_id", "source", "customer_id", "site_id",
-    "device_id", "summary", "details", "prev_hash",
+    "id",
+    "ts",
+    "kind",
+    "outcome",
+    "actor",
+    "user_id",
+    "source",
+    "customer_id",
+    "site_id",
+    "device_id",
+    "summary",
+    "details",
+    "prev_hash",
 )
 
 
@@ -308,7 +317,8 @@ def lock_chain(session: Session) -> AuditChainHead:
         .values(last_id=AuditChainHead.last_id)
     )
     head = session.execute(
-        select(AuditChainHead).where(AuditChainHead.id == CHAIN_HEAD_ID)
+        select(AuditChainHead)
+        .where(AuditChainHead.id == CHAIN_HEAD_ID)
         .execution_options(populate_existing=True)
     ).scalar_one()
     return head
@@ -349,9 +359,18 @@ def append_audit(
     head = lock_chain(session)
     ts = (now or datetime.now(UTC)).astimezone(UTC)
     event = AuditEvent(
-        id=head.last_id + 1, ts=ts, kind=kind, outcome=outcome, actor=actor, user_id=user_id,
-        source=source, customer_id=customer_id, site_id=site_id, device_id=device_id,
-        summary=_clip(summary, AUDIT_SUMMARY_MAX), details=details_text,
+        id=head.last_id + 1,
+        ts=ts,
+        kind=kind,
+        outcome=outcome,
+        actor=actor,
+        user_id=user_id,
+        source=source,
+        customer_id=customer_id,
+        site_id=site_id,
+        device_id=device_id,
+        summary=_clip(summary, AUDIT_SUMMARY_MAX),
+        details=details_text,
         prev_hash=head.last_hash,
     )
     event.hash = event_hash({name: getattr(event, name) for name in HASHED_FIELDS})
@@ -379,9 +398,13 @@ VERIFY_BATCH = 5000
 def _rows(session: Session, after_id: int) -> Iterator[RowMapping]:
     table = AuditEvent.__table__
     while True:
-        batch = session.execute(
-            select(table).where(table.c.id > after_id).order_by(table.c.id).limit(VERIFY_BATCH)
-        ).mappings().all()
+        batch = (
+            session.execute(
+                select(table).where(table.c.id > after_id).order_by(table.c.id).limit(VERIFY_BATCH)
+            )
+            .mappings()
+            .all()
+        )
         if not batch:
             return
         yield from batch
@@ -435,18 +458,25 @@ def prune_chain(session: Session, before: datetime, *, actor: str | None = None)
     head = lock_chain(session)
     table = AuditEvent.__table__
     last_old = session.execute(
-        select(table.c.id, table.c.hash).where(table.c.ts < before)
-        .order_by(table.c.id.desc()).limit(1)
+        select(table.c.id, table.c.hash)
+        .where(table.c.ts < before)
+        .order_by(table.c.id.desc())
+        .limit(1)
     ).first()
     if last_old is None or last_old.id <= head.pruned_through:
         return 0
     count = int(last_old.id - head.pruned_through)
     head.pruned_through, head.anchor_hash = last_old.id, last_old.hash
     session.flush()  # the delete trigger reads pruned_through
-    session.execute(delete(AuditEvent).where(AuditEvent.id <= last_old.id)
-                    .execution_options(synchronize_session=False))
+    session.execute(
+        delete(AuditEvent)
+        .where(AuditEvent.id <= last_old.id)
+        .execution_options(synchronize_session=False)
+    )
     append_audit(
-        session, PRUNED_KIND, actor=actor,
+        session,
+        PRUNED_KIND,
+        actor=actor,
         summary=f"retention removed {count} events before {_ts_text(before)}",
         details={
             "pruned_through_id": last_old.id,

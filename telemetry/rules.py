@@ -593,8 +593,16 @@ class RuleEngine:
             else:
                 title = f"{record.code}: {record.message}"[:200]
                 firings.insert(
-                    0, Firing(device.device_id, key, Severity.URGENT, title, record.ts, None,
-                              URGENT_ACTIONS),
+                    0,
+                    Firing(
+                        device.device_id,
+                        key,
+                        Severity.URGENT,
+                        title,
+                        record.ts,
+                        None,
+                        URGENT_ACTIONS,
+                    ),
                 )
         return firings
 
@@ -609,8 +617,17 @@ class RuleEngine:
                     level = rule.alarm_level or max(record.severity, Severity.WARNING)
                     title = f"{record.code}: {record.message}"[:200]
                     # One alarm per code: "when code E9*" on E9001 and E9002 is two problems.
-                    firings.append(self._fire(device, rule_id, rule, level, title, record.ts,
-                                              key=f"code:{record.code}"))
+                    firings.append(
+                        self._fire(
+                            device,
+                            rule_id,
+                            rule,
+                            level,
+                            title,
+                            record.ts,
+                            key=f"code:{record.code}",
+                        )
+                    )
             elif isinstance(condition, RateCondition) and isinstance(record, Event):
                 fired = self._rate(device, rule_id, condition, record)
                 if fired:
@@ -706,8 +723,9 @@ class RuleEngine:
         key: str | None = None,
     ) -> Firing:
         severity = level or rule.alarm_level or Severity.WARNING
-        return Firing(device.device_id, key or f"rule:{rule_id}", severity, title, ts, rule_id,
-                      rule.actions)
+        return Firing(
+            device.device_id, key or f"rule:{rule_id}", severity, title, ts, rule_id, rule.actions
+        )
 
 
 def _human(seconds: float) -> str:

@@ -48,12 +48,20 @@ def _user_or_404(user_id: int) -> User:
 
 
 def _fill_choices(form: UserForm) -> None:
-    form.role.choices = [(r.name, r.name.replace("_", " ").title()) for r in
-                         db.session.execute(select(Role).order_by(Role.id)).scalars()]
-    form.customers.choices = [(c.id, c.name) for c in db.session.execute(
-        select(Customer).order_by(Customer.name)).scalars()]
-    form.sites.choices = [(s.id, f"{c} / {s.name}") for s, c in db.session.execute(
-        select(Site, Customer.name).join(Customer).order_by(Customer.name, Site.name)).all()]
+    form.role.choices = [
+        (r.name, r.name.replace("_", " ").title())
+        for r in db.session.execute(select(Role).order_by(Role.id)).scalars()
+    ]
+    form.customers.choices = [
+        (c.id, c.name)
+        for c in db.session.execute(select(Customer).order_by(Customer.name)).scalars()
+    ]
+    form.sites.choices = [
+        (s.id, f"{c} / {s.name}")
+        for s, c in db.session.execute(
+            select(Site, Customer.name).join(Customer).order_by(Customer.name, Site.name)
+        ).all()
+    ]
 
 
 def _device_ids(text: str) -> tuple[list[str], list[str]]:
@@ -87,8 +95,9 @@ def _apply(form: UserForm, user: User) -> list[str]:
     problems = [f"Not a device id: {b}" for b in bad]
     if len(device_ids) > MAX_DEVICE_SCOPES:
         problems.append(f"At most {MAX_DEVICE_SCOPES} individual devices.")
-    known_customers = set(db.session.scalars(select(Customer.id).where(
-        Customer.id.in_(customer_ids))))
+    known_customers = set(
+        db.session.scalars(select(Customer.id).where(Customer.id.in_(customer_ids)))
+    )
     known_sites = set(db.session.scalars(select(Site.id).where(Site.id.in_(site_ids))))
     known_devices = set(db.session.scalars(select(Device.id).where(Device.id.in_(device_ids))))
     problems += [f"Unknown device: {d}" for d in device_ids if d not in known_devices]
@@ -107,7 +116,8 @@ def _apply(form: UserForm, user: User) -> list[str]:
 
 def _scope_details(user: User) -> dict[str, object]:
     return {
-        "role": user.role.name, "all_scope": user.all_scope,
+        "role": user.role.name,
+        "all_scope": user.all_scope,
         "customers": sorted(s.customer_id for s in user.scopes if s.customer_id),
         "sites": sorted(s.site_id for s in user.scopes if s.site_id),
         "devices": sorted(s.device_id for s in user.scopes if s.device_id),
@@ -118,8 +128,10 @@ def _is_last_admin(user: User) -> bool:
     if user.role.name != "administrator" or not user.is_active:
         return False
     admins = db.session.scalar(
-        select(func.count(User.id)).join(Role).where(Role.name == "administrator",
-                                                     User.is_active.is_(True)))
+        select(func.count(User.id))
+        .join(Role)
+        .where(Role.name == "administrator", User.is_active.is_(True))
+    )
     return admins == 1
 
 
@@ -149,18 +161,28 @@ def user_new() -> str | Response:
         else:
             now = datetime.now(UTC)
             password = passwords.generate_password()
-            user = User(username=username, password_hash=passwords.hash_password(password),
-                        created_at=now, created_by=manager.username, password_changed_at=now,
-                        must_change_password=True, is_active=True)
+            user = User(
+                username=username,
+                password_hash=passwords.hash_password(password),
+                created_at=now,
+                created_by=manager.username,
+                password_changed_at=now,
+                must_change_password=True,
+                is_active=True,
+            )
             problems = _apply(form, user)
             if not problems:
                 db.session.add(user)
                 db.session.flush()
-                record("admin.user_created", summary=f"created user {username}",
-                       details={"user": username, **_scope_details(user)})
+                record(
+                    "admin.user_created",
+                    summary=f"created user {username}",
+                    details={"user": username, **_scope_details(user)},
+                )
                 db.session.commit()
-                return render_template("admin/user_secret.html", user=user, password=password,
-                                       created=True)
+                return render_template(
+                    "admin/user_secret.html", user=user, password=password, created=True
+                )
     return render_template("admin/user_form.html", form=form, user=None, problems=problems)
 
 
@@ -185,15 +207,18 @@ def user_edit(user_id: int) -> str | Response:
         else:
             problems = _apply(form, user)
         if not problems:
-            record("admin.user_changed", summary=f"changed role/scopes of {user.username}",
-                   details={"user": user.username, "before": before,
-                            "after": _scope_details(user)})
+            record(
+                "admin.user_changed",
+                summary=f"changed role/scopes of {user.username}",
+                details={"user": user.username, "before": before, "after": _scope_details(user)},
+            )
             db.session.commit()
             flash(f"Saved {user.username}. The change applies to their next request.", "success")
             return redirect(url_for("admin.user_edit", user_id=user.id))
         db.session.rollback()
-    return render_template("admin/user_form.html", form=form, user=user, problems=problems,
-                           action_form=ActionForm())
+    return render_template(
+        "admin/user_form.html", form=form, user=user, problems=problems, action_form=ActionForm()
+    )
 
 
 @bp.route("/users/<int:user_id>/disable", methods=["POST"])
@@ -208,8 +233,11 @@ def user_disable(user_id: int) -> Response:
         return redirect(url_for("admin.user_edit", user_id=user.id))
     user.is_active = False
     ended = sessions.end_all_for_user(user.id)
-    record("admin.user_disabled", summary=f"disabled {user.username}; {ended} sessions ended",
-           details={"user": user.username})
+    record(
+        "admin.user_disabled",
+        summary=f"disabled {user.username}; {ended} sessions ended",
+        details={"user": user.username},
+    )
     db.session.commit()
     flash(f"{user.username} is disabled and signed out everywhere.", "success")
     return redirect(url_for("admin.user_edit", user_id=user.id))
@@ -223,8 +251,9 @@ def user_enable(user_id: int) -> Response:
     if not ActionForm().validate_on_submit():
         abort(400)
     user.is_active = True
-    record("admin.user_enabled", summary=f"enabled {user.username}",
-           details={"user": user.username})
+    record(
+        "admin.user_enabled", summary=f"enabled {user.username}", details={"user": user.username}
+    )
     db.session.commit()
     flash(f"{user.username} is enabled.", "success")
     return redirect(url_for("admin.user_edit", user_id=user.id))
@@ -242,8 +271,11 @@ def user_reset_password(user_id: int) -> str | Response:
     user.must_change_password = True
     user.password_changed_at = datetime.now(UTC)
     ended = sessions.end_all_for_user(user.id)
-    record("admin.password_reset", summary=f"reset the password of {user.username}; "
-           f"{ended} sessions ended", details={"user": user.username})
+    record(
+        "admin.password_reset",
+        summary=f"reset the password of {user.username}; {ended} sessions ended",
+        details={"user": user.username},
+    )
     db.session.commit()
     return render_template("admin/user_secret.html", user=user, password=password, created=False)
 
@@ -256,9 +288,11 @@ def user_reset_second_factor(user_id: int) -> Response:
     if not ActionForm().validate_on_submit():
         abort(400)
     user.totp_secret, user.totp_last_step, user.cert_fingerprint = None, None, None
-    record("admin.second_factor_reset",
-           summary=f"removed the authenticator and client certificate of {user.username}",
-           details={"user": user.username})
+    record(
+        "admin.second_factor_reset",
+        summary=f"removed the authenticator and client certificate of {user.username}",
+        details={"user": user.username},
+    )
     db.session.commit()
     flash(f"{user.username} has no authenticator or client certificate now.", "success")
     return redirect(url_for("admin.user_edit", user_id=user.id))
@@ -274,7 +308,8 @@ def roles() -> str:
 def _site_choices() -> list[tuple[int, str]]:
     scope = current_scope()
     rows = db.session.execute(
-        scoped(Site, Site, Customer.name).join(Customer, Site.customer_id == Customer.id)
+        scoped(Site, Site, Customer.name)
+        .join(Customer, Site.customer_id == Customer.id)
         .order_by(Customer.name, Site.name)
     ).all()
     return [(s.id, f"{c} / {s.name}") for s, c in rows if scope.site_fully_reached(s)]
@@ -291,23 +326,33 @@ def tokens() -> str | Response:
         if not user.scope.site_fully_reached(site):
             abort(404)
         ttl = timedelta(hours=form.hours.data or 1)
-        token = create_token(db.session, site, ttl=ttl, created_by=user.username,
-                             note=(form.note.data or None))
-        record("admin.token_created", customer_id=site.customer_id, site_id=site.id,
-               summary=f"created enrolment token {token.id} for {site.name}",
-               details={"token_id": token.id, "expires_at": token.expires_at.isoformat()})
+        token = create_token(
+            db.session, site, ttl=ttl, created_by=user.username, note=(form.note.data or None)
+        )
+        record(
+            "admin.token_created",
+            customer_id=site.customer_id,
+            site_id=site.id,
+            summary=f"created enrolment token {token.id} for {site.name}",
+            details={"token_id": token.id, "expires_at": token.expires_at.isoformat()},
+        )
         db.session.commit()
         return render_template("admin/token_secret.html", token=token, site=site)
     stmt = (
-        scoped(EnrollmentToken, EnrollmentToken, Customer.name.label("customer_name"),
-               Site.name.label("site_name"))
+        scoped(
+            EnrollmentToken,
+            EnrollmentToken,
+            Customer.name.label("customer_name"),
+            Site.name.label("site_name"),
+        )
         .join(Customer, EnrollmentToken.customer_id == Customer.id)
         .join(Site, EnrollmentToken.site_id == Site.id)
         .order_by(EnrollmentToken.id.desc())
     )
     page = paginate(db.session, stmt, 50, page_number())
-    return render_template("admin/tokens.html", form=form, page=page, now=datetime.now(UTC),
-                           action_form=ActionForm())
+    return render_template(
+        "admin/tokens.html", form=form, page=page, now=datetime.now(UTC), action_form=ActionForm()
+    )
 
 
 @bp.route("/tokens/<int:token_id>/revoke", methods=["POST"])
@@ -317,8 +362,13 @@ def token_revoke(token_id: int) -> Response:
     if not ActionForm().validate_on_submit():
         abort(400)
     if revoke_token(db.session, token.id):
-        record("admin.token_revoked", customer_id=token.customer_id, site_id=token.site_id,
-               summary=f"revoked enrolment token {token.id}", details={"token_id": token.id})
+        record(
+            "admin.token_revoked",
+            customer_id=token.customer_id,
+            site_id=token.site_id,
+            summary=f"revoked enrolment token {token.id}",
+            details={"token_id": token.id},
+        )
         db.session.commit()
         flash(f"Token {token.id} revoked.", "success")
     else:

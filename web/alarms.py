@@ -90,14 +90,27 @@ def alarms() -> str:
     severity = _severity_arg()
     size = current_app.config["OUTLINK"].page_size
     number = page_number()
-    rows = list_alarms(db.session, devices=current_scope().devices(), states=STATE_FILTERS[state],
-                       min_severity=severity, limit=size + 1, offset=(number - 1) * size)
+    rows = list_alarms(
+        db.session,
+        devices=current_scope().devices(),
+        states=STATE_FILTERS[state],
+        min_severity=severity,
+        limit=size + 1,
+        offset=(number - 1) * size,
+    )
     more = len(rows) > size
     rows = rows[:size]
-    return render_template("alarms/list.html", rows=rows, state=state, severity=severity,
-                           states=list(STATE_FILTERS), severities=list(Severity),
-                           hostnames=_hostnames(r.alarm.device_id for r in rows),
-                           number=number, more=more)
+    return render_template(
+        "alarms/list.html",
+        rows=rows,
+        state=state,
+        severity=severity,
+        states=list(STATE_FILTERS),
+        severities=list(Severity),
+        hostnames=_hostnames(r.alarm.device_id for r in rows),
+        number=number,
+        more=more,
+    )
 
 
 def _hostnames(device_ids: Any) -> dict[str, str | None]:
@@ -123,19 +136,31 @@ def alarm(alarm_id: int) -> str:
     vendor's addresses are not for every viewer: site contacts see alarms too)."""
     row, device = load_alarm(alarm_id)
     can_handle = current_user().can(Perm.ALARMS_HANDLE)
-    notifications = (list_notifications(db.session, alarm_id=row.id, limit=ALARM_NOTIFICATIONS)
-                     if can_handle else None)
+    notifications = (
+        list_notifications(db.session, alarm_id=row.id, limit=ALARM_NOTIFICATIONS)
+        if can_handle
+        else None
+    )
     return render_template(
-        "alarms/alarm.html", alarm=row, device=device,
-        comments=alarm_comments(db.session, row.id), notifications=notifications,
-        can_handle=can_handle, max_comment=MAX_COMMENT,
+        "alarms/alarm.html",
+        alarm=row,
+        device=device,
+        comments=alarm_comments(db.session, row.id),
+        notifications=notifications,
+        can_handle=can_handle,
+        max_comment=MAX_COMMENT,
     )
 
 
-def _audit(kind: str, alarm: TelemetryAlarm, device: Device, summary: str,
-           **details: Any) -> None:
-    record(kind, device_id=device.id, customer_id=device.customer_id, site_id=device.site_id,
-           summary=summary, details={"alarm_id": alarm.id, "key": alarm.key, **details})
+def _audit(kind: str, alarm: TelemetryAlarm, device: Device, summary: str, **details: Any) -> None:
+    record(
+        kind,
+        device_id=device.id,
+        customer_id=device.customer_id,
+        site_id=device.site_id,
+        summary=summary,
+        details={"alarm_id": alarm.id, "key": alarm.key, **details},
+    )
 
 
 def _back(alarm: TelemetryAlarm) -> Response:
@@ -203,12 +228,12 @@ def device_alarms(device: Device) -> dict[str, Any]:
     """What the device page's alarms-and-logs section shows to the current user."""
     user = current_user()
     section: dict[str, Any] = {
-        "alarms": None, "uploads": None,
+        "alarms": None,
+        "uploads": None,
         "can_download": current_app.config["OUTLINK"].upload_dir is not None,
     }
     if user.can(Perm.TELEMETRY_VIEW):
-        section["alarms"] = list_alarms(db.session, device_id=device.id,
-                                        limit=DEVICE_SECTION_ROWS)
+        section["alarms"] = list_alarms(db.session, device_id=device.id, limit=DEVICE_SECTION_ROWS)
     if user.can(Perm.FILES_VIEW):
         section["uploads"] = list_log_uploads(db.session, device.id, limit=DEVICE_SECTION_ROWS)
     return section

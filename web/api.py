@@ -32,10 +32,15 @@ def _iso(value: Any) -> str | None:
 
 def _device_json(device: Device, online: bool, last_seen: Any) -> dict[str, Any]:
     return {
-        "id": device.id, "hostname": device.hostname, "model": device.model,
-        "customer_id": device.customer_id, "site_id": device.site_id,
-        "enrolled_at": _iso(device.enrolled_at), "revoked": device.revoked_at is not None,
-        "online": bool(online), "last_seen": _iso(last_seen),
+        "id": device.id,
+        "hostname": device.hostname,
+        "model": device.model,
+        "customer_id": device.customer_id,
+        "site_id": device.site_id,
+        "enrolled_at": _iso(device.enrolled_at),
+        "revoked": device.revoked_at is not None,
+        "online": bool(online),
+        "last_seen": _iso(last_seen),
     }
 
 
@@ -60,12 +65,16 @@ def presence() -> ResponseReturnValue:
     """``?ids=a,b,c`` -> ``{id: {online, last_seen}}`` for the ids in scope (others omitted)."""
     ids = [i for i in request.args.get("ids", "").split(",") if 0 < len(i) <= 36]
     ids = ids[:MAX_PRESENCE_IDS]
-    rows = db.session.execute(
-        scoped(Device, Device.id, online_clause().label("online"), Presence.last_seen)
-        .outerjoin(Presence, Presence.device_id == Device.id).where(Device.id.in_(ids))
-    ).all() if ids else []
-    return jsonify({r.id: {"online": bool(r.online), "last_seen": _iso(r.last_seen)}
-                    for r in rows})
+    rows = (
+        db.session.execute(
+            scoped(Device, Device.id, online_clause().label("online"), Presence.last_seen)
+            .outerjoin(Presence, Presence.device_id == Device.id)
+            .where(Device.id.in_(ids))
+        ).all()
+        if ids
+        else []
+    )
+    return jsonify({r.id: {"online": bool(r.online), "last_seen": _iso(r.last_seen)} for r in rows})
 
 
 @bp.route("/api/v1/devices")
@@ -73,7 +82,9 @@ def presence() -> ResponseReturnValue:
 def devices() -> ResponseReturnValue:
     page = paginate(db.session, filtered_devices(device_filters()), 100, page_number())
     return jsonify(
-        total=page.total, page=page.number, pages=page.pages,
+        total=page.total,
+        page=page.number,
+        pages=page.pages,
         devices=[_device_json(r.Device, r.is_online, r.last_seen) for r in page.rows],
     )
 
@@ -83,10 +94,17 @@ def devices() -> ResponseReturnValue:
 def device(device_id: str) -> ResponseReturnValue:
     row = load_device(device_id)
     presence = db.session.execute(
-        scoped(Device, online_clause().label("online"), Presence.last_seen).select_from(Device)
-        .outerjoin(Presence, Presence.device_id == Device.id).where(Device.id == row.id)
+        scoped(Device, online_clause().label("online"), Presence.last_seen)
+        .select_from(Device)
+        .outerjoin(Presence, Presence.device_id == Device.id)
+        .where(Device.id == row.id)
     ).one()
-    record("device.view", device_id=row.id, customer_id=row.customer_id, site_id=row.site_id,
-           summary=f"read device {row.id} via the API")
+    record(
+        "device.view",
+        device_id=row.id,
+        customer_id=row.customer_id,
+        site_id=row.site_id,
+        summary=f"read device {row.id} via the API",
+    )
     db.session.commit()
     return jsonify(_device_json(row, presence.online, presence.last_seen))

@@ -32,14 +32,40 @@ EXPORT_BATCH = 2000
 #: One export is at most this many rows; narrow the filters for more.
 EXPORT_MAX_ROWS = 1_000_000
 FIELD_MAX = 100
-COLUMNS = ("id", "ts", "kind", "outcome", "actor", "source", "customer_id", "site_id",
-           "device_id", "summary", "details", "prev_hash", "hash")
+COLUMNS = (
+    "id",
+    "ts",
+    "kind",
+    "outcome",
+    "actor",
+    "source",
+    "customer_id",
+    "site_id",
+    "device_id",
+    "summary",
+    "details",
+    "prev_hash",
+    "hash",
+)
 #: Offered as suggestions in the kind filter (``prefix*`` matches a family).
 KNOWN_KINDS = (
-    "auth.*", "auth.login", "auth.lockout", "auth.totp", "auth.logout", "account.*",
-    "admin.*", "admin.user_created", "admin.user_changed", "admin.user_disabled",
-    "admin.token_created", "device.view", "device.revoked", "relay.*", "session.*",
-    "audit.export", "audit.pruned",
+    "auth.*",
+    "auth.login",
+    "auth.lockout",
+    "auth.totp",
+    "auth.logout",
+    "account.*",
+    "admin.*",
+    "admin.user_created",
+    "admin.user_changed",
+    "admin.user_disabled",
+    "admin.token_created",
+    "device.view",
+    "device.revoked",
+    "relay.*",
+    "session.*",
+    "audit.export",
+    "audit.pruned",
 )
 #: Leading characters that make spreadsheets evaluate a cell (CSV injection).
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -63,13 +89,13 @@ def audit_filters() -> dict[str, Any]:
     """Filters from the query string (bad values are dropped, never passed on)."""
     args = request.args
     return {
-        "since": args.get("since", "")[:40], "until": args.get("until", "")[:40],
+        "since": args.get("since", "")[:40],
+        "until": args.get("until", "")[:40],
         "user": args.get("user", "").strip().lower()[:FIELD_MAX],
         "device": args.get("device", "").strip().lower()[:FIELD_MAX],
         "customer": _int(args.get("customer", "")),
         "kind": args.get("kind", "").strip()[:FIELD_MAX],
-        "outcome": args.get("outcome", "") if args.get("outcome") in
-        ("success", "failure") else "",
+        "outcome": args.get("outcome", "") if args.get("outcome") in ("success", "failure") else "",
     }
 
 
@@ -89,8 +115,11 @@ def filtered_events(filters: dict[str, Any]) -> Select[Any]:
         stmt = stmt.where(AuditEvent.customer_id == filters["customer"])
     if filters["kind"]:
         kind = filters["kind"]
-        stmt = stmt.where(AuditEvent.kind.startswith(kind[:-1], autoescape=True)
-                          if kind.endswith("*") else AuditEvent.kind == kind)
+        stmt = stmt.where(
+            AuditEvent.kind.startswith(kind[:-1], autoescape=True)
+            if kind.endswith("*")
+            else AuditEvent.kind == kind
+        )
     if filters["outcome"]:
         stmt = stmt.where(AuditEvent.outcome == filters["outcome"])
     return stmt
@@ -104,34 +133,54 @@ def search() -> str:
     stmt = filtered_events(filters)
     before, after = _int(request.args.get("before", "")), _int(request.args.get("after", ""))
     if after is not None:
-        rows = list(reversed(db.session.execute(
-            stmt.where(AuditEvent.id > after).order_by(AuditEvent.id).limit(size + 1)
-        ).scalars().all()))
+        rows = list(
+            reversed(
+                db.session.execute(
+                    stmt.where(AuditEvent.id > after).order_by(AuditEvent.id).limit(size + 1)
+                )
+                .scalars()
+                .all()
+            )
+        )
         has_newer, rows = len(rows) > size, rows[-size:] if len(rows) > size else rows
         has_older = True
     else:
         if before is not None:
             stmt = stmt.where(AuditEvent.id < before)
-        rows = list(db.session.execute(
-            stmt.order_by(AuditEvent.id.desc()).limit(size + 1)).scalars().all())
+        rows = list(
+            db.session.execute(stmt.order_by(AuditEvent.id.desc()).limit(size + 1)).scalars().all()
+        )
         has_older, rows = len(rows) > size, rows[:size]
         has_newer = before is not None
     customers = db.session.execute(
-        scoped(Customer, Customer.id, Customer.name).order_by(Customer.name)).all()
+        scoped(Customer, Customer.id, Customer.name).order_by(Customer.name)
+    ).all()
     names: dict[int, str] = {c.id: c.name for c in customers}
     query = {k: v for k, v in filters.items() if v not in ("", None)}
-    return render_template("audit/search.html", events=rows, filters=filters, query=query,
-                           customers=customers, customer_names=names, kinds=KNOWN_KINDS,
-                           has_older=has_older, has_newer=has_newer)
+    return render_template(
+        "audit/search.html",
+        events=rows,
+        filters=filters,
+        query=query,
+        customers=customers,
+        customer_names=names,
+        kinds=KNOWN_KINDS,
+        has_older=has_older,
+        has_newer=has_newer,
+    )
 
 
 def _export_rows(filters: dict[str, Any]) -> Iterator[dict[str, Any]]:
     stmt = filtered_events(filters)
     after, sent = 0, 0
     while sent < EXPORT_MAX_ROWS:
-        batch = db.session.execute(
-            stmt.where(AuditEvent.id > after).order_by(AuditEvent.id).limit(EXPORT_BATCH)
-        ).scalars().all()
+        batch = (
+            db.session.execute(
+                stmt.where(AuditEvent.id > after).order_by(AuditEvent.id).limit(EXPORT_BATCH)
+            )
+            .scalars()
+            .all()
+        )
         if not batch:
             return
         for event in batch:
@@ -150,8 +199,11 @@ def _defuse(value: Any) -> Any:
 
 
 def _audit_export(fmt: str, filters: dict[str, Any]) -> None:
-    record("audit.export", summary=f"exported the audit trail as {fmt}",
-           details={"filters": {k: v for k, v in filters.items() if v not in ("", None)}})
+    record(
+        "audit.export",
+        summary=f"exported the audit trail as {fmt}",
+        details={"filters": {k: v for k, v in filters.items() if v not in ("", None)}},
+    )
     db.session.commit()
 
 
@@ -177,8 +229,11 @@ def export_csv() -> Response:
                 buffer.truncate()
         yield buffer.getvalue()
 
-    return Response(stream_with_context(generate()), mimetype="text/csv",
-                    headers={"Content-Disposition": f"attachment; filename={_filename('csv')}"})
+    return Response(
+        stream_with_context(generate()),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f"attachment; filename={_filename('csv')}"},
+    )
 
 
 @bp.route("/export.json")
@@ -194,6 +249,8 @@ def export_json() -> Response:
             yield ("," if i else "") + "\n" + json.dumps(row, ensure_ascii=False)
         yield "\n]\n"
 
-    return Response(stream_with_context(generate()), mimetype="application/json",
-                    headers={"Content-Disposition": f"attachment; filename={_filename('json')}"})
-
+    return Response(
+        stream_with_context(generate()),
+        mimetype="application/json",
+        headers={"Content-Disposition": f"attachment; filename={_filename('json')}"},
+    )

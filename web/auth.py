@@ -69,11 +69,17 @@ def safe_next(target: str | None) -> str:
 
 def _complete_login(user: User, method: str, next_url: str | None) -> Response:
     now = datetime.now(UTC)
-    sessions.begin_authenticated(_session(), user.id, method, client_addr(),
-                                 request.headers.get("User-Agent"))
+    sessions.begin_authenticated(
+        _session(), user.id, method, client_addr(), request.headers.get("User-Agent")
+    )
     user.last_login_at = now
-    record("auth.login", actor=user.username, user_id=user.id,
-           summary=f"{user.username} signed in ({method})", details={"method": method})
+    record(
+        "auth.login",
+        actor=user.username,
+        user_id=user.id,
+        summary=f"{user.username} signed in ({method})",
+        details={"method": method},
+    )
     db.session.commit()
     if user.must_change_password:
         flash("Please choose a new password before you continue.", "info")
@@ -82,15 +88,29 @@ def _complete_login(user: User, method: str, next_url: str | None) -> Response:
 
 
 def _login_failed(form: LoginForm, name: str, reason: str, newly_locked: list[str]) -> str:
-    record("auth.login", outcome="failure", actor=name or None,
-           summary=f"failed sign-in for {name!r}", details={"reason": reason})
+    record(
+        "auth.login",
+        outcome="failure",
+        actor=name or None,
+        summary=f"failed sign-in for {name!r}",
+        details={"reason": reason},
+    )
     for kind in newly_locked:
-        record("auth.lockout", outcome="failure", actor=name or None,
-               summary=f"sign-in locked for this {'account' if kind == 'user' else 'address'}",
-               details={"kind": kind, "minutes": current_app.config["OUTLINK"].lockout_minutes})
+        record(
+            "auth.lockout",
+            outcome="failure",
+            actor=name or None,
+            summary=f"sign-in locked for this {'account' if kind == 'user' else 'address'}",
+            details={"kind": kind, "minutes": current_app.config["OUTLINK"].lockout_minutes},
+        )
     db.session.commit()
-    return render_template("auth/login.html", form=form, error=LOGIN_FAILED,
-                           next=request.form.get("next", ""), cert_offered=_cert_offered())
+    return render_template(
+        "auth/login.html",
+        form=form,
+        error=LOGIN_FAILED,
+        next=request.form.get("next", ""),
+        cert_offered=_cert_offered(),
+    )
 
 
 def _cert_offered() -> bool:
@@ -104,8 +124,13 @@ def login() -> Response | str:
         return redirect(safe_next(request.args.get("next")))
     form = LoginForm()
     if not form.validate_on_submit():
-        return render_template("auth/login.html", form=form, error=None,
-                               next=request.args.get("next", ""), cert_offered=_cert_offered())
+        return render_template(
+            "auth/login.html",
+            form=form,
+            error=None,
+            next=request.args.get("next", ""),
+            cert_offered=_cert_offered(),
+        )
     name = (form.username.data or "").strip().lower()[:USERNAME_MAX]
     password = form.password.data or ""
     now, addr = datetime.now(UTC), client_addr()
@@ -119,8 +144,7 @@ def login() -> Response | str:
     if locked:
         return _login_failed(form, name, "locked", [])
     if not matched or user is None or not user.is_active:
-        reason = "unknown_user" if user is None else (
-            "bad_password" if not matched else "disabled")
+        reason = "unknown_user" if user is None else ("bad_password" if not matched else "disabled")
         newly = throttle.record_failure(db.session, name, addr, now, _policy())
         return _login_failed(form, name, reason, newly)
     throttle.record_success(db.session, name)
@@ -172,11 +196,19 @@ def totp() -> Response | str:
         return redirect(url_for("auth.login"))
     locked = throttle.is_locked(db.session, user.username, addr, now)
     if locked or not check_totp(user, form.code.data or ""):
-        newly = [] if locked else throttle.record_failure(
-            db.session, user.username, addr, now, _policy())
-        record("auth.totp", outcome="failure", actor=user.username, user_id=user.id,
-               summary="wrong or reused authentication code",
-               details={"locked": locked, "newly_locked": newly})
+        newly = (
+            []
+            if locked
+            else throttle.record_failure(db.session, user.username, addr, now, _policy())
+        )
+        record(
+            "auth.totp",
+            outcome="failure",
+            actor=user.username,
+            user_id=user.id,
+            summary="wrong or reused authentication code",
+            details={"locked": locked, "newly_locked": newly},
+        )
         if newly:
             _session().pop("pending_2fa", None)
         db.session.commit()
@@ -196,9 +228,13 @@ def certificate() -> Response:
     name = staff_username(der)
     user = db.session.scalar(select(User).where(User.cert_fingerprint == fingerprint(der)))
     if user is None or not user.is_active or user.username != name:
-        record("auth.login", outcome="failure", actor=name,
-               summary="client certificate not accepted",
-               details={"method": "certificate", "fingerprint": fingerprint(der)})
+        record(
+            "auth.login",
+            outcome="failure",
+            actor=name,
+            summary="client certificate not accepted",
+            details={"method": "certificate", "fingerprint": fingerprint(der)},
+        )
         db.session.commit()
         flash("This certificate is not linked to an active account.", "error")
         return redirect(url_for("auth.login"))
@@ -231,12 +267,18 @@ def logout_everywhere() -> Response:
 def account() -> str:
     user = current_user()
     row = db.session.get(User, user.id)
-    own_sessions = db.session.execute(
-        select(WebSession).where(WebSession.user_id == user.id)
-        .order_by(WebSession.last_seen_at.desc())
-    ).scalars().all()
-    return render_template("auth/account.html", account=row, sessions=own_sessions,
-                           form=ActionForm())
+    own_sessions = (
+        db.session.execute(
+            select(WebSession)
+            .where(WebSession.user_id == user.id)
+            .order_by(WebSession.last_seen_at.desc())
+        )
+        .scalars()
+        .all()
+    )
+    return render_template(
+        "auth/account.html", account=row, sessions=own_sessions, form=ActionForm()
+    )
 
 
 @bp.route("/account/password", methods=["GET", "POST"])
@@ -262,18 +304,30 @@ def password() -> Response | str:
             row.must_change_password = False
             row.password_changed_at = datetime.now(UTC)
             ended = sessions.end_all_for_user(row.id, keep=user.session_id)
-            sessions.begin_authenticated(_session(), row.id, user.auth_method or "password",
-                                         client_addr(), request.headers.get("User-Agent"))
-            record("account.password_changed",
-                   summary=f"{row.username} changed their password; {ended} other sessions ended")
+            sessions.begin_authenticated(
+                _session(),
+                row.id,
+                user.auth_method or "password",
+                client_addr(),
+                request.headers.get("User-Agent"),
+            )
+            record(
+                "account.password_changed",
+                summary=f"{row.username} changed their password; {ended} other sessions ended",
+            )
             db.session.commit()
             flash("Password changed. Your other sessions were signed out.", "success")
             return redirect(url_for("auth.account"))
-        record("account.password_changed", outcome="failure", summary="password change refused",
-               details={"problems": errors})
+        record(
+            "account.password_changed",
+            outcome="failure",
+            summary="password change refused",
+            details={"problems": errors},
+        )
         db.session.commit()
-    return render_template("auth/password.html", form=form, errors=errors,
-                           forced=user.must_change_password)
+    return render_template(
+        "auth/password.html", form=form, errors=errors, forced=user.must_change_password
+    )
 
 
 @bp.route("/account/totp", methods=["GET", "POST"])
@@ -299,8 +353,9 @@ def totp_setup() -> Response | str:
             return redirect(url_for("auth.account"))
         error = "That code does not match. Check the device clock and try again."
     uri = pyotp.TOTP(secret).provisioning_uri(name=row.username, issuer_name="Outlink")
-    return render_template("auth/totp_setup.html", enabled=False, form=form, secret=secret,
-                           uri=uri, error=error)
+    return render_template(
+        "auth/totp_setup.html", enabled=False, form=form, secret=secret, uri=uri, error=error
+    )
 
 
 @bp.route("/account/totp/disable", methods=["POST"])
@@ -312,8 +367,9 @@ def totp_disable() -> Response | str:
     form = TotpForm()
     if not (form.validate_on_submit() and check_totp(row, form.code.data or "")):
         db.session.rollback()
-        return render_template("auth/totp_setup.html", enabled=True, form=form,
-                               error="Invalid code."), 400  # type: ignore[return-value]
+        return render_template(
+            "auth/totp_setup.html", enabled=True, form=form, error="Invalid code."
+        ), 400  # type: ignore[return-value]
     row.totp_secret, row.totp_last_step = None, None
     record("account.totp_disabled", summary=f"{row.username} turned off the second factor")
     db.session.commit()

@@ -121,13 +121,17 @@ def load_principal(sess: ServerSession) -> Principal | None:
         end_current(sess)
         db.session.commit()
         return None
-    perms = frozenset(db.session.execute(
-        select(Permission.name).join(RolePermission, RolePermission.permission_id == Permission.id)
-        .where(RolePermission.role_id == user.role_id)
-    ).scalars())
+    perms = frozenset(
+        db.session.execute(
+            select(Permission.name)
+            .join(RolePermission, RolePermission.permission_id == Permission.id)
+            .where(RolePermission.role_id == user.role_id)
+        ).scalars()
+    )
     scopes = db.session.execute(
-        select(UserScope.customer_id, UserScope.site_id, UserScope.device_id)
-        .where(UserScope.user_id == user.id)
+        select(UserScope.customer_id, UserScope.site_id, UserScope.device_id).where(
+            UserScope.user_id == user.id
+        )
     ).all()
     scope = Scope(
         everything=user.all_scope,
@@ -136,9 +140,14 @@ def load_principal(sess: ServerSession) -> Principal | None:
         device_ids=frozenset(s.device_id for s in scopes if s.device_id is not None),
     )
     return Principal(
-        id=user.id, username=user.username, display_name=user.display_name or user.username,
-        role=user.role.name, perms=perms, scope=scope,
-        must_change_password=user.must_change_password, session_id=sess.row_id,
+        id=user.id,
+        username=user.username,
+        display_name=user.display_name or user.username,
+        role=user.role.name,
+        perms=perms,
+        scope=scope,
+        must_change_password=user.must_change_password,
+        session_id=sess.row_id,
         auth_method=sess.auth_method,
     )
 

@@ -54,6 +54,9 @@ def staff_username(der: bytes) -> str | None:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (ValueError, x509.ExtensionNotFound):
         return None
-    names = [u[len(STAFF_URN):] for u in san.get_values_for_type(x509.UniformResourceIdentifier)
-             if u.startswith(STAFF_URN)]
+    names = [
+        u[len(STAFF_URN) :]
+        for u in san.get_values_for_type(x509.UniformResourceIdentifier)
+        if u.startswith(STAFF_URN)
+    ]
     return names[0] if len(names) == 1 else None

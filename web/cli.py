@@ -55,29 +55,47 @@ def _session(config: PortalConfig) -> Iterator[Session]:
         engine.dispose()
 
 
-def create_admin(session: Session, username: str = FIRST_ADMIN,
-                 *, only_if_none: bool = False) -> str | None:
+def create_admin(
+    session: Session, username: str = FIRST_ADMIN, *, only_if_none: bool = False
+) -> str | None:
     """Create an administrator with global scope; return its generated password.
 
     With ``only_if_none``, do nothing (return None) if an active administrator exists.
     """
     admin_role = session.execute(select(Role).where(Role.name == "administrator")).scalar_one()
     if only_if_none:
-        active = session.scalar(select(func.count(User.id)).where(
-            User.role_id == admin_role.id, User.is_active.is_(True)))
+        active = session.scalar(
+            select(func.count(User.id)).where(
+                User.role_id == admin_role.id, User.is_active.is_(True)
+            )
+        )
         if active:
             return None
     if session.scalar(select(User.id).where(User.username == username)) is not None:
         raise click.ClickException(f"user {username!r} exists already")
     now = datetime.now(UTC)
     password = passwords.generate_password()
-    session.add(User(username=username, display_name="Administrator",
-                     password_hash=passwords.hash_password(password), role_id=admin_role.id,
-                     all_scope=True, is_active=True, must_change_password=False, created_at=now,
-                     created_by=_actor(), password_changed_at=now))
-    append_audit(session, "admin.user_created", actor=_actor(),
-                 summary=f"created administrator {username} from the command line",
-                 details={"user": username, "role": "administrator", "all_scope": True})
+    session.add(
+        User(
+            username=username,
+            display_name="Administrator",
+            password_hash=passwords.hash_password(password),
+            role_id=admin_role.id,
+            all_scope=True,
+            is_active=True,
+            must_change_password=False,
+            created_at=now,
+            created_by=_actor(),
+            password_changed_at=now,
+        )
+    )
+    append_audit(
+        session,
+        "admin.user_created",
+        actor=_actor(),
+        summary=f"created administrator {username} from the command line",
+        details={"user": username, "role": "administrator", "all_scope": True},
+    )
     return password
 
 
@@ -112,8 +130,12 @@ def _config(path: str | None) -> PortalConfig:
     return load_config(Path(path) if path else None)
 
 
-config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                             help="portal TOML file (default: $OUTLINK_PORTAL_CONFIG)")
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="portal TOML file (default: $OUTLINK_PORTAL_CONFIG)",
+)
 
 
 @click.group("outlink")
@@ -171,15 +193,21 @@ def issue_staff_cert_command(config_path: str | None, username: str, out_dir: st
         if user is None:
             raise click.ClickException(f"no user {username!r}")
         user.cert_fingerprint = fingerprint(issued.cert.public_bytes(Encoding.DER))
-        append_audit(session, "admin.staff_cert_issued", actor=_actor(), user_id=user.id,
-                     summary=f"issued a staff client certificate to {username}",
-                     details={"user": username, "fingerprint": user.cert_fingerprint})
+        append_audit(
+            session,
+            "admin.staff_cert_issued",
+            actor=_actor(),
+            user_id=user.id,
+            summary=f"issued a staff client certificate to {username}",
+            details={"user": username, "fingerprint": user.cert_fingerprint},
+        )
     issued.write(target / f"{username}.pem", target / f"{username}.key")
     bundle_password = passwords.generate_password()
     write_pkcs12(target / f"{username}.p12", issued, ca, username, bundle_password)
     click.echo(f"certificate: {target / (username + '.pem')}  key: {target / (username + '.key')}")
-    click.echo(f"browser bundle: {target / (username + '.p12')}  import password: "
-               f"{bundle_password}")
+    click.echo(
+        f"browser bundle: {target / (username + '.p12')}  import password: {bundle_password}"
+    )
 
 
 @outlink.group("audit")
@@ -197,8 +225,11 @@ def audit_verify(config_path: str | None) -> None:
     if report.ok:
         click.echo(f"audit chain OK: {report.checked} events; head {report.head_hash}")
         return
-    click.echo(f"audit chain BROKEN at event {report.first_bad_id}: {report.problem} "
-               f"({report.checked} events verified before it)", err=True)
+    click.echo(
+        f"audit chain BROKEN at event {report.first_bad_id}: {report.problem} "
+        f"({report.checked} events verified before it)",
+        err=True,
+    )
     sys.exit(1)
 
 

@@ -19,7 +19,9 @@ from store.db import make_engine, make_sessionmaker
 
 #: Errors that mean "the database is not reachable right now", not "our bug".
 UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
-    OperationalError, InterfaceError, PoolTimeoutError,
+    OperationalError,
+    InterfaceError,
+    PoolTimeoutError,
 )
 #: Fail fast when PostgreSQL is down: a browser waiting 30 s helps nobody.
 PG_CONNECT_TIMEOUT_S = 3

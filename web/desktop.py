@@ -97,8 +97,7 @@ STATE_TEXT = {
     State.ACCEPTED: "Accepted {by}. Connecting…",
     State.STARTED: "Connected.",
     State.DENIED: "The request was denied {by}.",
-    State.TIMEOUT: "Nobody answered at the device in time: the request was declined "
-                   "automatically.",
+    State.TIMEOUT: "Nobody answered at the device in time: the request was declined automatically.",
     State.FAILED: "The device could not be asked: {reason}. Nothing was started.",
     State.ENDED: "The session ended: {reason}.",
 }
@@ -224,15 +223,21 @@ def page(device_id: str) -> ResponseReturnValue:
     session_param = request.args.get("session")
     row = own_session(device, session_param) if session_param else None
     history = db.session.scalars(
-        select(DesktopSession).where(DesktopSession.device_id == device.id)
-        .order_by(DesktopSession.requested_at.desc()).limit(HISTORY)
+        select(DesktopSession)
+        .where(DesktopSession.device_id == device.id)
+        .order_by(DesktopSession.requested_at.desc())
+        .limit(HISTORY)
     ).all()
     view_url = relay_link().view_url(device.id) if row is not None else None
     body = render_template(
         "desktop/session.html" if row is not None else "desktop/request.html",
-        device=device, session=row, history=history, describe=describe,
+        device=device,
+        session=row,
+        history=history,
+        describe=describe,
         policy=desktop.last_reported_policy(db.session, device.id),
-        can_control=user.can(Perm.DESKTOP_CONTROL), max_reason=MAX_REASON,
+        can_control=user.can(Perm.DESKTOP_CONTROL),
+        max_reason=MAX_REASON,
         final=row is not None and row.state in desktop.FINAL,
         joinable=row is not None and row.state in desktop.JOINABLE,
     )
@@ -252,16 +257,28 @@ def request_session(device_id: str) -> Response:
         abort(403)
     now = datetime.now(UTC)
     row = desktop.create_session(
-        db.session, device_id=device.id, user_id=user.id, username=user.username, mode=mode,
-        reason=reason, consent_timeout_s=desktop.CONSENT_TIMEOUT_DEFAULT, now=now,
+        db.session,
+        device_id=device.id,
+        user_id=user.id,
+        username=user.username,
+        mode=mode,
+        reason=reason,
+        consent_timeout_s=desktop.CONSENT_TIMEOUT_DEFAULT,
+        now=now,
     )
-    record("desktop.requested", device_id=device.id, summary=f"{mode} desktop requested",
-           details={"session_id": row.id, "mode": str(mode), "reason": reason})
+    record(
+        "desktop.requested",
+        device_id=device.id,
+        summary=f"{mode} desktop requested",
+        details={"session_id": row.id, "mode": str(mode), "reason": reason},
+    )
     db.session.commit()
-    requester = Requester(user.username, user.display_name,
-                          current_app.config["OUTLINK"].organisation)
+    requester = Requester(
+        user.username, user.display_name, current_app.config["OUTLINK"].organisation
+    )
     answer, failure = relay_link().instruct(
-        device.id, SessionRequest(row.id, mode, requester, reason).to_json())
+        device.id, SessionRequest(row.id, mode, requester, reason).to_json()
+    )
     _apply_request_answer(row.id, answer, failure)
     db.session.commit()
     return redirect(url_for("desktop.page", device_id=device.id, session=row.id))
@@ -272,18 +289,28 @@ def _apply_request_answer(session_id: str, answer: dict[str, Any] | None, failur
     reply = _parse(RequestReply.parse, answer)
     if reply is not None and reply.state is State.PROMPTING:
         desktop.record_prompting(
-            db.session, session_id, consent_timeout_s=math.ceil(reply.timeout_s),
-            remote_consent_allowed=reply.remote_consent_allowed, now=now, actor=actor(),
+            db.session,
+            session_id,
+            consent_timeout_s=math.ceil(reply.timeout_s),
+            remote_consent_allowed=reply.remote_consent_allowed,
+            now=now,
+            actor=actor(),
         )
     elif reply is not None:
         desktop.record_decision(
-            db.session, session_id, State.ACCEPTED, by=BY_POLICY,
-            reason="consent is off on this device", now=now, actor=actor(),
+            db.session,
+            session_id,
+            State.ACCEPTED,
+            by=BY_POLICY,
+            reason="consent is off on this device",
+            now=now,
+            actor=actor(),
         )
     else:
         log.info("! desktop request %s not delivered: %s", session_id, failure or BAD_ANSWER)
-        desktop.record_failed(db.session, session_id, reason=failure or BAD_ANSWER, now=now,
-                              actor=actor())
+        desktop.record_failed(
+            db.session, session_id, reason=failure or BAD_ANSWER, now=now, actor=actor()
+        )
 
 
 def _parse(parse: Callable[[object], T], answer: dict[str, Any] | None) -> T | None:
@@ -330,14 +357,24 @@ def ticket(device_id: str) -> ResponseReturnValue:
     if view_url is None:
         return jsonify(error="no_relay", message="No relay is known for this device."), 503
     secret = desktop.issue_ticket(db.session, row, datetime.now(UTC))
-    record("desktop.ticket_issued", device_id=device.id,
-           summary="viewer ticket issued for a desktop session",
-           details={"session_id": row.id, "mode": row.mode, "clipboard": rights.clipboard,
-                    "ttl_s": int(desktop.TICKET_TTL.total_seconds())})
+    record(
+        "desktop.ticket_issued",
+        device_id=device.id,
+        summary="viewer ticket issued for a desktop session",
+        details={
+            "session_id": row.id,
+            "mode": row.mode,
+            "clipboard": rights.clipboard,
+            "ttl_s": int(desktop.TICKET_TTL.total_seconds()),
+        },
+    )
     db.session.commit()
-    return jsonify(url=f"{view_url}?ticket={secret}", mode=row.mode,
-                   clipboard=rights.clipboard,
-                   expires_in=int(desktop.TICKET_TTL.total_seconds()))
+    return jsonify(
+        url=f"{view_url}?ticket={secret}",
+        mode=row.mode,
+        clipboard=rights.clipboard,
+        expires_in=int(desktop.TICKET_TTL.total_seconds()),
+    )
 
 
 @bp.route("/api/v1/devices/<device_id>/desktop/end", methods=["POST"])
@@ -349,12 +386,17 @@ def end(device_id: str) -> ResponseReturnValue:
     if row.state in desktop.FINAL:
         return jsonify(state_json(row, datetime.now(UTC)))
     answer, failure = relay_link().instruct(device.id, EndRequest(row.id).to_json())
-    record("desktop.end_requested", outcome="success" if answer is not None else "failure",
-           device_id=device.id, summary="the engineer ended the desktop session",
-           details={"session_id": row.id, "error": failure or None})
+    record(
+        "desktop.end_requested",
+        outcome="success" if answer is not None else "failure",
+        device_id=device.id,
+        summary="the engineer ended the desktop session",
+        details={"session_id": row.id, "error": failure or None},
+    )
     if answer is None:  # the device cannot say so itself: record it here
-        desktop.record_ended(db.session, row.id, reason=EndReason.BY_ENGINEER,
-                             now=datetime.now(UTC), actor=actor())
+        desktop.record_ended(
+            db.session, row.id, reason=EndReason.BY_ENGINEER, now=datetime.now(UTC), actor=actor()
+        )
     db.session.commit()
     db.session.refresh(row)
     return jsonify(state_json(row, datetime.now(UTC)))
@@ -373,8 +415,8 @@ def _session_arg() -> object:
 
 def waiting_requests(device: Device, now: datetime) -> list[DesktopSession]:
     rows = db.session.scalars(
-        select(DesktopSession).where(
-            DesktopSession.device_id == device.id, DesktopSession.state == State.PROMPTING)
+        select(DesktopSession)
+        .where(DesktopSession.device_id == device.id, DesktopSession.state == State.PROMPTING)
         .order_by(DesktopSession.requested_at)
     ).all()
     return [r for r in rows if r.decision_deadline > now]
@@ -386,7 +428,9 @@ def consent(device_id: str) -> str:
     device = load_device(device_id)
     now = datetime.now(UTC)
     return render_template(
-        "desktop/consent.html", device=device, requests=waiting_requests(device, now),
+        "desktop/consent.html",
+        device=device,
+        requests=waiting_requests(device, now),
         seconds_left=lambda row: seconds_left(row, now),
         policy=desktop.last_reported_policy(db.session, device.id),
     )
@@ -410,13 +454,21 @@ def answer(device_id: str) -> Response:
     reply = _parse(StateReply.parse, result)
     if result is not None and reply is None:
         failure = BAD_ANSWER
-    record("desktop.answered", outcome="success" if reply is not None else "failure",
-           device_id=device.id, summary=f"site contact answered a desktop request: {decision}",
-           details={"session_id": row.id, "decision": str(decision), "error": failure or None})
+    record(
+        "desktop.answered",
+        outcome="success" if reply is not None else "failure",
+        device_id=device.id,
+        summary=f"site contact answered a desktop request: {decision}",
+        details={"session_id": row.id, "decision": str(decision), "error": failure or None},
+    )
     if reply is not None and reply.state in (State.ACCEPTED, State.DENIED):
         desktop.record_decision(
-            db.session, row.id, reply.state, by=BY_SITE_CONTACT + user.username,
-            reason=f"{reply.state} by a site contact", now=datetime.now(UTC),
+            db.session,
+            row.id,
+            reply.state,
+            by=BY_SITE_CONTACT + user.username,
+            reason=f"{reply.state} by a site contact",
+            now=datetime.now(UTC),
             actor=actor(),
         )
     db.session.commit()

@@ -26,8 +26,11 @@ MESSAGES = {
     413: ("Too large", "The request was larger than the portal accepts."),
     429: ("Too many requests", "Please wait a moment and try again."),
     500: ("Something went wrong", "The error was logged. Please try again."),
-    503: ("Temporarily unavailable", "The portal cannot reach its database right now. "
-          "Nothing was changed; please try again in a moment."),
+    503: (
+        "Temporarily unavailable",
+        "The portal cannot reach its database right now. "
+        "Nothing was changed; please try again in a moment.",
+    ),
 }
 
 
@@ -41,8 +44,7 @@ def render_error(code: int, detail: str | None = None) -> tuple[Response | str, 
     title, message = MESSAGES.get(code, MESSAGES[500])
     if wants_json():
         return jsonify(error=title.lower().replace(" ", "_"), message=detail or message), code
-    return render_template("error.html", code=code, title=title,
-                           message=detail or message), code
+    return render_template("error.html", code=code, title=title, message=detail or message), code
 
 
 def _http_error(exc: HTTPException) -> tuple[Response | str, int]:
@@ -54,8 +56,9 @@ def _http_error(exc: HTTPException) -> tuple[Response | str, int]:
 
 def _csrf_error(_exc: CSRFError) -> tuple[Response | str, int]:
     _rollback()
-    return render_error(400, "The form was stale or did not come from this site. "
-                             "Reload the page and try again.")
+    return render_error(
+        400, "The form was stale or did not come from this site. Reload the page and try again."
+    )
 
 
 def _unavailable(exc: Exception) -> tuple[Response | str, int]:

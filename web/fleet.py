@@ -46,15 +46,23 @@ def stale_before() -> datetime:
 
 def online_clause() -> ColumnElement[bool]:
     """SQL truth of "online now": the relay says so and said it recently."""
-    return and_(Presence.online.is_(True), Presence.last_seen >= stale_before(),
-                Device.revoked_at.is_(None))
+    return and_(
+        Presence.online.is_(True), Presence.last_seen >= stale_before(), Device.revoked_at.is_(None)
+    )
 
 
 def device_rows() -> Select[Any]:
     """Scoped devices with customer, site and presence columns, ready for filters."""
     return (
-        scoped(Device, Device, Customer.name.label("customer_name"), Site.name.label("site_name"),
-               online_clause().label("is_online"), Presence.last_seen, Presence.agent_version)
+        scoped(
+            Device,
+            Device,
+            Customer.name.label("customer_name"),
+            Site.name.label("site_name"),
+            online_clause().label("is_online"),
+            Presence.last_seen,
+            Presence.agent_version,
+        )
         .join(Customer, Device.customer_id == Customer.id)
         .join(Site, Device.site_id == Site.id)
         .outerjoin(Presence, Presence.device_id == Device.id)
@@ -86,12 +94,15 @@ def filtered_devices(filters: dict[str, Any]) -> Select[Any]:
     stmt = device_rows()
     if filters["q"]:
         like = "%" + _escape_like(filters["q"]) + "%"
-        stmt = stmt.where(or_(
-            Device.hostname.ilike(like, escape="\\"), Device.model.ilike(like, escape="\\"),
-            Device.id.like(_escape_like(filters["q"].lower()) + "%", escape="\\"),
-            Customer.name.ilike(like, escape="\\"),
-            Site.name.ilike(like, escape="\\"),
-        ))
+        stmt = stmt.where(
+            or_(
+                Device.hostname.ilike(like, escape="\\"),
+                Device.model.ilike(like, escape="\\"),
+                Device.id.like(_escape_like(filters["q"].lower()) + "%", escape="\\"),
+                Customer.name.ilike(like, escape="\\"),
+                Site.name.ilike(like, escape="\\"),
+            )
+        )
     if filters["customer"] is not None:
         stmt = stmt.where(Device.customer_id == filters["customer"])
     if filters["site"] is not None:
@@ -111,11 +122,18 @@ def overview() -> str:
     online = func.sum(case((online_clause(), 1), else_=0))
     revoked = func.sum(case((Device.revoked_at.is_not(None), 1), else_=0))
     per_customer = db.session.execute(
-        scoped(Device, Customer.id, Customer.name, func.count(Device.id).label("devices"),
-               online.label("online"), revoked.label("revoked"))
+        scoped(
+            Device,
+            Customer.id,
+            Customer.name,
+            func.count(Device.id).label("devices"),
+            online.label("online"),
+            revoked.label("revoked"),
+        )
         .join(Customer, Device.customer_id == Customer.id)
         .outerjoin(Presence, Presence.device_id == Device.id)
-        .group_by(Customer.id, Customer.name).order_by(Customer.name)
+        .group_by(Customer.id, Customer.name)
+        .order_by(Customer.name)
     ).all()
     totals = {
         "devices": sum(r.devices for r in per_customer),
@@ -124,8 +142,12 @@ def overview() -> str:
         "customers": len(per_customer),
     }
     totals["offline"] = totals["devices"] - totals["online"] - totals["revoked"]
-    return render_template("fleet/overview.html", totals=totals, customers=per_customer[:20],
-                           more_customers=len(per_customer) > 20)
+    return render_template(
+        "fleet/overview.html",
+        totals=totals,
+        customers=per_customer[:20],
+        more_customers=len(per_customer) > 20,
+    )
 
 
 @bp.route("/customers")
@@ -134,21 +156,31 @@ def customers() -> str:
     q = request.args.get("q", "").strip()[:MAX_QUERY_LEN]
     device_scope = current_scope().devices()
     counts = (
-        select(Device.customer_id, func.count(Device.id).label("devices"),
-               func.sum(case((online_clause(), 1), else_=0)).label("online"))
+        select(
+            Device.customer_id,
+            func.count(Device.id).label("devices"),
+            func.sum(case((online_clause(), 1), else_=0)).label("online"),
+        )
         .outerjoin(Presence, Presence.device_id == Device.id)
-        .where(device_scope).group_by(Device.customer_id).subquery()
+        .where(device_scope)
+        .group_by(Device.customer_id)
+        .subquery()
     )
     stmt = (
-        scoped(Customer, Customer, func.coalesce(counts.c.devices, 0).label("devices"),
-               func.coalesce(counts.c.online, 0).label("online"))
+        scoped(
+            Customer,
+            Customer,
+            func.coalesce(counts.c.devices, 0).label("devices"),
+            func.coalesce(counts.c.online, 0).label("online"),
+        )
         .outerjoin(counts, counts.c.customer_id == Customer.id)
         .order_by(Customer.name)
     )
     if q:
         like = "%" + _escape_like(q) + "%"
-        stmt = stmt.where(or_(Customer.name.ilike(like, escape="\\"),
-                              Customer.slug.ilike(like, escape="\\")))
+        stmt = stmt.where(
+            or_(Customer.name.ilike(like, escape="\\"), Customer.slug.ilike(like, escape="\\"))
+        )
     page = paginate(db.session, stmt, current_app.config["OUTLINK"].page_size, page_number())
     return render_template("fleet/customers.html", page=page, q=q)
 
@@ -158,11 +190,17 @@ def customers() -> str:
 def customer(customer_id: int) -> str:
     row = get_or_404(Customer, customer_id)
     sites = db.session.execute(
-        scoped(Site, Site, func.count(Device.id).label("devices"),
-               func.sum(case((online_clause(), 1), else_=0)).label("online"))
+        scoped(
+            Site,
+            Site,
+            func.count(Device.id).label("devices"),
+            func.sum(case((online_clause(), 1), else_=0)).label("online"),
+        )
         .outerjoin(Device, and_(Device.site_id == Site.id, current_scope().devices()))
         .outerjoin(Presence, Presence.device_id == Device.id)
-        .where(Site.customer_id == row.id).group_by(Site.id).order_by(Site.name)
+        .where(Site.customer_id == row.id)
+        .group_by(Site.id)
+        .order_by(Site.name)
     ).all()
     return render_template("fleet/customer.html", customer=row, sites=sites)
 
@@ -172,8 +210,12 @@ def customer(customer_id: int) -> str:
 def site(site_id: int) -> str:
     row = get_or_404(Site, site_id)
     filters = {"q": "", "customer": None, "site": row.id, "status": ""}
-    page = paginate(db.session, filtered_devices(filters),
-                    current_app.config["OUTLINK"].page_size, page_number())
+    page = paginate(
+        db.session,
+        filtered_devices(filters),
+        current_app.config["OUTLINK"].page_size,
+        page_number(),
+    )
     return render_template("fleet/site.html", site=row, page=page, filters=filters)
 
 
@@ -181,17 +223,31 @@ def site(site_id: int) -> str:
 @requires(Perm.DEVICE_VIEW)
 def devices() -> str:
     filters = device_filters()
-    page = paginate(db.session, filtered_devices(filters),
-                    current_app.config["OUTLINK"].page_size, page_number())
+    page = paginate(
+        db.session,
+        filtered_devices(filters),
+        current_app.config["OUTLINK"].page_size,
+        page_number(),
+    )
     customer_choices = db.session.execute(
         scoped(Customer, Customer.id, Customer.name).order_by(Customer.name)
     ).all()
-    site_choices = db.session.execute(
-        scoped(Site, Site.id, Site.name).where(Site.customer_id == filters["customer"])
-        .order_by(Site.name)
-    ).all() if filters["customer"] is not None else []
-    return render_template("fleet/devices.html", page=page, filters=filters,
-                           customer_choices=customer_choices, site_choices=site_choices)
+    site_choices = (
+        db.session.execute(
+            scoped(Site, Site.id, Site.name)
+            .where(Site.customer_id == filters["customer"])
+            .order_by(Site.name)
+        ).all()
+        if filters["customer"] is not None
+        else []
+    )
+    return render_template(
+        "fleet/devices.html",
+        page=page,
+        filters=filters,
+        customer_choices=customer_choices,
+        site_choices=site_choices,
+    )
 
 
 def load_device(device_id: str) -> Device:
@@ -206,22 +262,53 @@ def load_device(device_id: str) -> Device:
 def device(device_id: str) -> str:
     row = load_device(device_id)
     presence = db.session.get(Presence, row.id)
-    online = bool(presence and presence.online and presence.last_seen
-                  and presence.last_seen >= stale_before() and row.revoked_at is None)
-    certificates = db.session.execute(
-        select(Certificate).where(Certificate.device_id == row.id)
-        .order_by(Certificate.issued_at.desc()).limit(10)
-    ).scalars().all()
+    online = bool(
+        presence
+        and presence.online
+        and presence.last_seen
+        and presence.last_seen >= stale_before()
+        and row.revoked_at is None
+    )
+    certificates = (
+        db.session.execute(
+            select(Certificate)
+            .where(Certificate.device_id == row.id)
+            .order_by(Certificate.issued_at.desc())
+            .limit(10)
+        )
+        .scalars()
+        .all()
+    )
     user = current_user()
-    events = db.session.execute(
-        scoped(AuditEvent).where(AuditEvent.device_id == row.id)
-        .order_by(AuditEvent.id.desc()).limit(10)
-    ).scalars().all() if user.can(Perm.AUDIT_READ) else []
-    record("device.view", device_id=row.id, customer_id=row.customer_id, site_id=row.site_id,
-           summary=f"viewed device {row.id}")
+    events = (
+        db.session.execute(
+            scoped(AuditEvent)
+            .where(AuditEvent.device_id == row.id)
+            .order_by(AuditEvent.id.desc())
+            .limit(10)
+        )
+        .scalars()
+        .all()
+        if user.can(Perm.AUDIT_READ)
+        else []
+    )
+    record(
+        "device.view",
+        device_id=row.id,
+        customer_id=row.customer_id,
+        site_id=row.site_id,
+        summary=f"viewed device {row.id}",
+    )
     db.session.commit()
-    return render_template("fleet/device.html", device=row, presence=presence, online=online,
-                           certificates=certificates, events=events, revoke_form=RevokeForm())
+    return render_template(
+        "fleet/device.html",
+        device=row,
+        presence=presence,
+        online=online,
+        certificates=certificates,
+        events=events,
+        revoke_form=RevokeForm(),
+    )
 
 
 @bp.route("/devices/<device_id>/revoke", methods=["POST"])
@@ -240,13 +327,25 @@ def revoke(device_id: str) -> Response:
     reason = form.reason.data or ""
     already = row.revoked_at is not None
     revoke_device(db.session, row.id, reason=reason)
-    record("device.revoked", device_id=row.id, customer_id=row.customer_id, site_id=row.site_id,
-           summary=f"revoked device {row.id}", details={"reason": reason, "again": already})
+    record(
+        "device.revoked",
+        device_id=row.id,
+        customer_id=row.customer_id,
+        site_id=row.site_id,
+        summary=f"revoked device {row.id}",
+        details={"reason": reason, "again": already},
+    )
     db.session.commit()
     outcome = relay_link().revoke(row.id)
-    record("relay.revoke_pushed", outcome="success" if outcome.ok else "failure",
-           device_id=row.id, customer_id=row.customer_id, site_id=row.site_id,
-           summary=outcome.message, details={"relay": outcome.relay_id})
+    record(
+        "relay.revoke_pushed",
+        outcome="success" if outcome.ok else "failure",
+        device_id=row.id,
+        customer_id=row.customer_id,
+        site_id=row.site_id,
+        summary=outcome.message,
+        details={"relay": outcome.relay_id},
+    )
     db.session.commit()
     flash(f"Device revoked. {outcome.message}", "success" if outcome.ok else "info")
     return redirect(url_for("fleet.device", device_id=row.id))

@@ -23,6 +23,7 @@ from web.passwords import MAX_LENGTH
 class FlaskForm(_FlaskForm):  # type: ignore[misc]  # Flask-WTF ships no type hints
     """The base of every portal form: Flask-WTF's, with its session-bound CSRF token."""
 
+
 USERNAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
 
 
@@ -36,25 +37,31 @@ class LoginForm(FlaskForm):
 
 
 class TotpForm(FlaskForm):
-    code = StringField("Authentication code",
-                       validators=[DataRequired(), Regexp(r"^\s*\d{6}\s*$", message="Six digits")])
+    code = StringField(
+        "Authentication code",
+        validators=[DataRequired(), Regexp(r"^\s*\d{6}\s*$", message="Six digits")],
+    )
 
 
 class PasswordChangeForm(FlaskForm):
-    current = PasswordField("Current password",
-                            validators=[DataRequired(), Length(max=MAX_LENGTH)])
+    current = PasswordField("Current password", validators=[DataRequired(), Length(max=MAX_LENGTH)])
     new = PasswordField("New password", validators=[DataRequired(), Length(max=MAX_LENGTH)])
-    confirm = PasswordField("Repeat new password",
-                            validators=[DataRequired(), Length(max=MAX_LENGTH)])
+    confirm = PasswordField(
+        "Repeat new password", validators=[DataRequired(), Length(max=MAX_LENGTH)]
+    )
 
 
 class UserForm(FlaskForm):
     """Create (username editable) or edit a user: role and scopes."""
 
-    username = StringField("Username", validators=[
-        DataRequired(), Length(min=2, max=USERNAME_MAX),
-        Regexp(USERNAME_RE, message="Lowercase letters, digits, '.', '_' and '-'"),
-    ])
+    username = StringField(
+        "Username",
+        validators=[
+            DataRequired(),
+            Length(min=2, max=USERNAME_MAX),
+            Regexp(USERNAME_RE, message="Lowercase letters, digits, '.', '_' and '-'"),
+        ],
+    )
     display_name = StringField("Display name", validators=[Optional(), Length(max=200)])
     role = SelectField("Role", validators=[DataRequired()])
     all_scope = BooleanField("All customers (global scope)")
@@ -65,8 +72,9 @@ class UserForm(FlaskForm):
 
 class TokenForm(FlaskForm):
     site = SelectField("Site", coerce=int, validate_choice=False)
-    hours = IntegerField("Valid for (hours)", default=1,
-                         validators=[DataRequired(), NumberRange(min=1, max=168)])
+    hours = IntegerField(
+        "Valid for (hours)", default=1, validators=[DataRequired(), NumberRange(min=1, max=168)]
+    )
     note = StringField("Note", validators=[Optional(), Length(max=200)])
 
 
@@ -85,8 +93,12 @@ class RuleForm(FlaskForm):
 class LogUploadForm(FlaskForm):
     """Ask a device for its logs: a configured log set by name, or one configured file."""
 
-    source = StringField("Log set", validators=[
-        Optional(), Length(max=32),
-        Regexp(r"^[a-z0-9][a-z0-9_-]*$", message="A configured name like app"),
-    ])
+    source = StringField(
+        "Log set",
+        validators=[
+            Optional(),
+            Length(max=32),
+            Regexp(r"^[a-z0-9][a-z0-9_-]*$", message="A configured name like app"),
+        ],
+    )
     path = StringField("Or one file", validators=[Optional(), Length(max=1024)])

@@ -20,8 +20,9 @@ ARGON2_MEMORY_KIB = 19456
 ARGON2_TIME_COST = 2
 ARGON2_PARALLELISM = 1
 
-_hasher = PasswordHasher(time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_KIB,
-                         parallelism=ARGON2_PARALLELISM)
+_hasher = PasswordHasher(
+    time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_KIB, parallelism=ARGON2_PARALLELISM
+)
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 MIN_LENGTH = 12
@@ -31,15 +32,44 @@ MAX_LENGTH = 256
 GENERATED_BYTES = 14
 
 #: The most common passwords that pass the length rule (breach-corpus top entries).
-DENY_LIST = frozenset({
-    "123456789012", "1234567890123", "12345678901234", "qwertyuiopas", "qwertyuiop123",
-    "password1234", "password12345", "passwordpassword", "iloveyou1234", "administrator",
-    "administrator1", "adminadminadmin", "letmein12345", "welcome12345", "welcome123456",
-    "changeme1234", "changemechangeme", "trustno1trustno1", "football1234", "baseball1234",
-    "abc123abc123", "aaaaaaaaaaaa", "111111111111", "000000000000", "monkey123456",
-    "sunshine1234", "princess1234", "dragon123456", "superman1234", "outlinkoutlink",
-    "outlink12345", "outlink123456", "correcthorsebatterystaple", "passw0rd1234",
-})
+DENY_LIST = frozenset(
+    {
+        "123456789012",
+        "1234567890123",
+        "12345678901234",
+        "qwertyuiopas",
+        "qwertyuiop123",
+        "password1234",
+        "password12345",
+        "passwordpassword",
+        "iloveyou1234",
+        "administrator",
+        "administrator1",
+        "adminadminadmin",
+        "letmein12345",
+        "welcome12345",
+        "welcome123456",
+        "changeme1234",
+        "changemechangeme",
+        "trustno1trustno1",
+        "football1234",
+        "baseball1234",
+        "abc123abc123",
+        "aaaaaaaaaaaa",
+        "111111111111",
+        "000000000000",
+        "monkey123456",
+        "sunshine1234",
+        "princess1234",
+        "dragon123456",
+        "superman1234",
+        "outlinkoutlink",
+        "outlink12345",
+        "outlink123456",
+        "correcthorsebatterystaple",
+        "passw0rd1234",
+    }
+)
 
 
 def hash_password(password: str) -> str:

@@ -45,7 +45,15 @@ def record(
     if actor is None and user is not None:
         actor, user_id = user.username, user.id
     return append_audit(
-        db.session, kind, outcome=outcome, actor=actor, user_id=user_id, source=client_addr(),
-        customer_id=customer_id, site_id=site_id, device_id=device_id, summary=summary,
+        db.session,
+        kind,
+        outcome=outcome,
+        actor=actor,
+        user_id=user_id,
+        source=client_addr(),
+        customer_id=customer_id,
+        site_id=site_id,
+        device_id=device_id,
+        summary=summary,
         details=details,
     )

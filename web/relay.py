@@ -48,8 +48,9 @@ class RelayOutcome:
     relay_id: str | None = None
 
 
-def service_client_call(url: str, op: str, args: dict[str, Any],
-                        config: PortalConfig) -> dict[str, Any]:
+def service_client_call(
+    url: str, op: str, args: dict[str, Any], config: PortalConfig
+) -> dict[str, Any]:
     """One RPC over a fresh ``/service`` connection with the portal's service certificate.
 
     Raises OSError/TimeoutError when the relay cannot be reached, ``RpcError`` (a
@@ -98,24 +99,33 @@ class RelayLink:
         """Ask the relay(s) to reload revocations and drop ``device_id`` at once."""
         targets = self._targets(device_id)
         if not targets:
-            return RelayOutcome(False, "No relay is known; relays close the tunnel within a "
-                                       "minute at their next revocation refresh.")
+            return RelayOutcome(
+                False,
+                "No relay is known; relays close the tunnel within a "
+                "minute at their next revocation refresh.",
+            )
         closed, reached = False, []
         for relay_id, url in targets:
             try:
                 reply = self.caller(url, "revoke", {"device": device_id}, self.config)
             except (OSError, TimeoutError, ValueError) as exc:
-                log.warning("! relay %s unreachable for revoke of %s: %s", relay_id or url,
-                            device_id, type(exc).__name__)
+                log.warning(
+                    "! relay %s unreachable for revoke of %s: %s",
+                    relay_id or url,
+                    device_id,
+                    type(exc).__name__,
+                )
                 continue
             reached.append(relay_id or url)
             closed = closed or bool(reply.get("closed"))
         if not reached:
-            return RelayOutcome(False, "The relay could not be reached; it will close the "
-                                       "tunnel within a minute at its next revocation refresh.")
+            return RelayOutcome(
+                False,
+                "The relay could not be reached; it will close the "
+                "tunnel within a minute at its next revocation refresh.",
+            )
         detail = "its tunnel was closed" if closed else "it was not connected"
         return RelayOutcome(True, f"The relay was told at once; {detail}.", ",".join(reached))
-
 
     def instruct(
         self, device_id: str, instruction: dict[str, Any]
@@ -130,12 +140,16 @@ class RelayLink:
         failure = "unreachable"
         for relay_id, url in targets:
             try:
-                reply = self.caller(url, "instruct",
-                                    {"device": device_id, "instruction": instruction},
-                                    self.config)
+                reply = self.caller(
+                    url, "instruct", {"device": device_id, "instruction": instruction}, self.config
+                )
             except (OSError, TimeoutError) as exc:
-                log.warning("! relay %s unreachable for %s: %s", relay_id or url,
-                            instruction.get("action"), type(exc).__name__)
+                log.warning(
+                    "! relay %s unreachable for %s: %s",
+                    relay_id or url,
+                    instruction.get("action"),
+                    type(exc).__name__,
+                )
                 continue
             except ValueError as exc:
                 failure = str(exc)
@@ -160,8 +174,9 @@ class RelayLink:
 
 
 def init_app(app: Flask, caller: RpcCaller | None = None) -> None:
-    app.extensions["outlink_relay"] = RelayLink(app.config["OUTLINK"],
-                                                caller or service_client_call)
+    app.extensions["outlink_relay"] = RelayLink(
+        app.config["OUTLINK"], caller or service_client_call
+    )
 
 
 def relay_link() -> RelayLink:

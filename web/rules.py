@@ -45,8 +45,9 @@ EXAMPLES = (
 @bp.route("/rules")
 @requires(Perm.RULES_MANAGE)
 def rules() -> str:
-    return render_template("rules/list.html", rules=list_rules(db.session),
-                           delete_form=ActionForm())
+    return render_template(
+        "rules/list.html", rules=list_rules(db.session), delete_form=ActionForm()
+    )
 
 
 def _load(rule_id: int) -> TelemetryRule:
@@ -56,17 +57,26 @@ def _load(rule_id: int) -> TelemetryRule:
     return rule
 
 
-def _form_page(form: RuleForm, rule: TelemetryRule | None,
-               error: RuleSyntaxError | ValueError | None = None) -> ResponseReturnValue:
-    body = render_template("rules/form.html", form=form, rule=rule, error=error,
-                           column=getattr(error, "column", None), examples=EXAMPLES)
+def _form_page(
+    form: RuleForm, rule: TelemetryRule | None, error: RuleSyntaxError | ValueError | None = None
+) -> ResponseReturnValue:
+    body = render_template(
+        "rules/form.html",
+        form=form,
+        rule=rule,
+        error=error,
+        column=getattr(error, "column", None),
+        examples=EXAMPLES,
+    )
     return body, 400 if error is not None or form.errors else 200
 
 
 def _audit(kind: str, rule: TelemetryRule, summary: str) -> None:
-    record(kind, summary=summary,
-           details={"rule_id": rule.id, "name": rule.name, "text": rule.text,
-                    "enabled": rule.enabled})
+    record(
+        kind,
+        summary=summary,
+        details={"rule_id": rule.id, "name": rule.name, "text": rule.text, "enabled": rule.enabled},
+    )
 
 
 @bp.route("/rules/new", methods=["GET", "POST"])
@@ -76,8 +86,13 @@ def new() -> ResponseReturnValue:
     if not form.validate_on_submit():
         return _form_page(form, None)
     try:
-        rule = create_rule(db.session, name=form.name.data, text=form.text.data,
-                           enabled=form.enabled.data, actor=current_user().username)
+        rule = create_rule(
+            db.session,
+            name=form.name.data,
+            text=form.text.data,
+            enabled=form.enabled.data,
+            actor=current_user().username,
+        )
     except ValueError as exc:  # RuleSyntaxError says where and what
         db.session.rollback()
         return _form_page(form, None, exc)
@@ -95,8 +110,14 @@ def edit(rule_id: int) -> ResponseReturnValue:
     if not form.validate_on_submit():
         return _form_page(form, rule)
     try:
-        update_rule(db.session, rule, name=form.name.data, text=form.text.data,
-                    enabled=form.enabled.data, actor=current_user().username)
+        update_rule(
+            db.session,
+            rule,
+            name=form.name.data,
+            text=form.text.data,
+            enabled=form.enabled.data,
+            actor=current_user().username,
+        )
     except ValueError as exc:
         db.session.rollback()
         return _form_page(form, _load(rule_id), exc)
@@ -120,5 +141,6 @@ def delete(rule_id: int) -> Response:
 @bp.route("/rules/notifications")
 @requires(Perm.RULES_MANAGE)
 def notifications() -> str:
-    return render_template("rules/notifications.html",
-                           rows=list_notifications(db.session, limit=NOTIFICATIONS_SHOWN))
+    return render_template(
+        "rules/notifications.html", rows=list_notifications(db.session, limit=NOTIFICATIONS_SHOWN)
+    )

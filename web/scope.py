@@ -38,8 +38,11 @@ class Scope:
         return or_(*parts) if parts else false()
 
     def devices(self) -> ColumnElement[bool]:
-        return self._any((Device.customer_id, self.customer_ids), (Device.site_id, self.site_ids),
-                         (Device.id, self.device_ids))
+        return self._any(
+            (Device.customer_id, self.customer_ids),
+            (Device.site_id, self.site_ids),
+            (Device.id, self.device_ids),
+        )
 
     def sites(self) -> ColumnElement[bool]:
         """Sites of scoped customers, scoped sites, and sites holding a scoped device."""
@@ -55,17 +58,25 @@ class Scope:
         if self.everything:
             return clause
         if self.site_ids:
-            clause = or_(clause, Customer.id.in_(
-                select(Site.customer_id).where(Site.id.in_(sorted(self.site_ids)))))
+            clause = or_(
+                clause,
+                Customer.id.in_(select(Site.customer_id).where(Site.id.in_(sorted(self.site_ids)))),
+            )
         if self.device_ids:
-            clause = or_(clause, Customer.id.in_(
-                select(Device.customer_id).where(Device.id.in_(sorted(self.device_ids)))))
+            clause = or_(
+                clause,
+                Customer.id.in_(
+                    select(Device.customer_id).where(Device.id.in_(sorted(self.device_ids)))
+                ),
+            )
         return clause
 
     def tokens(self) -> ColumnElement[bool]:
         """Enrolment tokens for sites the user fully reaches (customer or site scope)."""
-        return self._any((EnrollmentToken.customer_id, self.customer_ids),
-                         (EnrollmentToken.site_id, self.site_ids))
+        return self._any(
+            (EnrollmentToken.customer_id, self.customer_ids),
+            (EnrollmentToken.site_id, self.site_ids),
+        )
 
     def site_fully_reached(self, site: Site) -> bool:
         """True if every device of ``site`` is in scope (needed to enrol new ones there)."""
@@ -73,13 +84,20 @@ class Scope:
 
     def audit(self) -> ColumnElement[bool]:
         """Events about a reachable customer, site or device; others need global scope."""
-        return self._any((AuditEvent.customer_id, self.customer_ids),
-                         (AuditEvent.site_id, self.site_ids),
-                         (AuditEvent.device_id, self.device_ids))
+        return self._any(
+            (AuditEvent.customer_id, self.customer_ids),
+            (AuditEvent.site_id, self.site_ids),
+            (AuditEvent.device_id, self.device_ids),
+        )
 
     def clause_for(self, model: type[Any]) -> ColumnElement[bool]:
-        clauses = {Customer: self.customers, Site: self.sites, Device: self.devices,
-                   EnrollmentToken: self.tokens, AuditEvent: self.audit}
+        clauses = {
+            Customer: self.customers,
+            Site: self.sites,
+            Device: self.devices,
+            EnrollmentToken: self.tokens,
+            AuditEvent: self.audit,
+        }
         return clauses[model]()
 
 

@@ -100,7 +100,10 @@ class ServerSessionInterface(SessionInterface):
             log.exception("! session store unavailable")
             return ServerSession(unavailable=True)
         return ServerSession(
-            data, row_id=row.id, user_id=row.user_id, auth_method=row.auth_method,
+            data,
+            row_id=row.id,
+            user_id=row.user_id,
+            auth_method=row.auth_method,
             last_seen_at=row.last_seen_at,
         )
 
@@ -109,7 +112,10 @@ class ServerSessionInterface(SessionInterface):
         if session.unavailable:
             return
         cookie = {
-            "domain": None, "path": "/", "secure": True, "httponly": True,
+            "domain": None,
+            "path": "/",
+            "secure": True,
+            "httponly": True,
             "samesite": app.config.get("SESSION_COOKIE_SAMESITE", "Strict"),
         }
         if session.ended:
@@ -131,10 +137,16 @@ class ServerSessionInterface(SessionInterface):
             with db.factory() as store, store.begin():
                 if session.row_id is None:
                     token = secrets.token_urlsafe(TOKEN_BYTES)
-                    store.add(WebSession(
-                        id=_hash(token), user_id=None, data=_dump(session), created_at=now,
-                        last_seen_at=now, expires_at=now + ANONYMOUS_LIFETIME,
-                    ))
+                    store.add(
+                        WebSession(
+                            id=_hash(token),
+                            user_id=None,
+                            data=_dump(session),
+                            created_at=now,
+                            last_seen_at=now,
+                            expires_at=now + ANONYMOUS_LIFETIME,
+                        )
+                    )
                     session.new_token = token
                 else:
                     store.execute(
@@ -159,8 +171,13 @@ def _idle_timeout(app: Flask) -> timedelta:
     return timedelta(minutes=app.config["OUTLINK"].session_idle_minutes)
 
 
-def begin_authenticated(session: ServerSession, user_id: int, auth_method: str,
-                        source: str | None, user_agent: str | None) -> None:
+def begin_authenticated(
+    session: ServerSession,
+    user_id: int,
+    auth_method: str,
+    source: str | None,
+    user_agent: str | None,
+) -> None:
     """Log ``user_id`` in: replace the current row by a fresh one (new token: no fixation).
 
     Runs in the request's DB transaction; the caller commits it with its audit event.
@@ -173,9 +190,15 @@ def begin_authenticated(session: ServerSession, user_id: int, auth_method: str,
     token = secrets.token_urlsafe(TOKEN_BYTES)
     session.clear()
     row = WebSession(
-        id=_hash(token), user_id=user_id, data="{}", auth_method=auth_method, created_at=now,
-        last_seen_at=now, expires_at=now + timedelta(hours=config.session_absolute_hours),
-        source=source, user_agent=(user_agent or "")[:300],
+        id=_hash(token),
+        user_id=user_id,
+        data="{}",
+        auth_method=auth_method,
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + timedelta(hours=config.session_absolute_hours),
+        source=source,
+        user_agent=(user_agent or "")[:300],
     )
     db.session.add(row)
     session.row_id, session.user_id, session.auth_method = row.id, user_id, auth_method

@@ -45,8 +45,9 @@ def ensure_staff_ca(directory: Path) -> tuple[CertificateAuthority, bool]:
     return ca, True
 
 
-def ensure_server_cert(ca: CertificateAuthority, cert_file: Path, key_file: Path,
-                       names: list[str]) -> bool:
+def ensure_server_cert(
+    ca: CertificateAuthority, cert_file: Path, key_file: Path, names: list[str]
+) -> bool:
     """Issue the portal's TLS certificate from the staff CA unless one is there already."""
     if cert_file.exists() and key_file.exists():
         return False
@@ -57,41 +58,65 @@ def ensure_server_cert(ca: CertificateAuthority, cert_file: Path, key_file: Path
     return True
 
 
-def issue_staff_cert(ca: CertificateAuthority, username: str,
-                     now: datetime | None = None) -> IssuedCertificate:
+def issue_staff_cert(
+    ca: CertificateAuthority, username: str, now: datetime | None = None
+) -> IssuedCertificate:
     """A client certificate naming ``username`` (key generated here, handed to the person)."""
     now = now or datetime.now(UTC)
     key = generate_key()
     ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Outlink staff"),
-                                 x509.NameAttribute(NameOID.COMMON_NAME, username)]))
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Outlink staff"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, username),
+                ]
+            )
+        )
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(new_serial())
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + STAFF_CERT_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.UniformResourceIdentifier(STAFF_URN + username)]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-                       critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(STAFF_URN + username)]),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+        )
         .sign(ca.key, hashes.SHA256())
     )
     return IssuedCertificate(cert=cert, key=key)
 
 
-def write_pkcs12(path: Path, issued: IssuedCertificate, ca: CertificateAuthority,
-                 username: str, password: str) -> None:
+def write_pkcs12(
+    path: Path, issued: IssuedCertificate, ca: CertificateAuthority, username: str, password: str
+) -> None:
     """A password-protected ``.p12`` bundle, the format browsers import."""
     data = pkcs12.serialize_key_and_certificates(
-        username.encode(), issued.key, issued.cert, [ca.cert],
+        username.encode(),
+        issued.key,
+        issued.cert,
+        [ca.cert],
         BestAvailableEncryption(password.encode()),
     )
     write_file_atomic(path, data, PRIVATE_FILE_MODE)

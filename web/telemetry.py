@@ -233,10 +233,17 @@ def series(device_id: str) -> ResponseReturnValue:
     view = describe_metric(metric)
     points = result.points
     return jsonify(
-        metric=metric, label=view.label, unit=view.unit, resolution=result.resolution,
-        bucket=result.bucket, start=start.timestamp(), end=end.timestamp(),
-        t=[round(p.t.timestamp(), 3) for p in points], avg=[p.avg for p in points],
-        min=[p.min for p in points], max=[p.max for p in points],
+        metric=metric,
+        label=view.label,
+        unit=view.unit,
+        resolution=result.resolution,
+        bucket=result.bucket,
+        start=start.timestamp(),
+        end=end.timestamp(),
+        t=[round(p.t.timestamp(), 3) for p in points],
+        avg=[p.avg for p in points],
+        min=[p.min for p in points],
+        max=[p.max for p in points],
         count=[p.count for p in points],
     )
 
@@ -269,8 +276,14 @@ def events(device_id: str) -> str:
     code = request.args.get("code", "").strip()[:MAX_CODE]
     stmt = events_query(device_id=device.id, min_severity=severity, code=code)
     page = paginate(db.session, stmt, EVENTS_PAGE_SIZE, page_number())
-    return render_template("telemetry/events.html", device=device, page=page,
-                           severity=severity, code=code, severities=list(Severity))
+    return render_template(
+        "telemetry/events.html",
+        device=device,
+        page=page,
+        severity=severity,
+        code=code,
+        severities=list(Severity),
+    )
 
 
 # -- the fleet's "needs attention now" ------------------------------------------------------
@@ -316,33 +329,58 @@ def _offline() -> dict[str, datetime | None]:
 
 def attention_rows(now: datetime) -> list[AttentionRow]:
     """Devices needing attention, worst first; each reason read with the user's scope."""
-    alarms = {a.device_id: a for a in fleet_attention(db.session, devices=current_scope().devices(),
-                                                      limit=ATTENTION_LIMIT)}
-    urgent = urgent_events(db.session, devices=current_scope().devices(),
-                           since=now - URGENT_WINDOW, limit=ATTENTION_LIMIT)
+    alarms = {
+        a.device_id: a
+        for a in fleet_attention(
+            db.session, devices=current_scope().devices(), limit=ATTENTION_LIMIT
+        )
+    }
+    urgent = urgent_events(
+        db.session,
+        devices=current_scope().devices(),
+        since=now - URGENT_WINDOW,
+        limit=ATTENTION_LIMIT,
+    )
     offline = _offline()
     ids = set(alarms) | set(urgent) | set(offline)
-    devices = db.session.execute(
-        scoped(Device, Device, Customer.name, Site.name)
-        .join(Customer, Customer.id == Device.customer_id)
-        .join(Site, Site.id == Device.site_id)
-        .where(Device.id.in_(sorted(ids)))
-    ).all() if ids else []
+    devices = (
+        db.session.execute(
+            scoped(Device, Device, Customer.name, Site.name)
+            .join(Customer, Customer.id == Device.customer_id)
+            .join(Site, Site.id == Device.site_id)
+            .where(Device.id.in_(sorted(ids)))
+        ).all()
+        if ids
+        else []
+    )
     rows = []
     for device, customer, site in devices:
         alarm = alarms.get(device.id)
         count, last_urgent = urgent.get(device.id, (0, None))
         seen = offline.get(device.id)
         times = [t for t in (alarm.latest if alarm else None, last_urgent, seen) if t is not None]
-        rows.append(AttentionRow(
-            device=device, customer=customer, site=site,
-            alarms=alarm.active_alarms if alarm else 0,
-            alarm_severity=alarm.max_severity if alarm else None,
-            urgent_events=count, last_urgent=last_urgent,
-            offline=device.id in offline, last_seen=seen, latest=max(times, default=None),
-        ))
-    rows.sort(key=lambda r: (-r.severity, -r.alarms, -r.urgent_events,
-                             -(r.latest.timestamp() if r.latest else 0.0)))
+        rows.append(
+            AttentionRow(
+                device=device,
+                customer=customer,
+                site=site,
+                alarms=alarm.active_alarms if alarm else 0,
+                alarm_severity=alarm.max_severity if alarm else None,
+                urgent_events=count,
+                last_urgent=last_urgent,
+                offline=device.id in offline,
+                last_seen=seen,
+                latest=max(times, default=None),
+            )
+        )
+    rows.sort(
+        key=lambda r: (
+            -r.severity,
+            -r.alarms,
+            -r.urgent_events,
+            -(r.latest.timestamp() if r.latest else 0.0),
+        )
+    )
     return rows
 
 
@@ -355,13 +393,20 @@ def attention() -> str:
         "urgent": sum(1 for r in rows if r.urgent_events),
         "offline": sum(1 for r in rows if r.offline),
     }
-    return render_template("telemetry/attention.html", rows=rows, totals=totals,
-                           limit=ATTENTION_LIMIT, window_hours=int(URGENT_WINDOW.total_seconds()
-                                                                    // 3600))
+    return render_template(
+        "telemetry/attention.html",
+        rows=rows,
+        totals=totals,
+        limit=ATTENTION_LIMIT,
+        window_hours=int(URGENT_WINDOW.total_seconds() // 3600),
+    )
 
 
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
-    app.jinja_env.globals.update(telemetry_panel=telemetry_panel, telemetry_ranges=list(RANGES),
-                                 telemetry_default_range=DEFAULT_RANGE)
+    app.jinja_env.globals.update(
+        telemetry_panel=telemetry_panel,
+        telemetry_ranges=list(RANGES),
+        telemetry_default_range=DEFAULT_RANGE,
+    )
     app.jinja_env.filters.update(severity_label=severity_label)

@@ -132,16 +132,33 @@ def _size(n: int) -> str:
 @requires(Perm.FILES_VIEW)
 def logs(device_id: str) -> str:
     device = load_device(device_id)
-    return render_template("uploads/device.html", device=device, form=LogUploadForm(),
-                           uploads=list_log_uploads(db.session, device.id, limit=HISTORY),
-                           can_download=current_app.config["OUTLINK"].upload_dir is not None)
+    return render_template(
+        "uploads/device.html",
+        device=device,
+        form=LogUploadForm(),
+        uploads=list_log_uploads(db.session, device.id, limit=HISTORY),
+        can_download=current_app.config["OUTLINK"].upload_dir is not None,
+    )
 
 
-def _audit(kind: str, device: Device, upload: TelemetryLogUpload, summary: str, *,
-           outcome: str = "success", **details: Any) -> None:
-    record(kind, outcome=outcome, device_id=device.id, customer_id=device.customer_id,
-           site_id=device.site_id, summary=summary,
-           details={"upload_id": upload.id, "source": upload.source, **details})
+def _audit(
+    kind: str,
+    device: Device,
+    upload: TelemetryLogUpload,
+    summary: str,
+    *,
+    outcome: str = "success",
+    **details: Any,
+) -> None:
+    record(
+        kind,
+        outcome=outcome,
+        device_id=device.id,
+        customer_id=device.customer_id,
+        site_id=device.site_id,
+        summary=summary,
+        details={"upload_id": upload.id, "source": upload.source, **details},
+    )
 
 
 @bp.route("/devices/<device_id>/logs", methods=["POST"])
@@ -162,8 +179,9 @@ def request_upload(device_id: str) -> ResponseReturnValue:
         flash("Logs not requested: the device is revoked.", "error")
         return back
     label = Path(path).name[:32] if path else source
-    upload, instruction = request_log_upload(db.session, device_id=device.id, source=label,
-                                             requested_by=current_user().username)
+    upload, instruction = request_log_upload(
+        db.session, device_id=device.id, source=label, requested_by=current_user().username
+    )
     if path:
         instruction = {**instruction, "path": path}
     if path or not source:  # no name: the agent's only configured log set
@@ -176,25 +194,41 @@ def request_upload(device_id: str) -> ResponseReturnValue:
         _failed(device, upload, failure, details)
     else:
         files = answer.get("files") if answer else None
-        flash(f"The device is sending {files if isinstance(files, int) else 'its'} log "
-              f"file(s); the upload appears below when it is complete.", "success")
+        flash(
+            f"The device is sending {files if isinstance(files, int) else 'its'} log "
+            f"file(s); the upload appears below when it is complete.",
+            "success",
+        )
     db.session.commit()
     return back
 
 
-def _failed(device: Device, upload: TelemetryLogUpload, code: str,
-            details: dict[str, Any]) -> None:
+def _failed(device: Device, upload: TelemetryLogUpload, code: str, details: dict[str, Any]) -> None:
     """Mark and audit an upload the device could not be asked for, or refused."""
     if code in DELIVERY_FAILURES:
         upload.state, upload.error = UPLOAD_FAILED, code[:64]
         upload.updated_at = datetime.now(UTC)
-        _audit("telemetry.logs_failed", device, upload, "log request not delivered",
-               outcome="failure", error=code, **details)
+        _audit(
+            "telemetry.logs_failed",
+            device,
+            upload,
+            "log request not delivered",
+            outcome="failure",
+            error=code,
+            **details,
+        )
         flash(f"Logs not requested: {reason_text(code)}.", "error")
     else:
         refuse_log_upload(db.session, upload.id, code)
-        _audit("telemetry.logs_refused", device, upload, "log request refused by the device",
-               outcome="failure", error=code, **details)
+        _audit(
+            "telemetry.logs_refused",
+            device,
+            upload,
+            "log request refused by the device",
+            outcome="failure",
+            error=code,
+            **details,
+        )
         flash(f"The device refused: {refusal_text(code, upload.source)}.", "error")
 
 
@@ -225,8 +259,11 @@ def _stored_file(upload: TelemetryLogUpload) -> Path | None:
     base = Path(directory).resolve()
     target = (base / upload.stored_name).resolve()
     if not target.is_relative_to(base) or not target.is_file():
-        log.warning("! upload %s: stored file %r missing or outside the upload directory",
-                    upload.id, upload.stored_name)
+        log.warning(
+            "! upload %s: stored file %r missing or outside the upload directory",
+            upload.id,
+            upload.stored_name,
+        )
         return None
     return target
 
@@ -235,23 +272,44 @@ def _stored_file(upload: TelemetryLogUpload) -> Path | None:
 @requires(Perm.FILES_VIEW)
 def download(device_id: str, upload_id: str) -> Response:
     device = load_device(device_id)
-    upload = (downloadable_upload(db.session, upload_id, device.id)
-              if len(upload_id) <= UPLOAD_ID_MAX else None)
+    upload = (
+        downloadable_upload(db.session, upload_id, device.id)
+        if len(upload_id) <= UPLOAD_ID_MAX
+        else None
+    )
     if upload is None:
         abort(404)
     path = _stored_file(upload)
     if path is None:
         flash("That upload's file is not available on this portal.", "error")
         return redirect(url_for("uploads.logs", device_id=device.id))
-    if (upload.size is not None and path.stat().st_size != upload.size) or \
-            _sha256(path) != upload.sha256:
-        _audit("telemetry.logs_download", device, upload, "log download refused: file changed",
-               outcome="failure", error="hash_mismatch")
+    if (upload.size is not None and path.stat().st_size != upload.size) or _sha256(
+        path
+    ) != upload.sha256:
+        _audit(
+            "telemetry.logs_download",
+            device,
+            upload,
+            "log download refused: file changed",
+            outcome="failure",
+            error="hash_mismatch",
+        )
         db.session.commit()
         flash("That upload's file no longer matches its SHA-256: it is not served.", "error")
         return redirect(url_for("uploads.logs", device_id=device.id))
-    _audit("telemetry.logs_download", device, upload, "log files downloaded",
-           sha256=upload.sha256, size=upload.size)
+    _audit(
+        "telemetry.logs_download",
+        device,
+        upload,
+        "log files downloaded",
+        sha256=upload.sha256,
+        size=upload.size,
+    )
     db.session.commit()
-    return send_file(path, mimetype="application/gzip", as_attachment=True,
-                     download_name=download_name(device, upload), max_age=0)
+    return send_file(
+        path,
+        mimetype="application/gzip",
+        as_attachment=True,
+        download_name=download_name(device, upload),
+        max_age=0,
+    )

@@ -155,8 +155,9 @@ class SessionClipboard:
         size = len(text.encode("utf-8"))
         refusal = "no-right" if not self._allowed else None if self._control else "view-only"
         if refusal is not None:
-            logger.warning("! session %s: clipboard from the viewer refused: %s",
-                           self._session_id, refusal)
+            logger.warning(
+                "! session %s: clipboard from the viewer refused: %s", self._session_id, refusal
+            )
             self._refused(TO_DEVICE, size, refusal)
             return
         wait = self._to_device.take(time.monotonic())
@@ -169,8 +170,7 @@ class SessionClipboard:
         elif size > backend.max_bytes:
             self._refused(TO_DEVICE, size, "too-large")
         elif await asyncio.to_thread(backend.put, text):
-            logger.debug("> session %s: %d bytes to the device's clipboard",
-                         self._session_id, size)
+            logger.debug("> session %s: %d bytes to the device's clipboard", self._session_id, size)
             self._crossed(TO_DEVICE, size)
         else:
             self._refused(TO_DEVICE, size, "not-set")
@@ -201,8 +201,11 @@ class SessionClipboard:
             logger.error("! session %s: no clipboard: %s", self._session_id, exc)
             self._note("clipboard-unavailable", session_id=self._session_id)
             return
-        logger.info("= session %s: clipboard on (%s)", self._session_id,
-                    "both ways" if self._control else "from the device only")
+        logger.info(
+            "= session %s: clipboard on (%s)",
+            self._session_id,
+            "both ways" if self._control else "from the device only",
+        )
         self._note("clipboard-on", session_id=self._session_id, to_device=self._control)
 
     @staticmethod
@@ -240,6 +243,10 @@ class SessionClipboard:
         self._note("clipboard", session_id=self._session_id, direction=direction, bytes=size)
 
     def _refused(self, direction: str, size: int, error: str) -> None:
-        self._note("clipboard-refused", session_id=self._session_id, direction=direction,
-                   bytes=size, error=error)
-
+        self._note(
+            "clipboard-refused",
+            session_id=self._session_id,
+            direction=direction,
+            bytes=size,
+            error=error,
+        )

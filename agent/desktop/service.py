@@ -470,9 +470,7 @@ class DesktopService:
             self._streams.pop(session_id, None)
             self._stops.pop(session_id, None)
 
-    async def _serve(
-        self, session: Session, channel: Channel, mode: Mode, clipboard: bool
-    ) -> None:
+    async def _serve(self, session: Session, channel: Channel, mode: Mode, clipboard: bool) -> None:
         """Stream to the viewer and replay its input until the session ends, whoever
         ends it; then release everything and tell the viewer how it ended."""
         stop = self._stops[session.id]
@@ -499,8 +497,13 @@ class DesktopService:
             devices.source, send, drained, cursor=devices.cursor, settings=self._settings
         )
         clip = SessionClipboard(
-            session.id, self.policy.display, self._clipboard_factory, allowed=clipboard,
-            control=mode is Mode.CONTROL, send=send_clipboard, note=self._note,
+            session.id,
+            self.policy.display,
+            self._clipboard_factory,
+            allowed=clipboard,
+            control=mode is Mode.CONTROL,
+            send=send_clipboard,
+            note=self._note,
         )
         streaming = asyncio.create_task(streamer.run(), name=f"desktop-stream-{session.id[:8]}")
         reading = asyncio.create_task(

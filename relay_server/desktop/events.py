@@ -60,13 +60,24 @@ def apply_state(
         )
     elif event.state is State.ENDED:
         row = desktop.record_ended(
-            session, sid, reason=event.end_reason or event.reason or "ended", now=now,
-            actor=actor, device_id=device_id, bytes_to_viewer=event.bytes_to_viewer,
+            session,
+            sid,
+            reason=event.end_reason or event.reason or "ended",
+            now=now,
+            actor=actor,
+            device_id=device_id,
+            bytes_to_viewer=event.bytes_to_viewer,
             bytes_from_viewer=event.bytes_from_viewer,
         )
     else:
         row = desktop.record_decision(
-            session, sid, event.state, by=event.by, reason=event.reason, now=now, actor=actor,
+            session,
+            sid,
+            event.state,
+            by=event.by,
+            reason=event.reason,
+            now=now,
+            actor=actor,
             device_id=device_id,
         )
     return row is not None
@@ -108,8 +119,11 @@ class DesktopEvents:
                 self.applied += 1
             else:
                 self.ignored += 1
-                log.info("= desktop.state %s %s ignored (late, duplicate or not this "
-                         "device's)", event.session_id, event.state)
+                log.info(
+                    "= desktop.state %s %s ignored (late, duplicate or not this device's)",
+                    event.session_id,
+                    event.state,
+                )
 
         self.submit(job)
 
@@ -123,16 +137,22 @@ class DesktopEvents:
             return
         device_id = link.device_id
         timeout = math.ceil(event.consent_timeout_s)
-        log.info("< desktop.policy consent %s, %d s, remote answers %s",
-                 "required" if event.consent_required else "OFF", timeout,
-                 "allowed" if event.remote_consent_allowed else "not allowed")
+        log.info(
+            "< desktop.policy consent %s, %d s, remote answers %s",
+            "required" if event.consent_required else "OFF",
+            timeout,
+            "allowed" if event.remote_consent_allowed else "not allowed",
+        )
 
         def job(session: Session) -> None:
             desktop.record_policy(
-                session, device_id, consent_required=event.consent_required,
+                session,
+                device_id,
+                consent_required=event.consent_required,
                 consent_timeout_s=timeout,
                 remote_consent_allowed=event.remote_consent_allowed,
-                now=datetime.now(UTC), actor=self.actor,
+                now=datetime.now(UTC),
+                actor=self.actor,
             )
 
         self.submit(job)

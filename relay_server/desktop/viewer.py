@@ -271,15 +271,22 @@ class ViewerService:
         context = server_context(viewer.cert or tls.cert, viewer.key or tls.key, tls.ca)
         context.verify_mode = ssl.CERT_NONE  # never ask a browser for a certificate
         self._server = await serve(
-            self.serve, listen.host, viewer.port, ssl=context,
+            self.serve,
+            listen.host,
+            viewer.port,
+            ssl=context,
             ssl_handshake_timeout=listen.handshake_timeout,
             open_timeout=listen.handshake_timeout,
             process_request=self.admit,
-            select_subprotocol=lambda _conn, offered: SUBPROTOCOL if SUBPROTOCOL in offered
-            else None,
+            select_subprotocol=lambda _conn, offered: (
+                SUBPROTOCOL if SUBPROTOCOL in offered else None
+            ),
             create_connection=self._connection_class,
-            max_size=VIEWER_MAX_MESSAGE, max_queue=VIEWER_MAX_QUEUE, write_limit=WRITE_LIMIT,
-            compression=None, server_header="outlink-relay",
+            max_size=VIEWER_MAX_MESSAGE,
+            max_queue=VIEWER_MAX_QUEUE,
+            write_limit=WRITE_LIMIT,
+            compression=None,
+            server_header="outlink-relay",
         )
         log.info("= viewer port %d", self.port)
 
@@ -308,11 +315,21 @@ class ViewerService:
             return self._refuse(connection, "not_found", 404, "not found\n", audit=False)
         origins = request.headers.get_all("Origin")
         if len(origins) != 1 or origins[0] not in self._origins:
-            return self._refuse(connection, "bad_origin", 403, "origin not allowed\n",
-                                origin=origins[0][:200] if origins else None)
+            return self._refuse(
+                connection,
+                "bad_origin",
+                403,
+                "origin not allowed\n",
+                origin=origins[0][:200] if origins else None,
+            )
         if not _offers(request, SUBPROTOCOL):
-            return self._refuse(connection, "bad_subprotocol", 400,
-                                f"subprotocol {SUBPROTOCOL} required\n", audit=False)
+            return self._refuse(
+                connection,
+                "bad_subprotocol",
+                400,
+                f"subprotocol {SUBPROTOCOL} required\n",
+                audit=False,
+            )
         tickets = parse_qs(urlsplit(request.path).query).get("ticket", [])
         if len(tickets) != 1 or len(tickets[0]) > MAX_TICKET_PARAM:
             return self._refuse(connection, "bad_ticket", 403, "ticket refused\n")
@@ -320,17 +337,28 @@ class ViewerService:
             admission = await asyncio.to_thread(self._admit, tickets[0])
         except Refused as refused:
             ticket = refused.ticket
-            return self._refuse(connection, "bad_ticket", 403, "ticket refused\n",
-                                device_id=ticket.device_id if ticket else None,
-                                code=refused.code, user_id=ticket.user_id if ticket else None)
+            return self._refuse(
+                connection,
+                "bad_ticket",
+                403,
+                "ticket refused\n",
+                device_id=ticket.device_id if ticket else None,
+                code=refused.code,
+                user_id=ticket.user_id if ticket else None,
+            )
         except SQLAlchemyError:
             log.exception("! viewer admission: database error")
             return self._refuse(connection, "unavailable", 503, "try again shortly\n")
         link = self._agents.get(admission.device_id)
         if link is None or link.tunnel is None:
-            return self._refuse(connection, "device_unavailable", 503,
-                                "the device is not connected to this relay\n",
-                                device_id=admission.device_id, code="device-not-here")
+            return self._refuse(
+                connection,
+                "device_unavailable",
+                503,
+                "the device is not connected to this relay\n",
+                device_id=admission.device_id,
+                code="device-not-here",
+            )
         self._admitted[connection] = admission
         self._stats.handshakes[("view", "ok")] += 1
         return None
@@ -343,9 +371,17 @@ class ViewerService:
                 session.commit()  # the ticket stays spent: one try per ticket
                 raise
 
-    def _refuse(self, connection: RelayConnection, outcome: str, status: int, text: str,
-                *, device_id: str | None = None, audit: bool = True,
-                **details: Any) -> Response:
+    def _refuse(
+        self,
+        connection: RelayConnection,
+        outcome: str,
+        status: int,
+        text: str,
+        *,
+        device_id: str | None = None,
+        audit: bool = True,
+        **details: Any,
+    ) -> Response:
         """Refuse the handshake; refusals that concern a session or a foreign site are
         audited (not stray requests: counted and logged only)."""
         self._stats.handshakes[("view", outcome)] += 1
@@ -354,8 +390,12 @@ class ViewerService:
         if not audit:
             return connection.respond(http.HTTPStatus(status), text)
         self._audit.record(
-            "desktop.join_refused", f"viewer refused: {outcome}", outcome="failure",
-            device_id=device_id, source=connection.peer, reason=outcome,
+            "desktop.join_refused",
+            f"viewer refused: {outcome}",
+            outcome="failure",
+            device_id=device_id,
+            source=connection.peer,
+            reason=outcome,
             **{k: v for k, v in details.items() if v is not None},
         )
         return connection.respond(http.HTTPStatus(status), text)
@@ -389,8 +429,9 @@ class ViewerService:
 
     async def _open(self, ws: RelayConnection, admission: Admission) -> LiveSession | None:
         link = self._agents.get(admission.device_id)
-        meta = JoinMeta(admission.session_id, admission.mode, admission.username,
-                        admission.clipboard).to_json()
+        meta = JoinMeta(
+            admission.session_id, admission.mode, admission.username, admission.clipboard
+        ).to_json()
         try:
             if link is None or link.tunnel is None:
                 raise TunnelClosedError(ErrorCode.UNAVAILABLE, "", close_code=None)
@@ -400,18 +441,23 @@ class ViewerService:
         except ChannelError as exc:
             log.info("! desktop channel for %s not opened: %s", admission.session_id, exc)
             self._audit.record(
-                "desktop.join_refused", "the device did not open the desktop channel",
-                outcome="failure", device_id=admission.device_id, source=ws.peer,
-                session_id=admission.session_id, engineer=admission.username,
+                "desktop.join_refused",
+                "the device did not open the desktop channel",
+                outcome="failure",
+                device_id=admission.device_id,
+                source=ws.peer,
+                session_id=admission.session_id,
+                engineer=admission.username,
                 reason=exc.code.name.lower(),
             )
-            await ws.close(CLOSE_UNAVAILABLE if isinstance(exc, TunnelClosedError)
-                           else CLOSE_ENDED, "the device did not start the session")
+            await ws.close(
+                CLOSE_UNAVAILABLE if isinstance(exc, TunnelClosedError) else CLOSE_ENDED,
+                "the device did not start the session",
+            )
             return None
         live = LiveSession(admission, link, channel, admission.clipboard)
         self.live[admission.session_id] = live
-        log.info("= desktop channel open for session %s (%s)", admission.session_id,
-                 admission.mode)
+        log.info("= desktop channel open for session %s (%s)", admission.session_id, admission.mode)
         return live
 
     async def _attach(self, live: LiveSession, ws: RelayConnection, reattached: bool) -> None:
@@ -419,10 +465,15 @@ class ViewerService:
         attachment = Attachment(ws, ws.peer)
         live.viewer = attachment
         self._audit.record(
-            "desktop.joined", f"{admission.username} joined the desktop session",
-            device_id=admission.device_id, source=ws.peer, session_id=admission.session_id,
-            engineer=admission.username, mode=str(admission.mode),
-            clipboard=live.clipboard, reattached=reattached,
+            "desktop.joined",
+            f"{admission.username} joined the desktop session",
+            device_id=admission.device_id,
+            source=ws.peer,
+            session_id=admission.session_id,
+            engineer=admission.username,
+            mode=str(admission.mode),
+            clipboard=live.clipboard,
+            reattached=reattached,
         )
         joined = time.monotonic()
         outcome = Outcome.VIEWER_LEFT
@@ -431,14 +482,21 @@ class ViewerService:
                 # the new ticket carries the user's rights as they are now
                 live.clipboard = admission.clipboard
                 await live.channel.send(wire.Rights(admission.clipboard).encode())
-            await ws.send(_json(op="hello", session_id=admission.session_id,
-                                mode=str(admission.mode), clipboard=live.clipboard))
+            await ws.send(
+                _json(
+                    op="hello",
+                    session_id=admission.session_id,
+                    mode=str(admission.mode),
+                    clipboard=live.clipboard,
+                )
+            )
             if reattached:  # the picture in the new page is blank: ask for all of it
                 await live.channel.send(wire.RefreshRequest().encode())
             attachment.tasks = [
                 asyncio.create_task(self._to_viewer(live, ws), name="view: to viewer"),
-                asyncio.create_task(self._from_viewer(live, ws, attachment),
-                                    name="view: from viewer"),
+                asyncio.create_task(
+                    self._from_viewer(live, ws, attachment), name="view: from viewer"
+                ),
                 asyncio.create_task(self._watch(live, ws, attachment), name="view: watch"),
             ]
             done, _ = await asyncio.wait(attachment.tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -457,18 +515,24 @@ class ViewerService:
             attachment.done.set()
         await self._finish(live, attachment, outcome, time.monotonic() - joined)
 
-    async def _finish(self, live: LiveSession, attachment: Attachment, outcome: Outcome,
-                      seconds: float) -> None:
+    async def _finish(
+        self, live: LiveSession, attachment: Attachment, outcome: Outcome, seconds: float
+    ) -> None:
         admission = live.admission
         code, reason = _CLOSE.get(outcome, (1000, ""))
         if outcome is not Outcome.VIEWER_LEFT:
             await attachment.ws.close(code, reason)
         self._audit.record(
-            "desktop.viewer_left", f"viewer left the desktop session: {outcome.value}",
-            device_id=admission.device_id, source=attachment.peer,
-            session_id=admission.session_id, engineer=admission.username,
-            reason=outcome.value, seconds=round(seconds, 3),
-            bytes_to_viewer=live.bytes_to_viewer, bytes_from_viewer=live.bytes_from_viewer,
+            "desktop.viewer_left",
+            f"viewer left the desktop session: {outcome.value}",
+            device_id=admission.device_id,
+            source=attachment.peer,
+            session_id=admission.session_id,
+            engineer=admission.username,
+            reason=outcome.value,
+            seconds=round(seconds, 3),
+            bytes_to_viewer=live.bytes_to_viewer,
+            bytes_from_viewer=live.bytes_from_viewer,
             inputs_dropped=live.inputs_dropped,
         )
         log.info("= viewer of session %s left: %s", admission.session_id, outcome.value)
@@ -494,8 +558,11 @@ class ViewerService:
             del self.live[admission.session_id]
         if outcome is Outcome.SESSION_OVER:
             return  # the agent ended it and reports why itself
-        code = ErrorCode.FORBIDDEN if outcome in (
-            Outcome.WITHDRAWN, Outcome.UNVERIFIABLE) else ErrorCode.CANCELLED
+        code = (
+            ErrorCode.FORBIDDEN
+            if outcome in (Outcome.WITHDRAWN, Outcome.UNVERIFIABLE)
+            else ErrorCode.CANCELLED
+        )
         live.channel.reset(code, outcome.value)
         reason = {
             Outcome.WITHDRAWN: EndReason.ACCESS_WITHDRAWN,
@@ -507,8 +574,13 @@ class ViewerService:
 
         def job(session: Session) -> None:
             desktop.record_ended(
-                session, admission.session_id, reason=reason, now=datetime.now(UTC),
-                actor=actor, device_id=admission.device_id, bytes_to_viewer=to_viewer,
+                session,
+                admission.session_id,
+                reason=reason,
+                now=datetime.now(UTC),
+                actor=actor,
+                device_id=admission.device_id,
+                bytes_to_viewer=to_viewer,
                 bytes_from_viewer=from_viewer,
             )
 
@@ -571,8 +643,9 @@ class ViewerService:
                 if 0 <= rtt < 60:
                     attachment.rtt = rtt
 
-    async def _watch(self, live: LiveSession, ws: ServerConnection,
-                     attachment: Attachment) -> Outcome:
+    async def _watch(
+        self, live: LiveSession, ws: ServerConnection, attachment: Attachment
+    ) -> Outcome:
         """Pings for the status bar; the rights re-check every RECHECK_INTERVAL."""
         loop = asyncio.get_running_loop()
         next_check = loop.time() + RECHECK_INTERVAL
@@ -582,8 +655,14 @@ class ViewerService:
                 await asyncio.sleep(min(PING_INTERVAL, max(0.0, next_check - loop.time())))
                 tunnel = live.link.tunnel
                 device_rtt = tunnel.rtt if tunnel is not None else None
-                await ws.send(_json(op="ping", t=round(time.monotonic() * 1000, 3),
-                                    rtt_ms=_ms(attachment.rtt), device_rtt_ms=_ms(device_rtt)))
+                await ws.send(
+                    _json(
+                        op="ping",
+                        t=round(time.monotonic() * 1000, 3),
+                        rtt_ms=_ms(attachment.rtt),
+                        device_rtt_ms=_ms(device_rtt),
+                    )
+                )
                 if loop.time() < next_check:
                     continue
                 next_check = loop.time() + RECHECK_INTERVAL
@@ -611,8 +690,11 @@ class ViewerService:
         if allowed == live.clipboard:
             return
         live.clipboard = allowed
-        log.info("= session %s: clipboard %s", live.admission.session_id,
-                 "granted" if allowed else "withdrawn")
+        log.info(
+            "= session %s: clipboard %s",
+            live.admission.session_id,
+            "granted" if allowed else "withdrawn",
+        )
         await live.channel.send(wire.Rights(allowed).encode())
         await ws.send(_json(op="rights", clipboard=allowed))
 

@@ -165,14 +165,27 @@ class TelemetryCollector:
 
     def collect(self) -> Iterator[Metric]:
         s = self._service
-        yield _counter("outlink_telemetry_messages", "Telemetry batches and records by outcome",
-                       ["what", "outcome"], s.channels.stats)
-        yield _counter("outlink_telemetry_alarm_firings", "Rule/urgent firings by result",
-                       ["result"], s.alarms.stats)
-        yield _counter("outlink_telemetry_notifications", "Notifications by channel and status",
-                       ["channel", "status"], s.notifier.stats)
-        yield _counter("outlink_telemetry_uploads", "Log uploads by outcome",
-                       ["outcome"], s.uploads.stats)
+        yield _counter(
+            "outlink_telemetry_messages",
+            "Telemetry batches and records by outcome",
+            ["what", "outcome"],
+            s.channels.stats,
+        )
+        yield _counter(
+            "outlink_telemetry_alarm_firings",
+            "Rule/urgent firings by result",
+            ["result"],
+            s.alarms.stats,
+        )
+        yield _counter(
+            "outlink_telemetry_notifications",
+            "Notifications by channel and status",
+            ["channel", "status"],
+            s.notifier.stats,
+        )
+        yield _counter(
+            "outlink_telemetry_uploads", "Log uploads by outcome", ["outcome"], s.uploads.stats
+        )
         ingest = s.ingestor.stats
         yield GaugeMetricFamily(
             "outlink_telemetry_ingest_seconds", "Time spent writing telemetry", value=ingest.seconds
@@ -182,8 +195,9 @@ class TelemetryCollector:
         )
 
 
-def _counter(name: str, documentation: str, labels: list[str],
-             stats: Mapping[Any, int]) -> CounterMetricFamily:
+def _counter(
+    name: str, documentation: str, labels: list[str], stats: Mapping[Any, int]
+) -> CounterMetricFamily:
     """One labelled counter family from a ``{label value(s): count}`` mapping."""
     family = CounterMetricFamily(name, documentation, labels=labels)
     for key, n in sorted(stats.items()):

@@ -126,7 +126,10 @@ async def test_instructions_run_only_registered_actions(
     # The local audit holds every instruction, the refused unknown one included (R21).
     entries = [e for _, e, _ in read_entries(audit.path) if e]
     assert [(e["outcome"], e["detail"]["action"]) for e in entries] == [
-        ("ok", "ping"), ("refused", "format_disk"), ("refused", "fail"), ("error", "crash"),
+        ("ok", "ping"),
+        ("refused", "format_disk"),
+        ("refused", "fail"),
+        ("error", "crash"),
     ]
 
 
@@ -154,7 +157,9 @@ async def test_relay_opened_channels_go_to_registered_kinds_only(
         assert refused.value.code is ErrorCode.REFUSED
     entries = [e for _, e, _ in read_entries(audit.path) if e]
     assert [(e["outcome"], e["detail"]["channel"]) for e in entries] == [
-        ("opened", "echo"), ("refused", "shell"), ("refused", "control"),
+        ("opened", "echo"),
+        ("refused", "shell"),
+        ("refused", "control"),
     ]
 
 

@@ -139,8 +139,7 @@ class Device:
         """What the relay does when a viewer with a valid ticket joins."""
         return await self.link.tunnel.open_channel(
             "desktop",
-            meta={"session_id": session_id, "mode": mode, "viewer": viewer,
-                  "clipboard": clipboard},
+            meta={"session_id": session_id, "mode": mode, "viewer": viewer, "clipboard": clipboard},
             priority=Priority.DESKTOP,
             window=2 * wire.MAX_MESSAGE,
             max_message=wire.MAX_MESSAGE,

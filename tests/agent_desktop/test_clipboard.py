@@ -29,8 +29,9 @@ from tunnel.aio import Channel
 
 from .conftest import Device, StartDevice, T
 
-pytestmark = pytest.mark.skipif(shutil.which("xclip") is None,
-                                reason="xclip is not installed (Debian package xclip)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("xclip") is None, reason="xclip is not installed (Debian package xclip)"
+)
 
 CONTROL_L = 0xFFE3
 
@@ -128,7 +129,9 @@ async def test_text_crosses_both_ways_with_the_right(
 
     lines = await audit(device, "clipboard", 2)
     assert [(e["detail"]["direction"], e["detail"]["bytes"]) for e in lines] == [
-        ("to-device", len(text.encode())), ("to-viewer", len(b"error 42: disk full"))]
+        ("to-device", len(text.encode())),
+        ("to-viewer", len(b"error 42: disk full")),
+    ]
     assert all(e["detail"]["session_id"] == session_id for e in lines)
     log = (device.config_file.parent / "data" / "audit.log").read_text()
     assert "4711" not in log and "disk full" not in log  # sizes, never the text
@@ -250,8 +253,12 @@ async def test_a_paste_after_the_text_pastes_that_text(
     device = await start_device(SlowClipboard, consent_required=False)
     _, channel = await joined(device, "control", clipboard=True)
     paster = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", PASTER, stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "DISPLAY": xdisplay})
+        sys.executable,
+        "-c",
+        PASTER,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "DISPLAY": xdisplay},
+    )
     assert paster.stdout is not None
     try:
         async with asyncio.timeout(T):
@@ -259,8 +266,12 @@ async def test_a_paste_after_the_text_pastes_that_text(
         for n in range(3):
             text = f"paste number {n}: Ä✓"
             await channel.send(wire.Clipboard(text).encode())
-            for message in (wire.KeyEvent(CONTROL_L, True), wire.KeyEvent(ord("v"), True),
-                            wire.KeyEvent(ord("v"), False), wire.KeyEvent(CONTROL_L, False)):
+            for message in (
+                wire.KeyEvent(CONTROL_L, True),
+                wire.KeyEvent(ord("v"), True),
+                wire.KeyEvent(ord("v"), False),
+                wire.KeyEvent(CONTROL_L, False),
+            ):
                 await channel.send(message.encode())
             async with asyncio.timeout(T):
                 assert json.loads(await paster.stdout.readline()) == {"pasted": text}

@@ -344,4 +344,3 @@ class Book(RuleBasedStateMachine):
 
 TestBook = Book.TestCase
 TestBook.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
-

@@ -229,7 +229,9 @@ async def test_session_ids_are_taken_in_canonical_form_only(
     """The same rule as the relay's and the portal's (`protocol.desktop`)."""
     device = await start_device()
     reply = await device.instruct(
-        "desktop.request", session_id=str(uuid.uuid4()).upper(), mode="view",
+        "desktop.request",
+        session_id=str(uuid.uuid4()).upper(),
+        mode="view",
         requester={"user": "erika"},
     )
     assert not reply.ok and reply.body["error"] == "bad_request"
@@ -363,6 +365,6 @@ async def test_the_device_announces_its_consent_setting_when_it_connects(
     async with asyncio.timeout(T):
         event = await device.relay.events.get()
     assert event["name"] == "desktop.policy"
-    assert {k: event[k] for k in ("consent_required", "consent_timeout_s",
-                                  "remote_consent_allowed")} == {
-        "consent_required": True, "consent_timeout_s": 12, "remote_consent_allowed": True}
+    assert {
+        k: event[k] for k in ("consent_required", "consent_timeout_s", "remote_consent_allowed")
+    } == {"consent_required": True, "consent_timeout_s": 12, "remote_consent_allowed": True}

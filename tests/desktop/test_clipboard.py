@@ -19,8 +19,9 @@ from tests.conftest import UNIT
 
 T = 10 * UNIT
 
-pytestmark = pytest.mark.skipif(shutil.which("xclip") is None,
-                                reason="xclip is not installed (Debian package xclip)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("xclip") is None, reason="xclip is not installed (Debian package xclip)"
+)
 
 TK_CLIPBOARD = r"""
 import json, sys, tkinter as tk
@@ -54,8 +55,12 @@ class TkClipboard:
 
     def __init__(self, display: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", TK_CLIPBOARD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env={**os.environ, "DISPLAY": display}, text=True, encoding="utf-8",
+            [sys.executable, "-c", TK_CLIPBOARD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "DISPLAY": display},
+            text=True,
+            encoding="utf-8",
         )
         self.lines: queue.Queue[dict[str, object]] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -119,15 +124,21 @@ class Copies:
 
 def xclip_out(display: str, selection: str = "clipboard", target: str | None = None) -> bytes:
     args = ["xclip", "-o", "-selection", selection, *(["-t", target] if target else [])]
-    done = subprocess.run(args, env={**os.environ, "DISPLAY": display}, capture_output=True,
-                          timeout=T, check=True)
+    done = subprocess.run(
+        args, env={**os.environ, "DISPLAY": display}, capture_output=True, timeout=T, check=True
+    )
     return done.stdout
 
 
 def xclip_in(display: str, data: bytes) -> None:
     """``xclip -i``: copies ``data`` and serves it (in the background) until replaced."""
-    subprocess.run(["xclip", "-i", "-selection", "clipboard", "-loops", "1"],
-                   input=data, env={**os.environ, "DISPLAY": display}, timeout=T, check=True)
+    subprocess.run(
+        ["xclip", "-i", "-selection", "clipboard", "-loops", "1"],
+        input=data,
+        env={**os.environ, "DISPLAY": display},
+        timeout=T,
+        check=True,
+    )
 
 
 def test_text_from_the_viewer_is_pasted_by_x_programs(
@@ -209,9 +220,7 @@ def test_what_was_copied_before_stays_on_the_device(
         clip.close()
 
 
-def test_copies_over_the_limit_stay_on_the_device(
-    xdisplay: str, tk_clipboard: TkClipboard
-) -> None:
+def test_copies_over_the_limit_stay_on_the_device(xdisplay: str, tk_clipboard: TkClipboard) -> None:
     copies = Copies()
     clip = X11Clipboard(xdisplay, copies)
     try:
@@ -228,6 +237,10 @@ def test_close_gives_the_clipboard_up(xdisplay: str) -> None:
     assert xclip_out(xdisplay) == b"gone soon"
     clip.close()
     clip.close()  # idempotent
-    done = subprocess.run(["xclip", "-o", "-selection", "clipboard"], capture_output=True,
-                          env={**os.environ, "DISPLAY": xdisplay}, timeout=T)
+    done = subprocess.run(
+        ["xclip", "-o", "-selection", "clipboard"],
+        capture_output=True,
+        env={**os.environ, "DISPLAY": xdisplay},
+        timeout=T,
+    )
     assert done.stdout == b""

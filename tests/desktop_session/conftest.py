@@ -140,8 +140,13 @@ class Stage:
         """A request stored as the portal stores it (the agent is not asked)."""
         with session_scope(self.engine) as session:
             return desktop.create_session(
-                session, device_id=self.world.device_a, user_id=self.world.users[user],
-                username=user, mode=mode, reason="test", consent_timeout_s=30,
+                session,
+                device_id=self.world.device_a,
+                user_id=self.world.users[user],
+                username=user,
+                mode=mode,
+                reason="test",
+                consent_timeout_s=30,
                 now=datetime.now(UTC),
             ).id
 
@@ -150,11 +155,17 @@ class Stage:
         recorded from the agent's event."""
         sid = self.request(user, mode)
         client = await self.fleet.service()
-        reply = await client.rpc("instruct", device=self.world.device_a, instruction={
-            "action": "desktop.request", "session_id": sid, "mode": str(mode),
-            "reason": "test",
-            "requester": {"user": user, "name": user.title(), "organisation": "Vendor"},
-        })
+        reply = await client.rpc(
+            "instruct",
+            device=self.world.device_a,
+            instruction={
+                "action": "desktop.request",
+                "session_id": sid,
+                "mode": str(mode),
+                "reason": "test",
+                "requester": {"user": user, "name": user.title(), "organisation": "Vendor"},
+            },
+        )
         assert reply["result"] == {"state": "accepted", "consent_required": False}
         await self.wait_state(sid, "accepted")
         return sid
@@ -177,14 +188,25 @@ class Stage:
                 await self.fleet.desktop.events.flush()
                 await asyncio.sleep(0.02)
 
-    async def viewer(self, ticket: str | None, *, origin: str | None = ORIGIN,
-                     query: str = "", max_queue: int = 16) -> ClientConnection:
+    async def viewer(
+        self,
+        ticket: str | None,
+        *,
+        origin: str | None = ORIGIN,
+        query: str = "",
+        max_queue: int = 16,
+    ) -> ClientConnection:
         url = f"{self.relay_url}/view?" + (f"ticket={ticket}" if ticket is not None else "")
         ws = await connect(
-            url + query, ssl=self.fleet.pki.client_context(),
+            url + query,
+            ssl=self.fleet.pki.client_context(),
             origin=Origin(origin) if origin is not None else None,
-            subprotocols=[SUBPROTOCOL], max_size=wire.MAX_MESSAGE, open_timeout=5 * UNIT,
-            close_timeout=UNIT, compression=None, max_queue=max_queue,
+            subprotocols=[SUBPROTOCOL],
+            max_size=wire.MAX_MESSAGE,
+            open_timeout=5 * UNIT,
+            close_timeout=UNIT,
+            compression=None,
+            max_queue=max_queue,
         )
         self.fleet._clients.append(ws.close)
         return ws
@@ -208,7 +230,10 @@ def relay_db(tmp_path: Path) -> Engine:
 
 @pytest.fixture
 async def stage(
-    fleet_pki: FleetPKI, relay_db: Engine, tmp_path: Path, xdisplay: str  # noqa: F811
+    fleet_pki: FleetPKI,
+    relay_db: Engine,
+    tmp_path: Path,
+    xdisplay: str,  # noqa: F811
 ) -> AsyncIterator[Stage]:
     async with running_relay(
         fleet_pki, relay_db, viewer=ViewerConfig(allowed_origins=(ORIGIN,), port=0)
@@ -223,8 +248,10 @@ async def stage(
         shutil.copy(fleet_pki.ca_file, identity / "ca.pem")
         config = AgentConfig(
             relay_urls=(f"wss://localhost:{fleet.relay.port}/agent",),
-            ca_file=str(fleet_pki.ca_file), identity_dir=str(identity),
-            data_dir=str(tmp_path / "agent"), proxy="none",
+            ca_file=str(fleet_pki.ca_file),
+            identity_dir=str(identity),
+            data_dir=str(tmp_path / "agent"),
+            proxy="none",
             backoff=BackoffConfig(base=0.1, cap=0.5),
         )
         sink = RecordingSink()
@@ -232,7 +259,8 @@ async def stage(
             DesktopPolicy(consent_required=False, display=xdisplay),
             AnswerBox(tmp_path / "agent" / "answers"),
             settings=StreamerSettings(pacer=PacerSettings(max_fps=30, cpu_budget=1.0)),
-            source_factory=FixedScreen, sink_factory=lambda _d: sink,
+            source_factory=FixedScreen,
+            sink_factory=lambda _d: sink,
             cursor_factory=lambda _d: None,
         )
         registry = Registry()
@@ -285,9 +313,13 @@ def device_clipboard_is(display: str, expected: bytes, within: float) -> bool:
     deadline = time.monotonic() + within
     while (left := deadline - time.monotonic()) > 0:
         try:
-            done = subprocess.run(["xclip", "-o", "-selection", "clipboard"],
-                                  capture_output=True, env={**os.environ, "DISPLAY": display},
-                                  timeout=max(0.1, left), check=False)
+            done = subprocess.run(
+                ["xclip", "-o", "-selection", "clipboard"],
+                capture_output=True,
+                env={**os.environ, "DISPLAY": display},
+                timeout=max(0.1, left),
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             return False
         if done.stdout == expected:

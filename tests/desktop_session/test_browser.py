@@ -47,8 +47,11 @@ if not Path(CHROMIUM).exists():
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-SHOTS = Path(os.environ.get("OUTLINK_SCREENSHOT_DIR",
-                            Path(tempfile.gettempdir()) / "outlink-desktop-screens"))
+SHOTS = Path(
+    os.environ.get(
+        "OUTLINK_SCREENSHOT_DIR", Path(tempfile.gettempdir()) / "outlink-desktop-screens"
+    )
+)
 TIMEOUT_MS = 20_000 * UNIT
 CONSENT_TIMEOUT_S = 5
 
@@ -64,9 +67,21 @@ class Stack:
     def answer(self, action: str, session_id: str) -> str:
         """What the person at the device types: ``outlink-agent desktop ACTION ID``."""
         done = subprocess.run(
-            [sys.executable, "-m", "agent", "desktop", action, session_id,
-             "--config", str(self.dir / "agent.toml")],
-            capture_output=True, text=True, env=ENV, cwd=self.dir, timeout=30 * UNIT,
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "desktop",
+                action,
+                session_id,
+                "--config",
+                str(self.dir / "agent.toml"),
+            ],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            cwd=self.dir,
+            timeout=30 * UNIT,
         )
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
@@ -89,8 +104,14 @@ def _until(condition: Any, what: str, proc: subprocess.Popen[bytes], log: Path) 
 
 def _spawn(args: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=ENV, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", *args],
+            cwd=cwd,
+            env=ENV,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -110,9 +131,14 @@ def _register_device(database_url: str) -> str:
         with session_scope(engine) as session:
             site = session.scalars(select(Site).where(Site.slug == "site-0")).first()
             assert site is not None
-            device = Device(id=str(uuid.uuid4()), customer_id=site.customer_id, site_id=site.id,
-                            enrolled_at=datetime.now(UTC), hostname="ct-demo",
-                            model="CT Scanner 9000")
+            device = Device(
+                id=str(uuid.uuid4()),
+                customer_id=site.customer_id,
+                site_id=site.id,
+                enrolled_at=datetime.now(UTC),
+                hostname="ct-demo",
+                model="CT Scanner 9000",
+            )
             session.add(device)
             return device.id
     finally:
@@ -149,17 +175,21 @@ def screen(xdisplay: str) -> Iterator[App]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, fleet_pki: FleetPKI, xdisplay: str,
-          screen: App) -> Iterator[Stack]:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, fleet_pki: FleetPKI, xdisplay: str, screen: App
+) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("desktop-stack")
     port, ops, view = free_port(), free_port(), free_port()
     service_url = f"wss://localhost:{port}/service"
     (tmp / "portal").mkdir()
-    with serve_portal(tmp / "portal", relay_ca=str(fleet_pki.ca_file),
-                      relay_cert=str(fleet_pki.portal.cert_file),
-                      relay_key=str(fleet_pki.portal.key_file),
-                      relay_url=service_url,
-                      relay_view_url=f"wss://localhost:{view}/view") as portal:
+    with serve_portal(
+        tmp / "portal",
+        relay_ca=str(fleet_pki.ca_file),
+        relay_cert=str(fleet_pki.portal.cert_file),
+        relay_key=str(fleet_pki.portal.key_file),
+        relay_url=service_url,
+        relay_view_url=f"wss://localhost:{view}/view",
+    ) as portal:
         device_id = _register_device(portal.database_url)
         cert = fleet_pki.device_cert(DeviceId(device_id), "acme", "site-0")
         (tmp / "relay.toml").write_text(f"""
@@ -178,8 +208,8 @@ ca_dir = ""
 [viewer]
 allowed_origins = ["{portal.base_url}"]
 port = {view}
-cert = "{portal.data_dir / 'portal.pem'}"
-key = "{portal.data_dir / 'portal.key'}"
+cert = "{portal.data_dir / "portal.pem"}"
+key = "{portal.data_dir / "portal.key"}"
 [log]
 format = "text"
 level = "DEBUG"
@@ -193,7 +223,7 @@ level = "DEBUG"
 relay_urls = ["wss://localhost:{port}/agent"]
 ca_file = "{fleet_pki.ca_file}"
 identity_dir = "{identity}"
-data_dir = "{tmp / 'agent'}"
+data_dir = "{tmp / "agent"}"
 proxy = "none"
 log_level = "DEBUG"
 [desktop]
@@ -205,18 +235,24 @@ consent_timeout_s = {CONSENT_TIMEOUT_S}.0
         relay = _spawn(["relay_server", "--config", "relay.toml"], tmp, tmp / "relay.log")
         agent = None
         try:
+
             def ready() -> bool:
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{ops}/readyz",
-                                                timeout=UNIT) as response:
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{ops}/readyz", timeout=UNIT
+                    ) as response:
                         return bool(response.status == 200)
                 except OSError:
                     return False
 
             _until(ready, "the relay", relay, tmp / "relay.log")
             agent = _spawn(["agent", "run", "--config", "agent.toml"], tmp, tmp / "agent.log")
-            _until(lambda: _online(portal.database_url, device_id), "the agent online",
-                   agent, tmp / "agent.log")
+            _until(
+                lambda: _online(portal.database_url, device_id),
+                "the agent online",
+                agent,
+                tmp / "agent.log",
+            )
             yield Stack(portal, tmp, device_id, relay, agent)
         finally:
             if agent is not None:
@@ -228,9 +264,16 @@ consent_timeout_s = {CONSENT_TIMEOUT_S}.0
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         yield chromium
         chromium.close()
@@ -240,8 +283,11 @@ def browser() -> Iterator[Any]:
 def page(browser: Any, stack: Stack) -> Iterator[Any]:
     # ignore_https_errors: portal and relay certificates come from our own CAs, which this
     # throwaway profile does not trust (tests/web/test_serve.py verifies those chains).
-    context = browser.new_context(ignore_https_errors=True, base_url=stack.portal.base_url,
-                                  viewport={"width": 1500, "height": 1100})
+    context = browser.new_context(
+        ignore_https_errors=True,
+        base_url=stack.portal.base_url,
+        viewport={"width": 1500, "height": 1100},
+    )
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     page.goto("/login")
@@ -282,8 +328,12 @@ def close_to(a: tuple[int, int, int], b: tuple[int, int, int], tolerance: int = 
 def test_the_device_page_shows_the_consent_setting_before_any_request(
     page: Any, stack: Stack
 ) -> None:
-    _until(lambda: _policy_reported(stack.portal.database_url, stack.device_id),
-           "the device's consent setting", stack.agent, stack.dir / "agent.log")
+    _until(
+        lambda: _policy_reported(stack.portal.database_url, stack.device_id),
+        "the device's consent setting",
+        stack.agent,
+        stack.dir / "agent.log",
+    )
     page.goto(f"/devices/{stack.device_id}")
     setting = page.locator("#desktop-consent-setting")
     sync_api.expect(setting).to_have_attribute("data-consent", "required")
@@ -322,7 +372,8 @@ def test_accepted_session_shows_the_device_screen_and_drives_it(
     page.click("#desktop-end")
     expect(page.locator("#desktop")).to_have_attribute("data-state", "ended")
     expect(page.locator("#desktop-message")).to_have_text(
-        "The session ended: it was ended from the portal.")
+        "The session ended: it was ended from the portal."
+    )
     shot(page, "desktop-03-ended")
 
 
@@ -331,7 +382,8 @@ def test_denied_request_says_so(page: Any, stack: Stack) -> None:
     stack.answer("deny", sid)
     sync_api.expect(page.locator("#desktop")).to_have_attribute("data-state", "denied")
     sync_api.expect(page.locator("#desktop-message")).to_have_text(
-        "The request was denied at the device.")
+        "The request was denied at the device."
+    )
     assert page.locator("#viewer").is_hidden()
     shot(page, "desktop-04-denied")
 
@@ -339,9 +391,11 @@ def test_denied_request_says_so(page: Any, stack: Stack) -> None:
 def test_unanswered_request_times_out_with_a_clear_message(page: Any, stack: Stack) -> None:
     request_desktop(page, stack, "view")
     sync_api.expect(page.locator("#desktop")).to_have_attribute(
-        "data-state", "timeout", timeout=(CONSENT_TIMEOUT_S + 10) * 1000 * UNIT)
+        "data-state", "timeout", timeout=(CONSENT_TIMEOUT_S + 10) * 1000 * UNIT
+    )
     sync_api.expect(page.locator("#desktop-message")).to_have_text(
-        "Nobody answered at the device in time: the request was declined automatically.")
+        "Nobody answered at the device in time: the request was declined automatically."
+    )
     assert page.locator("#viewer").is_hidden()
     shot(page, "desktop-05-timeout")
 
@@ -356,8 +410,9 @@ def test_clipboard_both_ways_through_the_relay(
     page: Any, stack: Stack, screen: App, xdisplay: str
 ) -> None:
     expect = sync_api.expect
-    page.context.grant_permissions(["clipboard-read", "clipboard-write"],
-                                   origin=stack.portal.base_url)
+    page.context.grant_permissions(
+        ["clipboard-read", "clipboard-write"], origin=stack.portal.base_url
+    )
     sid = request_desktop(page, stack, "control")
     stack.answer("accept", sid)
     expect(page.locator("#desktop")).to_have_attribute("data-state", "started")
@@ -404,7 +459,8 @@ def test_view_only_session_shows_the_device_clipboard_only(
         expect(page.locator("#viewer-clip-to-device")).to_be_hidden()
         copier.copy("copied while the engineer watches")
         expect(page.locator("#viewer-clip-remote")).to_have_value(
-            "copied while the engineer watches")
+            "copied while the engineer watches"
+        )
     finally:
         copier.close()
     page.click("#desktop-end")

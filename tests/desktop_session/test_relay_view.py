@@ -75,13 +75,17 @@ async def test_viewer_gets_the_screen_and_drives_the_device(stage: Stage) -> Non
         while ("key", 0x61, False) not in stage.sink.events:
             await asyncio.sleep(0.01)
     assert stage.channel_metas[-1] == {
-        "session_id": sid, "mode": "control", "viewer": "eng", "clipboard": True,
+        "session_id": sid,
+        "mode": "control",
+        "viewer": "eng",
+        "clipboard": True,
     }
     await stage.wait_state(sid, "started")
     await ws.close()
     await stage.fleet.relay.audit.flush()
     assert {"desktop.accepted", "desktop.joined", "desktop.started"} <= set(
-        audit_kinds(stage.engine))
+        audit_kinds(stage.engine)
+    )
 
 
 async def test_replayed_ticket_is_refused(stage: Stage) -> None:
@@ -176,8 +180,12 @@ async def test_view_only_ticket_cannot_be_upgraded(stage: Stage) -> None:
     assert '"mode":"view"' in await ws.recv()
     await first_frame(ws)
     assert stage.channel_metas[-1]["mode"] == "view"
-    for message in (wire.KeyEvent(0x61, True), wire.PointerEvent(5, 5, 1),
-                    wire.WheelEvent(0, 1), wire.Clipboard("rm -rf /")):
+    for message in (
+        wire.KeyEvent(0x61, True),
+        wire.PointerEvent(5, 5, 1),
+        wire.WheelEvent(0, 1),
+        wire.Clipboard("rm -rf /"),
+    ):
         await ws.send(message.encode())
     await ws.send(wire.RefreshRequest().encode())  # not input: passes
     frame = await first_frame(ws)  # the refresh's answer: everything before it was handled
@@ -259,8 +267,13 @@ async def test_session_ended_by_the_portal_closes_the_viewer(stage: Stage) -> No
     ws = await stage.viewer(stage.ticket(sid))
     await first_frame(ws)
     with session_scope(stage.engine) as session:
-        desktop.record_ended(session, sid, reason=EndReason.BY_ENGINEER,
-                             now=datetime.now(UTC), actor=desktop.Actor("portal"))
+        desktop.record_ended(
+            session,
+            sid,
+            reason=EndReason.BY_ENGINEER,
+            now=datetime.now(UTC),
+            actor=desktop.Actor("portal"),
+        )
     assert await closed_code(ws, 10 * UNIT) == 4410
     async with asyncio.timeout(5 * UNIT):
         while stage.desktop.book.live:  # the device stopped streaming too
@@ -312,9 +325,15 @@ async def test_agent_events_are_checked_and_bound_to_the_device(stage: Stage) ->
     other_device = stage.world.device_b
     with session_scope(stage.engine) as session:  # a session of another device
         foreign = desktop.create_session(
-            session, device_id=other_device, user_id=stage.world.users["root"],
-            username="root", mode=Mode.VIEW, reason="", consent_timeout_s=30,
-            now=datetime.now(UTC)).id
+            session,
+            device_id=other_device,
+            user_id=stage.world.users["root"],
+            username="root",
+            mode=Mode.VIEW,
+            reason="",
+            consent_timeout_s=30,
+            now=datetime.now(UTC),
+        ).id
     events.record(other, {"session_id": foreign, "state": "accepted", "by": "device"})
     await events.flush()
     assert stage.state(foreign).state == "requested"
@@ -324,9 +343,15 @@ async def test_agent_events_are_checked_and_bound_to_the_device(stage: Stage) ->
 async def test_undecided_requests_time_out_on_the_server(stage: Stage) -> None:
     with session_scope(stage.engine) as session:
         sid = desktop.create_session(
-            session, device_id=stage.world.device_a, user_id=stage.world.users["eng"],
-            username="eng", mode=Mode.VIEW, reason="", consent_timeout_s=1,
-            now=datetime.now(UTC) - timedelta(seconds=10)).id
+            session,
+            device_id=stage.world.device_a,
+            user_id=stage.world.users["eng"],
+            username="eng",
+            mode=Mode.VIEW,
+            reason="",
+            consent_timeout_s=1,
+            now=datetime.now(UTC) - timedelta(seconds=10),
+        ).id
     await stage.wait_state(sid, "timeout", timeout=5 * UNIT)
     assert stage.state(sid).decided_by == desktop.BY_SERVER_TIMEOUT
 
@@ -341,8 +366,11 @@ async def test_the_device_reports_its_consent_setting_on_connecting(stage: Stage
                 break
             await asyncio.sleep(0.02)
     # The stage's device asks for no consent; the agent's default timeout is 30 s.
-    assert (policy.consent_required, policy.consent_timeout_s,
-            policy.remote_consent_allowed) == (False, 30, False)
+    assert (policy.consent_required, policy.consent_timeout_s, policy.remote_consent_allowed) == (
+        False,
+        30,
+        False,
+    )
     assert "desktop.policy_reported" in audit_kinds(stage.engine)
 
 
@@ -351,8 +379,16 @@ def test_malformed_reports_are_counted_and_dropped(db_engine: Engine) -> None:
     id is not the one the portal sent, so it is refused like any other malformed id."""
     events = DesktopEvents(db_engine, "test")
     link = cast("AgentLink", SimpleNamespace(device_id="device"))
-    events.record_policy(link, {"consent_required": 1, "consent_timeout_s": 30,
-                                "remote_consent_allowed": False})
-    events.record(link, {"session_id": "6F1C2B0E-8D7A-4C55-9E0B-1A2B3C4D5E6F",
-                         "state": "accepted", "by": "device", "reason": ""})
+    events.record_policy(
+        link, {"consent_required": 1, "consent_timeout_s": 30, "remote_consent_allowed": False}
+    )
+    events.record(
+        link,
+        {
+            "session_id": "6F1C2B0E-8D7A-4C55-9E0B-1A2B3C4D5E6F",
+            "state": "accepted",
+            "by": "device",
+            "reason": "",
+        },
+    )
     assert events.invalid == 2 and events.applied == 0

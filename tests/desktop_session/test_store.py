@@ -32,20 +32,40 @@ def world(db_engine: Engine) -> World:
     return seed(db_engine)
 
 
-def new_session(engine: Engine, world: World, user: str = "eng", mode: Mode = Mode.CONTROL,
-                device: str | None = None, now: datetime = NOW) -> str:
+def new_session(
+    engine: Engine,
+    world: World,
+    user: str = "eng",
+    mode: Mode = Mode.CONTROL,
+    device: str | None = None,
+    now: datetime = NOW,
+) -> str:
     with session_scope(engine) as session:
         row = desktop.create_session(
-            session, device_id=device or world.device_a, user_id=world.users[user],
-            username=user, mode=mode, reason="printer jam", consent_timeout_s=30, now=now)
+            session,
+            device_id=device or world.device_a,
+            user_id=world.users[user],
+            username=user,
+            mode=mode,
+            reason="printer jam",
+            consent_timeout_s=30,
+            now=now,
+        )
         return row.id
 
 
 def accepted_session(engine: Engine, world: World, **kwargs: object) -> str:
     sid = new_session(engine, world, **kwargs)  # type: ignore[arg-type]
     with session_scope(engine) as session:
-        assert desktop.record_decision(session, sid, State.ACCEPTED, by="device",
-                                       reason="accepted on the device", now=NOW, actor=RELAY)
+        assert desktop.record_decision(
+            session,
+            sid,
+            State.ACCEPTED,
+            by="device",
+            reason="accepted on the device",
+            now=NOW,
+            actor=RELAY,
+        )
     return sid
 
 
@@ -60,44 +80,77 @@ def test_permission_names_match_the_portal() -> None:
     assert Perm.DESKTOP_CLIPBOARD.value == desktop.PERM_CLIPBOARD
 
 
-def test_transitions_follow_the_table_and_final_states_stay(db_engine: Engine,
-                                                             world: World) -> None:
+def test_transitions_follow_the_table_and_final_states_stay(
+    db_engine: Engine, world: World
+) -> None:
     sid = new_session(db_engine, world)
     with session_scope(db_engine) as session:
         assert desktop.record_started(session, sid, viewer="eng", now=NOW, actor=RELAY) is None
-        assert desktop.record_prompting(session, sid, consent_timeout_s=20,
-                                        remote_consent_allowed=True, now=NOW, actor=RELAY)
-        assert desktop.record_decision(session, sid, State.DENIED, by="device",
-                                       reason="denied on the device", now=NOW, actor=RELAY)
+        assert desktop.record_prompting(
+            session, sid, consent_timeout_s=20, remote_consent_allowed=True, now=NOW, actor=RELAY
+        )
+        assert desktop.record_decision(
+            session,
+            sid,
+            State.DENIED,
+            by="device",
+            reason="denied on the device",
+            now=NOW,
+            actor=RELAY,
+        )
         # A late acceptance, a start and an end after the denial change nothing.
-        assert desktop.record_decision(session, sid, State.ACCEPTED, by="device", reason="",
-                                       now=NOW, actor=RELAY) is None
+        assert (
+            desktop.record_decision(
+                session, sid, State.ACCEPTED, by="device", reason="", now=NOW, actor=RELAY
+            )
+            is None
+        )
         assert desktop.record_started(session, sid, viewer="eng", now=NOW, actor=RELAY) is None
         assert desktop.record_ended(session, sid, reason="x", now=NOW, actor=RELAY) is None
         row = session.get(DesktopSession, sid)
         assert row is not None
         assert (row.state, row.decided_by, row.consent_required, row.remote_consent_allowed) == (
-            "denied", "device", True, True)
+            "denied",
+            "device",
+            True,
+            True,
+        )
         kinds = session.scalars(select(AuditEvent.kind).order_by(AuditEvent.id)).all()
         assert kinds == ["desktop.prompting", "desktop.denied"]
         assert verify_chain(session).ok
 
 
-def test_an_agent_cannot_report_on_another_devices_session(db_engine: Engine,
-                                                           world: World) -> None:
+def test_an_agent_cannot_report_on_another_devices_session(db_engine: Engine, world: World) -> None:
     sid = new_session(db_engine, world)
     with session_scope(db_engine) as session:
-        assert desktop.record_decision(session, sid, State.ACCEPTED, by="device", reason="",
-                                       now=NOW, actor=RELAY, device_id=world.device_b) is None
+        assert (
+            desktop.record_decision(
+                session,
+                sid,
+                State.ACCEPTED,
+                by="device",
+                reason="",
+                now=NOW,
+                actor=RELAY,
+                device_id=world.device_b,
+            )
+            is None
+        )
     assert state_of(db_engine, sid) == "requested"
 
 
 def test_no_consent_acceptance_is_recorded_as_such(db_engine: Engine, world: World) -> None:
     sid = new_session(db_engine, world)
     with session_scope(db_engine) as session:
-        row = desktop.record_decision(session, sid, State.ACCEPTED, by=BY_POLICY,
-                                      reason="consent is off on this device", now=NOW,
-                                      actor=RELAY)
+        row = desktop.record_decision(
+            session,
+            sid,
+            State.ACCEPTED,
+            by=BY_POLICY,
+            reason="consent is off on this device",
+            now=NOW,
+            actor=RELAY,
+        )
         assert row is not None and row.consent_required is False
         event = session.scalars(select(AuditEvent).where(AuditEvent.kind == "desktop.accepted"))
         assert '"no_consent":true' in event.one().details
@@ -110,12 +163,21 @@ def test_ended_records_duration_and_bytes(db_engine: Engine, world: World) -> No
     sid = accepted_session(db_engine, world)
     with session_scope(db_engine) as session:
         desktop.record_started(session, sid, viewer="eng", now=NOW, actor=RELAY)
-        row = desktop.record_ended(session, sid, reason="ended-by-customer",
-                                   now=NOW + timedelta(seconds=42), actor=RELAY,
-                                   bytes_to_viewer=1000, bytes_from_viewer=20)
+        row = desktop.record_ended(
+            session,
+            sid,
+            reason="ended-by-customer",
+            now=NOW + timedelta(seconds=42),
+            actor=RELAY,
+            bytes_to_viewer=1000,
+            bytes_from_viewer=20,
+        )
         assert row is not None
         assert (row.end_reason, row.bytes_to_viewer, row.bytes_from_viewer) == (
-            "ended-by-customer", 1000, 20)
+            "ended-by-customer",
+            1000,
+            20,
+        )
         ended = session.scalars(select(AuditEvent).where(AuditEvent.kind == "desktop.ended"))
         assert '"duration_s":42.0' in ended.one().details
 
@@ -142,14 +204,14 @@ def test_ticket_is_single_use_and_bound(db_engine: Engine, world: World) -> None
         stored = session.scalar(select(desktop.ViewerTicket.token_hash))
     assert stored != secret and secret not in str(stored)
     admission = admit(db_engine, secret)
-    assert admission == desktop.Admission(sid, world.device_a, world.users["eng"], "eng",
-                                          Mode.CONTROL, clipboard=True)
+    assert admission == desktop.Admission(
+        sid, world.device_a, world.users["eng"], "eng", Mode.CONTROL, clipboard=True
+    )
     with pytest.raises(Refused, match="bad-ticket"):
         admit(db_engine, secret)  # replayed
 
 
-def test_expired_altered_and_malformed_tickets_are_refused(db_engine: Engine,
-                                                          world: World) -> None:
+def test_expired_altered_and_malformed_tickets_are_refused(db_engine: Engine, world: World) -> None:
     sid = accepted_session(db_engine, world)
     expired = issue(db_engine, sid)
     with pytest.raises(Refused, match="bad-ticket"):
@@ -162,8 +224,7 @@ def test_expired_altered_and_malformed_tickets_are_refused(db_engine: Engine,
     assert admit(db_engine, good).session_id == sid  # the original still works once
 
 
-def test_a_ticket_for_a_session_that_is_over_is_refused(db_engine: Engine,
-                                                        world: World) -> None:
+def test_a_ticket_for_a_session_that_is_over_is_refused(db_engine: Engine, world: World) -> None:
     sid = accepted_session(db_engine, world)
     secret = issue(db_engine, sid)
     with session_scope(db_engine) as session:
@@ -175,8 +236,9 @@ def test_a_ticket_for_a_session_that_is_over_is_refused(db_engine: Engine,
 # -- rights -------------------------------------------------------------------------------
 
 
-def rights(engine: Engine, world: World, user: str, mode: Mode = Mode.CONTROL,
-           device: str | None = None) -> ViewerRights | None:
+def rights(
+    engine: Engine, world: World, user: str, mode: Mode = Mode.CONTROL, device: str | None = None
+) -> ViewerRights | None:
     with session_scope(engine) as session:
         return desktop.viewer_rights(session, world.users[user], device or world.device_a, mode)
 
@@ -196,8 +258,7 @@ def test_rights_follow_role_scope_and_account(db_engine: Engine, world: World) -
     assert rights(db_engine, world, "eng", Mode.VIEW) is None
 
 
-def test_recheck_fails_once_rights_or_session_are_gone(db_engine: Engine,
-                                                      world: World) -> None:
+def test_recheck_fails_once_rights_or_session_are_gone(db_engine: Engine, world: World) -> None:
     sid = accepted_session(db_engine, world)
     admission = admit(db_engine, issue(db_engine, sid))
     with session_scope(db_engine) as session:
@@ -242,13 +303,24 @@ def test_the_reported_policy_is_stored_and_changes_are_audited(
     def report(required: bool, timeout: int, remote: bool, at: datetime) -> bool:
         with session_scope(db_engine) as session:
             return desktop.record_policy(
-                session, world.device_a, consent_required=required, consent_timeout_s=timeout,
-                remote_consent_allowed=remote, now=at, actor=RELAY)
+                session,
+                world.device_a,
+                consent_required=required,
+                consent_timeout_s=timeout,
+                remote_consent_allowed=remote,
+                now=at,
+                actor=RELAY,
+            )
 
     def audited() -> list[str]:
         with session_scope(db_engine) as session:
-            return list(session.scalars(select(AuditEvent.details).where(
-                AuditEvent.kind == "desktop.policy_reported").order_by(AuditEvent.id)))
+            return list(
+                session.scalars(
+                    select(AuditEvent.details)
+                    .where(AuditEvent.kind == "desktop.policy_reported")
+                    .order_by(AuditEvent.id)
+                )
+            )
 
     with session_scope(db_engine) as session:
         assert desktop.last_reported_policy(session, world.device_a) is None

@@ -43,9 +43,15 @@ def add_user(
     now = datetime.now(UTC)
     role_id = session.scalar(select(Role.id).where(Role.name == role))
     user = User(
-        username=username, display_name=username.title(),
-        password_hash=password_hash or "x", role_id=role_id, all_scope=all_scope,
-        is_active=True, must_change_password=False, created_at=now, password_changed_at=now,
+        username=username,
+        display_name=username.title(),
+        password_hash=password_hash or "x",
+        role_id=role_id,
+        all_scope=all_scope,
+        is_active=True,
+        must_change_password=False,
+        created_at=now,
+        password_changed_at=now,
         scopes=[UserScope(customer_id=c) for c in customers]
         + [UserScope(site_id=s) for s in sites],
     )
@@ -60,8 +66,7 @@ def seed(engine: Engine, *, with_passwords: bool = False, device_a: str | None =
     ``device_a``: use this id for device A (e.g. the one a certificate names)."""
     password = hash_password(PASSWORD) if with_passwords else None
     with session_scope(engine) as session:
-        site_a = ensure_site(session, "acme", "lab", customer_name="Acme Hospital",
-                             site_name="Lab")
+        site_a = ensure_site(session, "acme", "lab", customer_name="Acme Hospital", site_name="Lab")
         site_b = ensure_site(session, "globex", "main", customer_name="Globex Imaging")
         if device_a is None:
             dev_a = create_device(session, site_a).id
@@ -70,21 +75,40 @@ def seed(engine: Engine, *, with_passwords: bool = False, device_a: str | None =
 
             dev_a = device_a
             if session.get(Device, device_a) is None:
-                session.add(Device(id=device_a, customer_id=site_a.customer_id,
-                                   site_id=site_a.id, enrolled_at=datetime.now(UTC)))
+                session.add(
+                    Device(
+                        id=device_a,
+                        customer_id=site_a.customer_id,
+                        site_id=site_a.id,
+                        enrolled_at=datetime.now(UTC),
+                    )
+                )
                 session.flush()
         dev_b = create_device(session, site_b).id
         users = {
-            "root": add_user(session, "root", "administrator", all_scope=True,
-                             password_hash=password),
-            "eng": add_user(session, "eng", "service_engineer",
-                            customers=(site_a.customer_id,), password_hash=password),
-            "eng2": add_user(session, "eng2", "service_engineer",
-                             customers=(site_a.customer_id,), password_hash=password),
-            "ana": add_user(session, "ana", "analyst", customers=(site_a.customer_id,),
-                            password_hash=password),
-            "contact": add_user(session, "contact", "site_contact", sites=(site_a.id,),
-                                password_hash=password),
+            "root": add_user(
+                session, "root", "administrator", all_scope=True, password_hash=password
+            ),
+            "eng": add_user(
+                session,
+                "eng",
+                "service_engineer",
+                customers=(site_a.customer_id,),
+                password_hash=password,
+            ),
+            "eng2": add_user(
+                session,
+                "eng2",
+                "service_engineer",
+                customers=(site_a.customer_id,),
+                password_hash=password,
+            ),
+            "ana": add_user(
+                session, "ana", "analyst", customers=(site_a.customer_id,), password_hash=password
+            ),
+            "contact": add_user(
+                session, "contact", "site_contact", sites=(site_a.id,), password_hash=password
+            ),
         }
         return World(site_a.customer_id, site_b.customer_id, dev_a, dev_b, users)
 
@@ -99,5 +123,8 @@ def revoke_permission(engine: Engine, role: str, permission: str) -> None:
     with session_scope(engine) as session:
         role_id = session.scalar(select(Role.id).where(Role.name == role))
         perm_id = session.scalar(select(Permission.id).where(Permission.name == permission))
-        session.execute(delete(RolePermission).where(
-            RolePermission.role_id == role_id, RolePermission.permission_id == perm_id))
+        session.execute(
+            delete(RolePermission).where(
+                RolePermission.role_id == role_id, RolePermission.permission_id == perm_id
+            )
+        )

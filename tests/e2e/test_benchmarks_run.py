@@ -22,8 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 KEYS = {
     "tunnel_throughput": {"ratio", "control_p99_ms"},
     "relay_capacity": {"agents", "rss_per_agent_kib", "idle_cpu_pct"},
-    "telemetry": {"records_per_s", "alarm_p95_ms", "lost", "duplicated",
-                  "agent_idle_cpu_pct", "agent_rss_mb"},
+    "telemetry": {
+        "records_per_s",
+        "alarm_p95_ms",
+        "lost",
+        "duplicated",
+        "agent_idle_cpu_pct",
+        "agent_rss_mb",
+    },
 }
 
 
@@ -31,7 +37,11 @@ KEYS = {
 def test_quick_benchmark_runs_and_reports(name: str, tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / f"{name}.py"), "--quick"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300 * UNIT, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300 * UNIT,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])

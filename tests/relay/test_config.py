@@ -49,8 +49,11 @@ def test_toml_and_env_override(tmp_path: Path) -> None:
         ("[listen]\nprot = 1\n", {}, "unknown key listen.prot (listen has: host, port,"),
         ('[listen]\nport = "x"\n', {}, "listen.port: expected integer, got string 'x'"),
         ("[listen]\nport = 70000\n", {}, "relay.toml: listen.port out of range"),
-        ("", {"OUTLINK_RELAY_LISTEN_PORT": "nope"}, "OUTLINK_RELAY_LISTEN_PORT (listen.port): "
-         "expected integer, got 'nope'"),
+        (
+            "",
+            {"OUTLINK_RELAY_LISTEN_PORT": "nope"},
+            "OUTLINK_RELAY_LISTEN_PORT (listen.port): expected integer, got 'nope'",
+        ),
         ("[revocation]\nrefresh_interval = 61\n", {}, "within 60 s"),
         ("listen = 3\n", {}, "listen: expected table, got integer 3"),
         ("[log]\nformat = 'xml'\n", {}, "log.format: expected one of 'json', 'text'"),

@@ -99,8 +99,10 @@ async def test_slow_reader_behind_the_relay_does_not_grow_relay_memory(fleet: Fl
     # come back down to half of it), the relay holds its window (less the credit it owes
     # the agent but batches).
     await wait_for(
-        lambda: agent_channel[0].queued_bytes > high_water // 2
-        and relay_held() >= window - MAX_CREDIT_BATCH
+        lambda: (
+            agent_channel[0].queued_bytes > high_water // 2
+            and relay_held() >= window - MAX_CREDIT_BATCH
+        )
     )
     for _ in range(3):  # chunks still on their way to the relay land meanwhile
         await service.rpc("presence")

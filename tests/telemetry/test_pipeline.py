@@ -128,7 +128,11 @@ async def test_urgent_code_raises_an_alarm_and_the_rule_notifies_once_by_mail_an
     assert time.time() - written < 5 * UNIT
     rule_id = world.db(lambda s: s.scalar(select(TelemetryRule.id)))
     assert (alarm.key, alarm.severity, alarm.device_id, alarm.rule_id, alarm.count) == (
-        "code:E9001", Severity.URGENT, agent.device_id, rule_id, 1
+        "code:E9001",
+        Severity.URGENT,
+        agent.device_id,
+        rule_id,
+        1,
     )
     await world.smtp.signal.wait_for(lambda: len(world.smtp.messages) == 1)
     await world.hooks.signal.wait_for(lambda: len(world.hooks.requests) == 1)

@@ -357,9 +357,17 @@ def test_two_relays_deciding_one_notice_at_once_send_it_once(db_engine: Engine) 
 
     def decide(session: Session) -> str:
         return decide_notification(
-            session, channel="webhook", target="https://hooks.example/x", dedup_key="d:E1",
-            alarm_id=None, rule_id=None, device_id=None, now=NOW,
-            dedup_window=timedelta(minutes=30), rate_limit=10, rate_window=timedelta(hours=1),
+            session,
+            channel="webhook",
+            target="https://hooks.example/x",
+            dedup_key="d:E1",
+            alarm_id=None,
+            rule_id=None,
+            device_id=None,
+            now=NOW,
+            dedup_window=timedelta(minutes=30),
+            rate_limit=10,
+            rate_window=timedelta(hours=1),
         ).status
 
     with ThreadPoolExecutor(1) as pool, session_scope(db_engine) as first:

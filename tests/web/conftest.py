@@ -53,10 +53,15 @@ def relay_calls() -> RelayCalls:
 
 @pytest.fixture
 def app(db_url: str, tmp_path: Path, relay_calls: RelayCalls) -> Iterator[Flask]:  # noqa: F811
-    app = create_app({
-        "database_url": db_url, "data_dir": tmp_path / "portal", "relay_url": "wss://relay.test/service",
-        "TESTING": True, "OUTLINK_RELAY_RPC": relay_calls,
-    })
+    app = create_app(
+        {
+            "database_url": db_url,
+            "data_dir": tmp_path / "portal",
+            "relay_url": "wss://relay.test/service",
+            "TESTING": True,
+            "OUTLINK_RELAY_RPC": relay_calls,
+        }
+    )
     yield app
     with app.app_context():
         db.engine.dispose()
@@ -77,19 +82,40 @@ class Fleet:
     devices: dict[str, str] = field(default_factory=dict)
 
 
-def add_device(site: Site, hostname: str, *, online: bool = False, model: str = "CT-9000",
-               agent_version: str = "1.0.0", now: datetime | None = None) -> str:
+def add_device(
+    site: Site,
+    hostname: str,
+    *,
+    online: bool = False,
+    model: str = "CT-9000",
+    agent_version: str = "1.0.0",
+    now: datetime | None = None,
+) -> str:
     """A device at ``site`` with a presence row (inside an app context; caller commits)."""
     import uuid
 
     now = now or datetime.now(UTC)
-    device = Device(id=str(uuid.uuid4()), customer_id=site.customer_id, site_id=site.id,
-                    enrolled_at=now - timedelta(days=3), hostname=hostname, model=model)
+    device = Device(
+        id=str(uuid.uuid4()),
+        customer_id=site.customer_id,
+        site_id=site.id,
+        enrolled_at=now - timedelta(days=3),
+        hostname=hostname,
+        model=model,
+    )
     db.session.add(device)
     db.session.flush()
-    db.session.add(Presence(device_id=device.id, relay_id="relay-1", online=online,
-                            connected_at=now - timedelta(hours=1), last_seen=now,
-                            peer_addr="203.0.113.7", agent_version=agent_version))
+    db.session.add(
+        Presence(
+            device_id=device.id,
+            relay_id="relay-1",
+            online=online,
+            connected_at=now - timedelta(hours=1),
+            last_seen=now,
+            peer_addr="203.0.113.7",
+            agent_version=agent_version,
+        )
+    )
     return device.id
 
 
@@ -97,11 +123,13 @@ def add_device(site: Site, hostname: str, *, online: bool = False, model: str = 
 def fleet(app: Flask) -> Fleet:
     f = Fleet()
     with app.app_context():
-        a1 = ensure_site(db.session, "acme", "north", customer_name="Acme Hospital",
-                         site_name="North Campus")
+        a1 = ensure_site(
+            db.session, "acme", "north", customer_name="Acme Hospital", site_name="North Campus"
+        )
         a2 = ensure_site(db.session, "acme", "south", site_name="South Clinic")
-        b1 = ensure_site(db.session, "globex", "main", customer_name="Globex Imaging",
-                         site_name="Main Building")
+        b1 = ensure_site(
+            db.session, "globex", "main", customer_name="Globex Imaging", site_name="Main Building"
+        )
         f.customer_a, f.customer_b = a1.customer_id, b1.customer_id
         f.site_a1, f.site_a2, f.site_b1 = a1.id, a2.id, b1.id
         f.device_a1 = add_device(a1, "acme-ct-01", online=True)
@@ -120,20 +148,36 @@ ROLE_USERS = {
 }
 
 
-def make_user(username: str, role: str, *, all_scope: bool = False,
-              customers: tuple[int, ...] = (), sites: tuple[int, ...] = (),
-              devices: tuple[str, ...] = (), password: str = PASSWORD,
-              must_change: bool = False) -> int:
+def make_user(
+    username: str,
+    role: str,
+    *,
+    all_scope: bool = False,
+    customers: tuple[int, ...] = (),
+    sites: tuple[int, ...] = (),
+    devices: tuple[str, ...] = (),
+    password: str = PASSWORD,
+    must_change: bool = False,
+) -> int:
     """Create a user inside an app context (committed); return its id."""
     now = datetime.now(UTC)
     role_id = db.session.scalar(select(Role.id).where(Role.name == role))
-    user = User(username=username, display_name=username.title(),
-                password_hash=hash_password(password), role_id=role_id, all_scope=all_scope,
-                is_active=True, must_change_password=must_change, created_at=now,
-                password_changed_at=now)
-    user.scopes = ([UserScope(customer_id=c) for c in customers]
-                   + [UserScope(site_id=s) for s in sites]
-                   + [UserScope(device_id=d) for d in devices])
+    user = User(
+        username=username,
+        display_name=username.title(),
+        password_hash=hash_password(password),
+        role_id=role_id,
+        all_scope=all_scope,
+        is_active=True,
+        must_change_password=must_change,
+        created_at=now,
+        password_changed_at=now,
+    )
+    user.scopes = (
+        [UserScope(customer_id=c) for c in customers]
+        + [UserScope(site_id=s) for s in sites]
+        + [UserScope(device_id=d) for d in devices]
+    )
     db.session.add(user)
     db.session.commit()
     return user.id
@@ -146,7 +190,9 @@ def users(app: Flask, fleet: Fleet) -> dict[str, int]:
     with app.app_context():
         for name, (role, scope) in ROLE_USERS.items():
             ids[name] = make_user(
-                name, role, all_scope=scope == "all",
+                name,
+                role,
+                all_scope=scope == "all",
                 customers=(fleet.customer_a,) if scope == "customer_a" else (),
                 sites=(fleet.site_a1,) if scope == "site_a1" else (),
             )
@@ -169,8 +215,9 @@ def csrf_token(client: FlaskClient, path: str = "/login") -> str:
 
 def login(client: FlaskClient, username: str, password: str = PASSWORD) -> Any:
     token = csrf_token(client)
-    return client.post("/login", data={"csrf_token": token, "username": username,
-                                       "password": password})
+    return client.post(
+        "/login", data={"csrf_token": token, "username": username, "password": password}
+    )
 
 
 @pytest.fixture

@@ -23,5 +23,7 @@ ALARMS_MATRIX: dict[str, str] = {
 #: URL arguments of these routes for the matrix walk (ids that need not exist: a
 #: permitted caller then gets 404, which the walk accepts).
 ALARMS_URL_ARGS: dict[str, object] = {
-    "alarm_id": 1, "rule_id": 1, "upload_id": "00000000-0000-4000-8000-000000000000",
+    "alarm_id": 1,
+    "rule_id": 1,
+    "upload_id": "00000000-0000-4000-8000-000000000000",
 }

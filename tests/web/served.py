@@ -61,28 +61,55 @@ def seed_fleet(database_url: str, customers: int = 3, devices_per_site: int = 4)
             first_customer = None
             for c in range(customers):
                 for s, site_name in enumerate(("North Campus", "South Clinic")):
-                    site = ensure_site(session, names[c].split()[0].lower(), f"site-{s}",
-                                       customer_name=names[c], site_name=site_name)
+                    site = ensure_site(
+                        session,
+                        names[c].split()[0].lower(),
+                        f"site-{s}",
+                        customer_name=names[c],
+                        site_name=site_name,
+                    )
                     first_customer = first_customer or site.customer_id
                     for d in range(devices_per_site):
                         device_id = f"{c:08x}-{s:04x}-4{d:03x}-8000-{c * 100 + s * 10 + d:012x}"
-                        session.add(Device(id=device_id, customer_id=site.customer_id,
-                                           site_id=site.id, enrolled_at=now - timedelta(days=d + 1),
-                                           hostname=f"{names[c].split()[0].lower()}-ct-{s}{d}",
-                                           model=("CT Scanner 9000", "MR Unit 3T")[d % 2]))
+                        session.add(
+                            Device(
+                                id=device_id,
+                                customer_id=site.customer_id,
+                                site_id=site.id,
+                                enrolled_at=now - timedelta(days=d + 1),
+                                hostname=f"{names[c].split()[0].lower()}-ct-{s}{d}",
+                                model=("CT Scanner 9000", "MR Unit 3T")[d % 2],
+                            )
+                        )
                         session.flush()
-                        session.add(Presence(device_id=device_id, relay_id="relay-1",
-                                             online=d % 2 == 0, connected_at=now,
-                                             last_seen=now - timedelta(seconds=20 * d),
-                                             agent_version="1.0.0"))
+                        session.add(
+                            Presence(
+                                device_id=device_id,
+                                relay_id="relay-1",
+                                online=d % 2 == 0,
+                                connected_at=now,
+                                last_seen=now - timedelta(seconds=20 * d),
+                                agent_version="1.0.0",
+                            )
+                        )
             role_id = session.execute(
-                Role.__table__.select().where(Role.name == "service_engineer")).first()
+                Role.__table__.select().where(Role.name == "service_engineer")
+            ).first()
             assert role_id is not None
-            session.add(User(username="eng", display_name="Erin Engineer",
-                             password_hash=hash_password(ENGINEER_PASSWORD), role_id=role_id.id,
-                             all_scope=False, is_active=True, must_change_password=False,
-                             created_at=now, password_changed_at=now,
-                             scopes=[UserScope(customer_id=first_customer)]))
+            session.add(
+                User(
+                    username="eng",
+                    display_name="Erin Engineer",
+                    password_hash=hash_password(ENGINEER_PASSWORD),
+                    role_id=role_id.id,
+                    all_scope=False,
+                    is_active=True,
+                    must_change_password=False,
+                    created_at=now,
+                    password_changed_at=now,
+                    scopes=[UserScope(customer_id=first_customer)],
+                )
+            )
     finally:
         engine.dispose()
 
@@ -99,21 +126,31 @@ def serve_portal(tmp: Path, **settings: object) -> Iterator[ServedPortal]:
         f'bind = "127.0.0.1:{port}"\nworkers = 1\nthreads = 4\nlog_level = "WARNING"\n{extra}'
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    init = subprocess.run([sys.executable, "-m", "web", "init", "--config", str(config)],
-                          capture_output=True, text=True, env=env, cwd=REPO, check=True)
+    init = subprocess.run(
+        [sys.executable, "-m", "web", "init", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        check=True,
+    )
     match = re.search(r"password: (\S+)", init.stdout)
     assert match, init.stdout + init.stderr
     seed_fleet(database_url)
     log = (tmp / "gunicorn.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "web", "serve", "--config", str(config)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "web", "serve", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+    )
     staff_ca = tmp / "data" / "staff-ca" / "ca.pem"
     base_url = f"https://127.0.0.1:{port}"
     try:
         _wait_healthy(base_url, staff_ca, proc, deadline=time.monotonic() + 20 * UNIT)
-        yield ServedPortal(base_url, match.group(1), config, tmp / "data", staff_ca,
-                           database_url)
+        yield ServedPortal(base_url, match.group(1), config, tmp / "data", staff_ca, database_url)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -124,15 +161,15 @@ def serve_portal(tmp: Path, **settings: object) -> Iterator[ServedPortal]:
         log.close()
 
 
-def _wait_healthy(base_url: str, ca: Path, proc: subprocess.Popen[bytes],
-                  deadline: float) -> None:
+def _wait_healthy(base_url: str, ca: Path, proc: subprocess.Popen[bytes], deadline: float) -> None:
     context = ssl.create_default_context(cafile=str(ca))
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"gunicorn exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(base_url + "/healthz", context=context,
-                                        timeout=UNIT) as response:
+            with urllib.request.urlopen(
+                base_url + "/healthz", context=context, timeout=UNIT
+            ) as response:
                 if response.status == 200:
                     return
         except OSError:

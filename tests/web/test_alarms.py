@@ -19,12 +19,24 @@ from tests.web.conftest import Fleet, csrf_token
 from web.db import db
 
 
-def open_alarm(app: Flask, device_id: str, key: str = "code:E9001",
-               severity: Severity = Severity.URGENT, title: str = "E9001: tube arc") -> int:
+def open_alarm(
+    app: Flask,
+    device_id: str,
+    key: str = "code:E9001",
+    severity: Severity = Severity.URGENT,
+    title: str = "E9001: tube arc",
+) -> int:
     with app.app_context():
-        alarm, opened = raise_alarm(db.session, device_id=device_id, key=key, severity=severity,
-                                    title=title, ts=time.time(), rule_id=None,
-                                    now=datetime.now(UTC))
+        alarm, opened = raise_alarm(
+            db.session,
+            device_id=device_id,
+            key=key,
+            severity=severity,
+            title=title,
+            ts=time.time(),
+            rule_id=None,
+            now=datetime.now(UTC),
+        )
         db.session.commit()
         assert opened
         return alarm.id
@@ -39,8 +51,14 @@ def alarm_state(app: Flask, alarm_id: int) -> str:
 
 def audit_kinds(app: Flask) -> list[tuple[str, str | None, dict[str, object]]]:
     with app.app_context():
-        return [(e.kind, e.actor, json.loads(e.details or "{}")) for e in db.session.scalars(
-            select(AuditEvent).where(AuditEvent.kind.like("telemetry.%")).order_by(AuditEvent.id))]
+        return [
+            (e.kind, e.actor, json.loads(e.details or "{}"))
+            for e in db.session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.kind.like("telemetry.%"))
+                .order_by(AuditEvent.id)
+            )
+        ]
 
 
 def post(client: FlaskClient, url: str, page: str, **data: str) -> str:
@@ -55,8 +73,9 @@ def test_the_list_shows_only_alarms_in_scope_most_severe_first(
     app: Flask, fleet: Fleet, client_for: Callable[[str], FlaskClient]
 ) -> None:
     urgent = open_alarm(app, fleet.device_a1)
-    warning = open_alarm(app, fleet.device_a2, key="rule:1", severity=Severity.WARNING,
-                         title="disk filling up")
+    warning = open_alarm(
+        app, fleet.device_a2, key="rule:1", severity=Severity.WARNING, title="disk filling up"
+    )
     foreign = open_alarm(app, fleet.device_b1, title="E9002: globex only")
     page = client_for("eng").get("/alarms").get_data(as_text=True)
     assert page.index(f'data-alarm-id="{urgent}"') < page.index(f'data-alarm-id="{warning}"')
@@ -84,11 +103,17 @@ def test_acknowledge_comment_close_each_audited(
     assert "Alarm closed" in body and alarm_state(app, alarm_id) == "closed"
     with app.app_context():
         texts = [(c.author, c.text) for c in alarm_comments(db.session, alarm_id)]
-    assert texts == [("eng", "Ordered a new tube <b>now</b>"),
-                     ("eng", "Tube replaced, test scan fine")]
+    assert texts == [
+        ("eng", "Ordered a new tube <b>now</b>"),
+        ("eng", "Tube replaced, test scan fine"),
+    ]
     kinds = [(k, actor) for k, actor, _ in audit_kinds(app)]
-    assert kinds == [("telemetry.alarm_ack", "eng"), ("telemetry.alarm_comment", "eng"),
-                     ("telemetry.alarm_comment", "eng"), ("telemetry.alarm_close", "eng")]
+    assert kinds == [
+        ("telemetry.alarm_ack", "eng"),
+        ("telemetry.alarm_comment", "eng"),
+        ("telemetry.alarm_comment", "eng"),
+        ("telemetry.alarm_close", "eng"),
+    ]
     assert all(d["alarm_id"] == alarm_id for _, _, d in audit_kinds(app))
     closed = eng.get("/alarms?state=closed").get_data(as_text=True)
     assert f'data-alarm-id="{alarm_id}"' in closed
@@ -105,14 +130,17 @@ def test_state_errors_are_messages_and_change_nothing(
     post(root, f"{page}/close", page)
     body = eng.post(f"{page}/acknowledge", data={"csrf_token": token}, follow_redirects=True)
     assert "Not acknowledged: an alarm that is closed cannot be acknowledged." in body.get_data(
-        as_text=True)
+        as_text=True
+    )
     body = eng.post(f"{page}/close", data={"csrf_token": token}, follow_redirects=True)
     assert "Not closed: the alarm is already closed." in body.get_data(as_text=True)
-    body = eng.post(f"{page}/comment", data={"csrf_token": token, "text": "   "},
-                    follow_redirects=True)
+    body = eng.post(
+        f"{page}/comment", data={"csrf_token": token, "text": "   "}, follow_redirects=True
+    )
     assert "No comment added: the comment is empty." in body.get_data(as_text=True)
-    body = eng.post(f"{page}/comment", data={"csrf_token": token, "text": "x" * 2001},
-                    follow_redirects=True)
+    body = eng.post(
+        f"{page}/comment", data={"csrf_token": token, "text": "x" * 2001}, follow_redirects=True
+    )
     assert "comments are at most 2000 characters" in body.get_data(as_text=True)
     assert [k for k, _, _ in audit_kinds(app)] == ["telemetry.alarm_close"]  # root's only
     with app.app_context():
@@ -128,8 +156,9 @@ def test_viewers_see_but_cannot_handle_and_posts_need_csrf(
     assert "E9001: tube arc" in page and "may look at alarms but not change them" in page
     assert 'id="acknowledge"' not in page
     token = csrf_token(ana, "/account")
-    assert ana.post(f"/alarms/{alarm_id}/acknowledge",
-                    data={"csrf_token": token}).status_code == 403
+    assert (
+        ana.post(f"/alarms/{alarm_id}/acknowledge", data={"csrf_token": token}).status_code == 403
+    )
     assert client_for("eng").post(f"/alarms/{alarm_id}/acknowledge").status_code == 400
     assert alarm_state(app, alarm_id) == "open"
 

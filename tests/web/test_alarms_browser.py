@@ -31,16 +31,24 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedPortal]:
         engine = make_engine(served.database_url)
         try:
             with session_scope(engine) as session:
-                raise_alarm(session, device_id=DEVICE, key="code:E9001", severity=Severity.URGENT,
-                            title="E9001: X-ray tube arc detected", ts=time.time(), rule_id=None,
-                            now=datetime.now(UTC))
+                raise_alarm(
+                    session,
+                    device_id=DEVICE,
+                    key="code:E9001",
+                    severity=Severity.URGENT,
+                    title="E9001: X-ray tube arc detected",
+                    ts=time.time(),
+                    rule_id=None,
+                    now=datetime.now(UTC),
+                )
         finally:
             engine.dispose()
         yield served
 
 
 def test_engineer_acknowledges_and_closes_an_alarm_with_a_note(
-    page: Any, portal: ServedPortal  # noqa: F811  (the fixture from test_browser)
+    page: Any,
+    portal: ServedPortal,  # noqa: F811  (the fixture from test_browser)
 ) -> None:
     expect = sync_api.expect
     sign_in(page, "eng", ENGINEER_PASSWORD)
@@ -72,7 +80,8 @@ def test_engineer_acknowledges_and_closes_an_alarm_with_a_note(
 
 
 def test_admin_saves_a_rule_after_reading_the_syntax_error(
-    page: Any, portal: ServedPortal  # noqa: F811  (the fixture from test_browser)
+    page: Any,
+    portal: ServedPortal,  # noqa: F811  (the fixture from test_browser)
 ) -> None:
     expect = sync_api.expect
     sign_in(page, "admin", portal.admin_password)
@@ -92,7 +101,8 @@ def test_admin_saves_a_rule_after_reading_the_syntax_error(
 
 
 def test_engineer_asks_an_unreachable_device_for_its_logs(
-    page: Any, portal: ServedPortal  # noqa: F811  (the fixture from test_browser)
+    page: Any,
+    portal: ServedPortal,  # noqa: F811  (the fixture from test_browser)
 ) -> None:
     """No relay runs here: the request is recorded as failed and said so in plain words
     (the real relay and agent path is ``test_uploads.py``)."""
@@ -105,6 +115,7 @@ def test_engineer_asks_an_unreachable_device_for_its_logs(
     section.locator("input[name=source]").fill("app")
     section.locator("button", has_text="Fetch logs").click()
     expect(page.locator(".flash-error")).to_contain_text(
-        "Logs not requested: the device is offline (no relay is known).")
+        "Logs not requested: the device is offline (no relay is known)."
+    )
     expect(page.locator("table.uploads tbody tr")).to_contain_text("failed")
     shot(page, "alarms-06-logs-offline")

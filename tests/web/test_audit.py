@@ -35,8 +35,13 @@ def engine(db_url: str) -> Engine:
 def _append(engine: Engine, n: int, kind: str = "test.event") -> None:
     with session_scope(engine) as session:
         for i in range(n):
-            append_audit(session, kind, actor="tester", summary=f"event {i}",
-                         details={"i": i, "text": "<b>é</b>"})
+            append_audit(
+                session,
+                kind,
+                actor="tester",
+                summary=f"event {i}",
+                details={"i": i, "text": "<b>é</b>"},
+            )
 
 
 def _verify(engine: Engine):  # type: ignore[no-untyped-def]
@@ -58,20 +63,28 @@ def test_chain_verifies_and_triggers_refuse_update_and_delete(engine: Engine) ->
     _append(engine, 20)
     report = _verify(engine)
     assert report.ok and report.checked == 20
-    for statement in ("UPDATE audit_events SET summary = 'x' WHERE id = 3",
-                      "DELETE FROM audit_events WHERE id = 3"):
+    for statement in (
+        "UPDATE audit_events SET summary = 'x' WHERE id = 3",
+        "DELETE FROM audit_events WHERE id = 3",
+    ):
         with pytest.raises(DBAPIError), engine.begin() as conn:
             conn.execute(text(statement))
     assert _verify(engine).ok
 
 
-@pytest.mark.parametrize("tamper, bad_id", [
-    ("UPDATE audit_events SET summary = 'nothing happened' WHERE id = 7", 7),
-    ("UPDATE audit_events SET ts = ts WHERE id = 9; UPDATE audit_events SET actor = 'x' "
-     "WHERE id = 9", 9),
-    ("DELETE FROM audit_events WHERE id = 5", 6),
-    ("DELETE FROM audit_events WHERE id >= 19", 19),
-])
+@pytest.mark.parametrize(
+    "tamper, bad_id",
+    [
+        ("UPDATE audit_events SET summary = 'nothing happened' WHERE id = 7", 7),
+        (
+            "UPDATE audit_events SET ts = ts WHERE id = 9; UPDATE audit_events SET actor = 'x' "
+            "WHERE id = 9",
+            9,
+        ),
+        ("DELETE FROM audit_events WHERE id = 5", 6),
+        ("DELETE FROM audit_events WHERE id >= 19", 19),
+    ],
+)
 def test_tampering_is_reported_at_the_first_broken_row(
     engine: Engine, tamper: str, bad_id: int
 ) -> None:
@@ -174,11 +187,21 @@ def test_sign_ins_views_and_admin_changes_are_recorded(
 def _seed_events(app: Flask, fleet: Fleet, n: int) -> None:
     with app.app_context():
         for i in range(n):
-            append_audit(db.session, "relay.handshake_refused" if i % 2 else "device.view",
-                         actor="eng" if i % 3 else "relay:r1", device_id=fleet.device_a1,
-                         summary=f"seeded {i}", outcome="failure" if i % 2 else "success")
-        append_audit(db.session, "relay.cert_refused", actor="relay:r1",
-                     summary="=HYPERLINK(\"http://evil\")", device_id=fleet.device_a2)
+            append_audit(
+                db.session,
+                "relay.handshake_refused" if i % 2 else "device.view",
+                actor="eng" if i % 3 else "relay:r1",
+                device_id=fleet.device_a1,
+                summary=f"seeded {i}",
+                outcome="failure" if i % 2 else "success",
+            )
+        append_audit(
+            db.session,
+            "relay.cert_refused",
+            actor="relay:r1",
+            summary='=HYPERLINK("http://evil")',
+            device_id=fleet.device_a2,
+        )
         db.session.commit()
 
 
@@ -209,14 +232,24 @@ def test_exports_are_complete_defused_and_audited(
 ) -> None:
     _seed_events(app, fleet, 30)
     root = client_for("root")
-    rows = list(csv.DictReader(io.StringIO(
-        root.get("/audit/export.csv?kind=relay.*").get_data(as_text=True))))
+    rows = list(
+        csv.DictReader(
+            io.StringIO(root.get("/audit/export.csv?kind=relay.*").get_data(as_text=True))
+        )
+    )
     assert len(rows) == 16
     formula = next(r for r in rows if r["kind"] == "relay.cert_refused")
     assert formula["summary"].startswith("'=HYPERLINK")
-    data = json.loads(root.get(f"/audit/export.json?device={fleet.device_a2}").get_data(
-        as_text=True))
+    data = json.loads(
+        root.get(f"/audit/export.json?device={fleet.device_a2}").get_data(as_text=True)
+    )
     assert [e["kind"] for e in data] == ["relay.cert_refused"]
     with app.app_context():
-        assert db.session.scalar(select(func.count()).select_from(AuditEvent).where(
-            AuditEvent.kind == "audit.export")) == 2
+        assert (
+            db.session.scalar(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.kind == "audit.export")
+            )
+            == 2
+        )

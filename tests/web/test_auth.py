@@ -66,8 +66,14 @@ def test_wrong_password_unknown_user_and_locked_account_look_identical(
     fastest, slowest = min(timings.values()), max(timings.values())
     assert slowest < fastest * 4, timings
     with app.app_context():
-        kinds = [(e.kind, e.outcome, e.details) for e in db.session.scalars(
-            select(AuditEvent).where(AuditEvent.kind.startswith("auth.")).order_by(AuditEvent.id))]
+        kinds = [
+            (e.kind, e.outcome, e.details)
+            for e in db.session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.kind.startswith("auth."))
+                .order_by(AuditEvent.id)
+            )
+        ]
     reasons = [d for k, o, d in kinds if k == "auth.login"]
     assert any('"unknown_user"' in d for d in reasons)
     assert any('"bad_password"' in d for d in reasons)
@@ -85,8 +91,9 @@ def test_lockout_per_source_address_and_expiry(app: Flask, users: dict[str, int]
     with app.app_context():
         row = db.session.get(LoginThrottle, ("addr", "127.0.0.1"))
         assert row is not None and row.locked_until is not None
-        db.session.execute(update(LoginThrottle).values(
-            locked_until=datetime.now(UTC) - timedelta(seconds=1)))
+        db.session.execute(
+            update(LoginThrottle).values(locked_until=datetime.now(UTC) - timedelta(seconds=1))
+        )
         db.session.commit()
     assert login(client, "eng").status_code == 302  # the lock was temporary
 
@@ -118,9 +125,15 @@ def test_logout_everywhere_and_password_change_end_other_sessions(
 ) -> None:
     first, second, third = client_for("eng"), client_for("eng"), client_for("eng")
     new_password = "a much better passphrase"
-    response = first.post("/account/password", data={
-        "csrf_token": csrf_token(first, "/account/password"), "current": PASSWORD,
-        "new": new_password, "confirm": new_password})
+    response = first.post(
+        "/account/password",
+        data={
+            "csrf_token": csrf_token(first, "/account/password"),
+            "current": PASSWORD,
+            "new": new_password,
+            "confirm": new_password,
+        },
+    )
     assert response.status_code == 302
     assert first.get("/devices").status_code == 200  # the changer stays signed in
     assert second.get("/devices").status_code == 302  # everyone else is out
@@ -139,11 +152,20 @@ def client_for_password(app: Flask, username: str, password: str) -> FlaskClient
 
 def test_password_policy(app: Flask, client_for: Callable[[str], FlaskClient]) -> None:
     client = client_for("eng")
-    for bad, why in [("short1", "at least 12"), ("password1234", "too common"),
-                     ("eng-is-my-password", "must not contain the username")]:
-        response = client.post("/account/password", data={
-            "csrf_token": csrf_token(client, "/account/password"), "current": PASSWORD,
-            "new": bad, "confirm": bad})
+    for bad, why in [
+        ("short1", "at least 12"),
+        ("password1234", "too common"),
+        ("eng-is-my-password", "must not contain the username"),
+    ]:
+        response = client.post(
+            "/account/password",
+            data={
+                "csrf_token": csrf_token(client, "/account/password"),
+                "current": PASSWORD,
+                "new": bad,
+                "confirm": bad,
+            },
+        )
         assert response.status_code == 200 and why in response.text, bad
 
 
@@ -162,8 +184,12 @@ def test_disabled_or_demoted_user_loses_access_on_the_next_request(
     assert response.status_code == 302 and "/login" in response.headers["Location"]
     with app.app_context():
         eng_id = db.session.scalar(select(User.id).where(User.username == "eng"))
-        assert db.session.scalar(select(func.count()).select_from(WebSession)
-                                 .where(WebSession.user_id == eng_id)) == 0
+        assert (
+            db.session.scalar(
+                select(func.count()).select_from(WebSession).where(WebSession.user_id == eng_id)
+            )
+            == 0
+        )
 
 
 def test_idle_and_absolute_timeouts(app: Flask, client_for: Callable[[str], FlaskClient]) -> None:
@@ -171,10 +197,16 @@ def test_idle_and_absolute_timeouts(app: Flask, client_for: Callable[[str], Flas
     now = datetime.now(UTC)
     with app.app_context():
         ids = dict(db.session.execute(select(User.username, User.id)).all())
-        db.session.execute(update(WebSession).where(WebSession.user_id == ids["eng"])
-                           .values(last_seen_at=now - timedelta(minutes=31)))
-        db.session.execute(update(WebSession).where(WebSession.user_id == ids["ana"])
-                           .values(expires_at=now - timedelta(seconds=1)))
+        db.session.execute(
+            update(WebSession)
+            .where(WebSession.user_id == ids["eng"])
+            .values(last_seen_at=now - timedelta(minutes=31))
+        )
+        db.session.execute(
+            update(WebSession)
+            .where(WebSession.user_id == ids["ana"])
+            .values(expires_at=now - timedelta(seconds=1))
+        )
         db.session.commit()
     for client in (idle, absolute):
         response = client.get("/devices")
@@ -196,31 +228,37 @@ def test_totp_enrol_sign_in_and_no_replay(
     client = client_for("eng")
     page = client.get("/account/totp").get_data(as_text=True)
     secret = page.split('<p class="secret mono">')[1].split("<")[0]
-    response = client.post("/account/totp", data={
-        "csrf_token": csrf_token(client, "/account/totp"), "code": pyotp.TOTP(secret).now()})
+    response = client.post(
+        "/account/totp",
+        data={"csrf_token": csrf_token(client, "/account/totp"), "code": pyotp.TOTP(secret).now()},
+    )
     assert response.status_code == 302
     fresh = new_client(app)
     response = login(fresh, "eng")
     assert response.headers["Location"] == "/login/totp"
     assert fresh.get("/devices").status_code == 302  # password alone is not a session
-    wrong = fresh.post("/login/totp", data={"csrf_token": csrf_token(fresh, "/login/totp"),
-                                            "code": "000000"})
+    wrong = fresh.post(
+        "/login/totp", data={"csrf_token": csrf_token(fresh, "/login/totp"), "code": "000000"}
+    )
     assert "Invalid code." in wrong.text
     # The code used at enrolment is burnt: it cannot be replayed even within its window.
     with app.app_context():
         user = db.session.scalar(select(User).where(User.username == "eng"))
         assert user is not None and user.totp_last_step is not None
-        db.session.execute(update(User).where(User.id == user.id)
-                           .values(totp_last_step=user.totp_last_step - 2))
+        db.session.execute(
+            update(User).where(User.id == user.id).values(totp_last_step=user.totp_last_step - 2)
+        )
         db.session.commit()
     code = pyotp.TOTP(secret).now()
-    ok = fresh.post("/login/totp", data={"csrf_token": csrf_token(fresh, "/login/totp"),
-                                         "code": code})
+    ok = fresh.post(
+        "/login/totp", data={"csrf_token": csrf_token(fresh, "/login/totp"), "code": code}
+    )
     assert ok.status_code == 302 and fresh.get("/devices").status_code == 200
     again = new_client(app)
     login(again, "eng")
-    replay = again.post("/login/totp", data={"csrf_token": csrf_token(again, "/login/totp"),
-                                             "code": code})
+    replay = again.post(
+        "/login/totp", data={"csrf_token": csrf_token(again, "/login/totp"), "code": code}
+    )
     assert "Invalid code." in replay.text
 
 
@@ -228,8 +266,10 @@ def test_open_redirect_after_login_is_refused(app: Flask, users: dict[str, int])
     client = new_client(app)
     token = csrf_token(client)
     for target in ("https://evil.example/", "//evil.example/", "/\\evil.example"):
-        response = client.post("/login", data={"csrf_token": token, "username": "eng",
-                                               "password": PASSWORD, "next": target})
+        response = client.post(
+            "/login",
+            data={"csrf_token": token, "username": "eng", "password": PASSWORD, "next": target},
+        )
         assert response.headers["Location"] == "/", target
         client = new_client(app)
         token = csrf_token(client)

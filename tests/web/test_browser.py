@@ -23,16 +23,18 @@ CHROMIUM = "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
     pytest.skip("Debian's chromium is not installed", allow_module_level=True)
 
-SHOTS = Path(os.environ.get("OUTLINK_SCREENSHOT_DIR",
-                            Path(tempfile.gettempdir()) / "outlink-portal-screens"))
+SHOTS = Path(
+    os.environ.get("OUTLINK_SCREENSHOT_DIR", Path(tempfile.gettempdir()) / "outlink-portal-screens")
+)
 TIMEOUT_MS = 15_000 * UNIT
 LOCKOUT_AFTER = 4
 
 
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedPortal]:
-    with serve_portal(tmp_path_factory.mktemp("browser"),
-                      login_max_failures=LOCKOUT_AFTER) as served:
+    with serve_portal(
+        tmp_path_factory.mktemp("browser"), login_max_failures=LOCKOUT_AFTER
+    ) as served:
         yield served
 
 
@@ -40,9 +42,16 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedPortal]:
 def browser() -> Iterator[object]:
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         yield chromium
         chromium.close()
@@ -52,8 +61,11 @@ def browser() -> Iterator[object]:
 def page(browser: object, portal: ServedPortal) -> Iterator[object]:
     # ignore_https_errors: the portal's certificate comes from our own staff CA, which this
     # throwaway browser profile does not trust; test_serve.py verifies that chain properly.
-    context = browser.new_context(ignore_https_errors=True, base_url=portal.base_url,  # type: ignore[attr-defined]
-                                  viewport={"width": 1360, "height": 860})
+    context = browser.new_context(
+        ignore_https_errors=True,
+        base_url=portal.base_url,  # type: ignore[attr-defined]
+        viewport={"width": 1360, "height": 860},
+    )
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     yield page

@@ -81,15 +81,26 @@ MATRIX: dict[str, str] = {
 ROLE_PERMS: dict[str, set[str]] = {
     "administrator": set(Perm),
     "service_engineer": {
-        Perm.DEVICE_VIEW, Perm.TELEMETRY_VIEW, Perm.FILES_VIEW, Perm.DESKTOP_VIEW,
-        Perm.DESKTOP_CONTROL, Perm.DESKTOP_CLIPBOARD, Perm.DIAGNOSTICS_SHELL, Perm.UPDATES_PUSH,
-        Perm.DEVICES_ENROLL, Perm.ALARMS_HANDLE,
+        Perm.DEVICE_VIEW,
+        Perm.TELEMETRY_VIEW,
+        Perm.FILES_VIEW,
+        Perm.DESKTOP_VIEW,
+        Perm.DESKTOP_CONTROL,
+        Perm.DESKTOP_CLIPBOARD,
+        Perm.DIAGNOSTICS_SHELL,
+        Perm.UPDATES_PUSH,
+        Perm.DEVICES_ENROLL,
+        Perm.ALARMS_HANDLE,
     },
     "analyst": {Perm.DEVICE_VIEW, Perm.TELEMETRY_VIEW, Perm.FILES_VIEW, Perm.AUDIT_READ},
     "site_contact": {Perm.DEVICE_VIEW, Perm.TELEMETRY_VIEW, Perm.DESKTOP_CONSENT},
 }
-ROLE_OF = {"root": "administrator", "eng": "service_engineer", "ana": "analyst",
-           "contact": "site_contact"}
+ROLE_OF = {
+    "root": "administrator",
+    "eng": "service_engineer",
+    "ana": "analyst",
+    "contact": "site_contact",
+}
 
 
 def test_every_route_has_a_matrix_entry_and_the_same_declaration(app: Flask) -> None:
@@ -105,8 +116,7 @@ def test_every_route_has_a_matrix_entry_and_the_same_declaration(app: Flask) -> 
 def test_roles_in_database_match_the_specification(app: Flask) -> None:
     with app.app_context():
         assert set(db.session.scalars(select(Permission.name))) == {p.value for p in Perm}
-        roles = {r.name: {p.name for p in r.permissions}
-                 for r in db.session.scalars(select(Role))}
+        roles = {r.name: {p.name for p in r.permissions} for r in db.session.scalars(select(Role))}
     assert roles == {name: {str(p) for p in perms} for name, perms in ROLE_PERMS.items()}
 
 
@@ -125,9 +135,15 @@ def _url_args(app: Flask, fleet: Fleet, users: dict[str, int]) -> dict[str, Any]
         token = create_token(db.session, site, created_by="root")
         victim = make_user("victim", "analyst", customers=(fleet.customer_a,))
         db.session.commit()
-    return {"device_id": fleet.device_a1, "customer_id": fleet.customer_a,
-            "site_id": fleet.site_a1, "user_id": victim, "token_id": token.id,
-            "filename": "portal.css", **ALARMS_URL_ARGS}
+    return {
+        "device_id": fleet.device_a1,
+        "customer_id": fleet.customer_a,
+        "site_id": fleet.site_a1,
+        "user_id": victim,
+        "token_id": token.id,
+        "filename": "portal.css",
+        **ALARMS_URL_ARGS,
+    }
 
 
 def _allowed(role: str | None, rule: str) -> bool | None:
@@ -144,8 +160,14 @@ def _login(app: Flask, username: str) -> FlaskClient:
     page = client.get("/login").get_data(as_text=True)
     token = CSRF_RE.search(page)
     assert token
-    response = client.post("/login", data={"csrf_token": token.group(1), "username": username,
-                                           "password": "correct horse battery"})
+    response = client.post(
+        "/login",
+        data={
+            "csrf_token": token.group(1),
+            "username": username,
+            "password": "correct horse battery",
+        },
+    )
     assert response.status_code == 302
     return client
 

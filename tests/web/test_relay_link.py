@@ -18,8 +18,12 @@ from web.relay import service_client_call
 
 
 def _config(pki: FleetPKI) -> PortalConfig:
-    return PortalConfig(relay_ca=pki.ca_file, relay_cert=pki.portal.cert_file,
-                        relay_key=pki.portal.key_file, relay_timeout=5 * UNIT)
+    return PortalConfig(
+        relay_ca=pki.ca_file,
+        relay_cert=pki.portal.cert_file,
+        relay_key=pki.portal.key_file,
+        relay_timeout=5 * UNIT,
+    )
 
 
 async def test_revoke_rpc_closes_the_tunnel(fleet_pki: FleetPKI, tmp_path: Path) -> None:  # noqa: F811
@@ -33,9 +37,13 @@ async def test_revoke_rpc_closes_the_tunnel(fleet_pki: FleetPKI, tmp_path: Path)
             await relay.wait_registered(device_id_of(cert))
             with session_scope(engine) as session:
                 revoke_device(session, device_id_of(cert), reason="stolen")
-            reply = await asyncio.to_thread(service_client_call, relay.url + "/service",
-                                            "revoke", {"device": device_id_of(cert)},
-                                            _config(fleet_pki))
+            reply = await asyncio.to_thread(
+                service_client_call,
+                relay.url + "/service",
+                "revoke",
+                {"device": device_id_of(cert)},
+                _config(fleet_pki),
+            )
             assert reply == {"revoked": True, "closed": True}
             async with asyncio.timeout(5 * UNIT):
                 await tunnel.closed.wait()
@@ -45,5 +53,10 @@ async def test_revoke_rpc_closes_the_tunnel(fleet_pki: FleetPKI, tmp_path: Path)
 
 async def test_unreachable_relay_is_an_oserror(fleet_pki: FleetPKI) -> None:  # noqa: F811
     with pytest.raises(OSError):
-        await asyncio.to_thread(service_client_call, "wss://127.0.0.1:9/service", "revoke",
-                                {"device": "x"}, _config(fleet_pki))
+        await asyncio.to_thread(
+            service_client_call,
+            "wss://127.0.0.1:9/service",
+            "revoke",
+            {"device": "x"},
+            _config(fleet_pki),
+        )

@@ -30,9 +30,14 @@ def rules(app: Flask) -> list[tuple[str, str, bool]]:
 
 def rule_audit(app: Flask) -> list[tuple[str, dict[str, object]]]:
     with app.app_context():
-        return [(e.kind, json.loads(e.details or "{}")) for e in db.session.scalars(
-            select(AuditEvent).where(AuditEvent.kind.like("telemetry.rule_%"))
-            .order_by(AuditEvent.id))]
+        return [
+            (e.kind, json.loads(e.details or "{}"))
+            for e in db.session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.kind.like("telemetry.rule_%"))
+                .order_by(AuditEvent.id)
+            )
+        ]
 
 
 def save(client: FlaskClient, url: str, page: str | None = None, **form: str) -> tuple[int, str]:
@@ -50,8 +55,12 @@ def test_a_rule_is_created_listed_and_audited(
     assert status == 200 and "Rule &#39;Tube arcs&#39; saved" in page
     assert html.escape(GOOD) in page
     assert rules(app) == [("Tube arcs", GOOD, True)]
-    assert rule_audit(app) == [("telemetry.rule_create", {
-        "rule_id": 1, "name": "Tube arcs", "text": GOOD, "enabled": True})]
+    assert rule_audit(app) == [
+        (
+            "telemetry.rule_create",
+            {"rule_id": 1, "name": "Tube arcs", "text": GOOD, "enabled": True},
+        )
+    ]
 
 
 def test_bad_syntax_is_refused_with_where_and_what_and_the_form_kept(
@@ -95,7 +104,10 @@ def test_edit_validates_too_and_delete_keeps_the_alarms(
         alarm = db.session.get(TelemetryAlarm, alarm_id)
         assert alarm is not None and alarm.rule_id is None
     assert [k for k, _ in rule_audit(app)] == [
-        "telemetry.rule_create", "telemetry.rule_update", "telemetry.rule_delete"]
+        "telemetry.rule_create",
+        "telemetry.rule_update",
+        "telemetry.rule_delete",
+    ]
     assert rule_audit(app)[1][1]["text"] == changed
     assert root.get("/rules/1").status_code == 404
 
@@ -106,10 +118,17 @@ def test_rules_and_the_notifications_log_are_for_rule_managers_only(
     alarm_id = open_alarm(app, fleet.device_a1)
     with app.app_context():
         decide_notification(
-            db.session, channel="email", target="service@vendor.example",
-            dedup_key=f"{fleet.device_a1}:code:E9001", alarm_id=alarm_id, rule_id=None,
-            device_id=fleet.device_a1, now=datetime.now(UTC), dedup_window=timedelta(minutes=30),
-            rate_limit=10, rate_window=timedelta(hours=1),
+            db.session,
+            channel="email",
+            target="service@vendor.example",
+            dedup_key=f"{fleet.device_a1}:code:E9001",
+            alarm_id=alarm_id,
+            rule_id=None,
+            device_id=fleet.device_a1,
+            now=datetime.now(UTC),
+            dedup_window=timedelta(minutes=30),
+            rate_limit=10,
+            rate_window=timedelta(hours=1),
         )
         db.session.commit()
     page = client_for("root").get("/rules/notifications").get_data(as_text=True)

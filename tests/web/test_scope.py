@@ -32,9 +32,14 @@ def test_paths_of_customer_b_are_404(
     app: Flask, fleet: Fleet, client_for: Callable[[str], FlaskClient]
 ) -> None:
     eng = client_for("eng")
-    for path in (f"/devices/{fleet.device_b1}", f"/customers/{fleet.customer_b}",
-                 f"/sites/{fleet.site_b1}", f"/api/v1/devices/{fleet.device_b1}",
-                 "/devices/" + "x" * 500, "/customers/999999"):
+    for path in (
+        f"/devices/{fleet.device_b1}",
+        f"/customers/{fleet.customer_b}",
+        f"/sites/{fleet.site_b1}",
+        f"/api/v1/devices/{fleet.device_b1}",
+        "/devices/" + "x" * 500,
+        "/customers/999999",
+    ):
         response = eng.get(path)
         assert response.status_code == 404, path
         _no_b(response.get_data(as_text=True), fleet, path)
@@ -48,11 +53,20 @@ def test_query_string_search_and_api_lists_never_show_b(
 ) -> None:
     eng = client_for("eng")
     b, b1, a1 = fleet.customer_b, fleet.device_b1, fleet.device_a1
-    for path in (f"/devices?customer={b}", f"/devices?site={fleet.site_b1}",
-                 "/devices?q=globex", f"/devices?q={b1[:8]}", "/devices",
-                 "/customers", "/customers?q=glob", "/", f"/api/v1/devices?customer={b}",
-                 "/api/v1/devices?q=globex", f"/api/v1/presence?ids={b1},{a1}",
-                 "/admin/tokens"):
+    for path in (
+        f"/devices?customer={b}",
+        f"/devices?site={fleet.site_b1}",
+        "/devices?q=globex",
+        f"/devices?q={b1[:8]}",
+        "/devices",
+        "/customers",
+        "/customers?q=glob",
+        "/",
+        f"/api/v1/devices?customer={b}",
+        "/api/v1/devices?q=globex",
+        f"/api/v1/presence?ids={b1},{a1}",
+        "/admin/tokens",
+    ):
         response = eng.get(path)
         assert response.status_code == 200, path
         _no_b(response.get_data(as_text=True), fleet, path)
@@ -82,13 +96,15 @@ def test_tokens_of_b_cannot_be_made_listed_or_revoked(
         db.session.commit()
     eng = client_for("eng")
     token = csrf_token(eng, "/admin/tokens")
-    response = eng.post("/admin/tokens", data={"csrf_token": token, "site": fleet.site_b1,
-                                               "hours": 1})
+    response = eng.post(
+        "/admin/tokens", data={"csrf_token": token, "site": fleet.site_b1, "hours": 1}
+    )
     assert response.status_code == 404
     response = eng.post(f"/admin/tokens/{token_b.id}/revoke", data={"csrf_token": token})
     assert response.status_code == 404
-    response = eng.post("/admin/tokens", data={"csrf_token": token, "site": fleet.site_a1,
-                                               "hours": 2})
+    response = eng.post(
+        "/admin/tokens", data={"csrf_token": token, "site": fleet.site_a1, "hours": 2}
+    )
     assert response.status_code == 200 and "olk_" in response.get_data(as_text=True)
 
 
@@ -96,16 +112,35 @@ def test_audit_search_and_exports_are_scoped(
     app: Flask, fleet: Fleet, client_for: Callable[[str], FlaskClient]
 ) -> None:
     with app.app_context():
-        append_audit(db.session, "relay.handshake_refused", outcome="failure", actor="relay:r1",
-                     device_id=fleet.device_b1, summary="globex device refused")
-        append_audit(db.session, "relay.handshake_refused", outcome="failure", actor="relay:r1",
-                     device_id=fleet.device_a1, summary="acme device refused")
+        append_audit(
+            db.session,
+            "relay.handshake_refused",
+            outcome="failure",
+            actor="relay:r1",
+            device_id=fleet.device_b1,
+            summary="globex device refused",
+        )
+        append_audit(
+            db.session,
+            "relay.handshake_refused",
+            outcome="failure",
+            actor="relay:r1",
+            device_id=fleet.device_a1,
+            summary="acme device refused",
+        )
         db.session.commit()
     ana = client_for("ana")  # analyst, customer A only
     b, b1 = fleet.customer_b, fleet.device_b1
-    for path in ("/audit", f"/audit?customer={b}", f"/audit?device={b1}",
-                 "/audit?kind=relay.*", "/audit/export.csv", f"/audit/export.csv?customer={b}",
-                 "/audit/export.json", f"/audit/export.json?device={b1}"):
+    for path in (
+        "/audit",
+        f"/audit?customer={b}",
+        f"/audit?device={b1}",
+        "/audit?kind=relay.*",
+        "/audit/export.csv",
+        f"/audit/export.csv?customer={b}",
+        "/audit/export.json",
+        f"/audit/export.json?device={b1}",
+    ):
         response = ana.get(path)
         assert response.status_code == 200, path
         _no_b(response.get_data(as_text=True), fleet, path)

@@ -71,8 +71,9 @@ def test_post_without_csrf_token_is_refused(
     assert admin.post("/logout", data={"csrf_token": foreign}).status_code == 400
     # Cross-site post (wrong Referer) with a valid token is refused too.
     token = csrf_token(admin, "/account")
-    response = admin.post("/logout", data={"csrf_token": token},
-                          headers={"Referer": "https://evil.example/"})
+    response = admin.post(
+        "/logout", data={"csrf_token": token}, headers={"Referer": "https://evil.example/"}
+    )
     assert response.status_code == 400
 
 
@@ -80,15 +81,28 @@ def test_hostile_agent_fields_render_as_inert_text(
     app: Flask, fleet: Fleet, client_for: Callable[[str], FlaskClient]
 ) -> None:
     with app.app_context():
-        db.session.execute(update(Device).where(Device.id == fleet.device_a1).values(
-            hostname=HOSTILE["hostname"], model=HOSTILE["model"]))
-        db.session.execute(update(Presence).where(Presence.device_id == fleet.device_a1).values(
-            agent_version=HOSTILE["agent_version"]))
+        db.session.execute(
+            update(Device)
+            .where(Device.id == fleet.device_a1)
+            .values(hostname=HOSTILE["hostname"], model=HOSTILE["model"])
+        )
+        db.session.execute(
+            update(Presence)
+            .where(Presence.device_id == fleet.device_a1)
+            .values(agent_version=HOSTILE["agent_version"])
+        )
         db.session.commit()
     admin = client_for("root")
-    pages = [admin.get(p).get_data(as_text=True) for p in (
-        "/devices", f"/devices/{fleet.device_a1}", f"/sites/{fleet.site_a1}",
-        "/devices?q=%3Cscript%3E", "/audit")]
+    pages = [
+        admin.get(p).get_data(as_text=True)
+        for p in (
+            "/devices",
+            f"/devices/{fleet.device_a1}",
+            f"/sites/{fleet.site_a1}",
+            "/devices?q=%3Cscript%3E",
+            "/audit",
+        )
+    ]
     for page in pages:
         assert "<script>alert" not in page
         assert "<img src=x" not in page
@@ -122,8 +136,12 @@ def test_errors_show_no_trace_or_secret(crashing_app: Flask) -> None:
 
 
 def test_database_down_gives_a_clean_503(tmp_path: Path) -> None:
-    app = create_app({"database_url": "postgresql+psycopg://nobody:x@127.0.0.1:9/none",
-                      "data_dir": tmp_path / "portal"})
+    app = create_app(
+        {
+            "database_url": "postgresql+psycopg://nobody:x@127.0.0.1:9/none",
+            "data_dir": tmp_path / "portal",
+        }
+    )
     client = new_client(app)
     client.set_cookie("__Host-outlink-session", "x" * 43, domain="localhost", secure=True)
     for path in ("/login", "/devices", "/healthz"):
@@ -149,8 +167,10 @@ def test_database_failing_mid_change_leaves_no_half_written_records(
 
     event.listen(engine, "before_cursor_execute", fail_audit_insert)
     try:
-        response = admin.post("/admin/users/new", data={
-            "csrf_token": token, "username": "halfway", "role": "analyst", "all_scope": "y"})
+        response = admin.post(
+            "/admin/users/new",
+            data={"csrf_token": token, "username": "halfway", "role": "analyst", "all_scope": "y"},
+        )
     finally:
         event.remove(engine, "before_cursor_execute", fail_audit_insert)
     assert response.status_code == 503

@@ -27,10 +27,23 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedPortal]:
 
 
 def _issue(portal: ServedPortal, username: str, out: Path) -> tuple[str, str]:
-    subprocess.run([sys.executable, "-m", "web", "issue-staff-cert", username,
-                    "--config", str(portal.config), "--out", str(out)],
-                   check=True, capture_output=True, cwd=REPO,
-                   env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "web",
+            "issue-staff-cert",
+            username,
+            "--config",
+            str(portal.config),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     return str(out / f"{username}.pem"), str(out / f"{username}.key")
 
 
@@ -48,8 +61,10 @@ def test_tls_is_hardened(portal: ServedPortal) -> None:
     host, port = portal.base_url.removeprefix("https://").split(":")
     context = ssl.create_default_context(cafile=str(portal.staff_ca))
     context.maximum_version = ssl.TLSVersion.TLSv1_2
-    with socket.create_connection((host, int(port))) as raw, \
-            context.wrap_socket(raw, server_hostname=host) as tls:
+    with (
+        socket.create_connection((host, int(port))) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
         name, version, bits = tls.cipher()
         assert (version == "TLSv1.2" and bits == 256 and "GCM" in name) or "CHACHA" in name
     response = _session(portal).get(portal.base_url + "/login")
@@ -64,8 +79,11 @@ def test_staff_certificate_login(portal: ServedPortal, tmp_path: Path) -> None:
     assert "Sign in with my staff certificate" in page
     token = CSRF_RE.search(page)
     assert token
-    response = session.post(portal.base_url + "/login/certificate",
-                            data={"csrf_token": token.group(1)}, allow_redirects=False)
+    response = session.post(
+        portal.base_url + "/login/certificate",
+        data={"csrf_token": token.group(1)},
+        allow_redirects=False,
+    )
     assert response.status_code == 302 and response.headers["Location"] == "/"
     devices = session.get(portal.base_url + "/devices").text
     assert "acme-ct-00" in devices and "globex" not in devices
@@ -82,11 +100,13 @@ def test_certificate_not_pinned_or_from_another_ca_is_refused(
     session = _session(portal, stale)
     token = CSRF_RE.search(session.get(portal.base_url + "/login").text)
     assert token
-    response = session.post(portal.base_url + "/login/certificate",
-                            data={"csrf_token": token.group(1)})
+    response = session.post(
+        portal.base_url + "/login/certificate", data={"csrf_token": token.group(1)}
+    )
     assert "not linked to an active account" in response.text
     foreign = issue_service_cert(create_ca(common_name="Evil CA"), "eng")
     foreign.write(tmp_path / "evil.pem", tmp_path / "evil.key")
     with pytest.raises(requests.exceptions.SSLError):
         _session(portal, (str(tmp_path / "evil.pem"), str(tmp_path / "evil.key"))).get(
-            portal.base_url + "/login")
+            portal.base_url + "/login"
+        )

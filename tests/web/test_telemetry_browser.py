@@ -33,29 +33,50 @@ DAYS = 8
 
 def telemetry(now: datetime) -> list[Record]:
     """Eight days of polls with a daily rhythm, a two-hour outage, and some events."""
-    records: list[Record] = [Properties(1, now.timestamp(), {
-        "model": "CT Scanner 9000", "serial": "CT9-004711", "software_version": "4.2.1"})]
+    records: list[Record] = [
+        Properties(
+            1,
+            now.timestamp(),
+            {"model": "CT Scanner 9000", "serial": "CT9-004711", "software_version": "4.2.1"},
+        )
+    ]
     count = int(timedelta(days=DAYS) / EVERY)
     for i in range(count):
         at = now - EVERY * (count - 1 - i)
         if timedelta(hours=30) <= now - at < timedelta(hours=32):
             continue  # the device was off
         day = 2 * math.pi * (at.timestamp() % 86400) / 86400
-        records.append(Metrics(1000 + i, at.timestamp(), {
-            "cpu.percent": round(35 + 25 * math.sin(day) + 8 * math.sin(i / 3.0), 1),
-            "mem.percent": round(58 + 6 * math.sin(day / 2) + i / count * 4, 1),
-            "disk.percent:/": round(61 + 9 * i / count, 2),
-            "temp.c:gantry": round(41 + 4 * math.sin(day + 1), 1),
-            "proc.up:scanner": 1.0,
-            "agent.rss_mb": 31.0,
-        }))
-    events = [("I0001", Severity.ROUTINE, "warm-up complete", 300),
-              ("W2103", Severity.WARNING, "cooling fan below nominal speed", 120),
-              ("E9004", Severity.URGENT, HOSTILE, 25),
-              ("I0002", Severity.ROUTINE, "calibration check passed", 10)]
+        records.append(
+            Metrics(
+                1000 + i,
+                at.timestamp(),
+                {
+                    "cpu.percent": round(35 + 25 * math.sin(day) + 8 * math.sin(i / 3.0), 1),
+                    "mem.percent": round(58 + 6 * math.sin(day / 2) + i / count * 4, 1),
+                    "disk.percent:/": round(61 + 9 * i / count, 2),
+                    "temp.c:gantry": round(41 + 4 * math.sin(day + 1), 1),
+                    "proc.up:scanner": 1.0,
+                    "agent.rss_mb": 31.0,
+                },
+            )
+        )
+    events = [
+        ("I0001", Severity.ROUTINE, "warm-up complete", 300),
+        ("W2103", Severity.WARNING, "cooling fan below nominal speed", 120),
+        ("E9004", Severity.URGENT, HOSTILE, 25),
+        ("I0002", Severity.ROUTINE, "calibration check passed", 10),
+    ]
     for n, (code, severity, message, minutes) in enumerate(events):
-        records.append(Event(10 + n, (now - timedelta(minutes=minutes)).timestamp(), code,
-                             severity, "app", message))
+        records.append(
+            Event(
+                10 + n,
+                (now - timedelta(minutes=minutes)).timestamp(),
+                code,
+                severity,
+                "app",
+                message,
+            )
+        )
     return records
 
 
@@ -68,9 +89,16 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedPortal]:
             with session_scope(engine) as session:
                 ingest(session, [(DEVICE, telemetry(now))], received_at=now)
                 downsample(session, now=now, limit=10_000)
-                raise_alarm(session, device_id=DEVICE, key="code:E9004", severity=Severity.URGENT,
-                            title="E9004 tube arc", ts=now.timestamp() - 1500, rule_id=None,
-                            now=now)
+                raise_alarm(
+                    session,
+                    device_id=DEVICE,
+                    key="code:E9004",
+                    severity=Severity.URGENT,
+                    title="E9004 tube arc",
+                    ts=now.timestamp() - 1500,
+                    rule_id=None,
+                    now=now,
+                )
         finally:
             engine.dispose()
         yield served
@@ -79,17 +107,30 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedPortal]:
 @pytest.fixture
 def page(browser: Any, portal: ServedPortal) -> Iterator[Any]:  # noqa: F811
     # ignore_https_errors: the staff CA is not in this throwaway profile (see test_browser.py).
-    context = browser.new_context(ignore_https_errors=True, base_url=portal.base_url,
-                                  viewport={"width": 1360, "height": 900})
+    context = browser.new_context(
+        ignore_https_errors=True, base_url=portal.base_url, viewport={"width": 1360, "height": 900}
+    )
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     problems: list[str] = []
     # Console errors (a CSP violation is one) and failed requests; browsers ask for a
     # favicon the portal does not have.
-    page.on("console", lambda m: problems.append(m.text)
-            if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
-    page.on("response", lambda r: problems.append(f"{r.status} {r.url}")
-            if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
+    page.on(
+        "console",
+        lambda m: (
+            problems.append(m.text)
+            if m.type == "error" and not m.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
+    page.on(
+        "response",
+        lambda r: (
+            problems.append(f"{r.status} {r.url}")
+            if r.status >= 400 and not r.url.endswith("/favicon.ico")
+            else None
+        ),
+    )
     page.on("pageerror", lambda e: problems.append(str(e)))
     page.on("dialog", lambda d: problems.append("dialog: " + d.message))
     page.problems = problems
@@ -99,7 +140,8 @@ def page(browser: Any, portal: ServedPortal) -> Iterator[Any]:  # noqa: F811
 
 def chart_points(page: Any) -> list[int]:
     points: list[int] = page.eval_on_selector_all(
-        "[data-chart]", "els => els.map(e => Number(e.dataset.points))")
+        "[data-chart]", "els => els.map(e => Number(e.dataset.points))"
+    )
     return points
 
 
@@ -164,7 +206,8 @@ def test_device_page_draws_history_and_follows_ranges_and_zoom(
 
     page.select_option("select[data-metric] >> nth=3", "proc.up:scanner")
     expect(page.locator("[data-chart] >> nth=3")).to_have_attribute(
-        "data-series", "proc.up:scanner")
+        "data-series", "proc.up:scanner"
+    )
     assert page.problems == []  # no CSP violation, no script error
 
 

@@ -47,31 +47,52 @@ def seed(app: Flask, device_id: str, records: list[Record], now: datetime | None
         db.session.commit()
 
 
-def polls(hours: float, every: timedelta = timedelta(minutes=5), seq0: int = 1000,
-          end: datetime | None = None) -> list[Record]:
+def polls(
+    hours: float,
+    every: timedelta = timedelta(minutes=5),
+    seq0: int = 1000,
+    end: datetime | None = None,
+) -> list[Record]:
     """A metrics record every `every` for the last `hours`, CPU rising 0..99 %."""
     end = end or NOW
     count = int(timedelta(hours=hours) / every)
     return [
-        Metrics(seq0 + i, (end - every * (count - 1 - i)).timestamp(),
-                {"cpu.percent": float(i % 100), "mem.percent": 42.5, "disk.percent:/": 71.0,
-                 "proc.up:scanner": 1.0, "agent.spool_records": 3.0})
+        Metrics(
+            seq0 + i,
+            (end - every * (count - 1 - i)).timestamp(),
+            {
+                "cpu.percent": float(i % 100),
+                "mem.percent": 42.5,
+                "disk.percent:/": 71.0,
+                "proc.up:scanner": 1.0,
+                "agent.spool_records": 3.0,
+            },
+        )
         for i in range(count)
     ]
 
 
-def event(seq: int, severity: Severity, code: str = "E100", message: str = "door open",
-          at: datetime | None = None) -> Event:
+def event(
+    seq: int,
+    severity: Severity,
+    code: str = "E100",
+    message: str = "door open",
+    at: datetime | None = None,
+) -> Event:
     return Event(seq, (at or NOW).timestamp(), code, severity, "app", message)
 
 
 @pytest.fixture
 def seeded(app: Flask, fleet: Fleet, users: dict[str, int]) -> Fleet:
-    records: list[Record] = [*polls(48), Properties(1, NOW.timestamp() - 60,
-                                                      {"model": "CT-9000", "serial": "SN<b>1"})]
-    records += [event(10, Severity.ROUTINE, "I001", "warm-up done", NOW - timedelta(minutes=9)),
-                event(11, Severity.WARNING, "W200", "fan slow", NOW - timedelta(minutes=8)),
-                event(12, Severity.URGENT, "E9001", HOSTILE, NOW - timedelta(minutes=7))]
+    records: list[Record] = [
+        *polls(48),
+        Properties(1, NOW.timestamp() - 60, {"model": "CT-9000", "serial": "SN<b>1"}),
+    ]
+    records += [
+        event(10, Severity.ROUTINE, "I001", "warm-up done", NOW - timedelta(minutes=9)),
+        event(11, Severity.WARNING, "W200", "fan slow", NOW - timedelta(minutes=8)),
+        event(12, Severity.URGENT, "E9001", HOSTILE, NOW - timedelta(minutes=7)),
+    ]
     seed(app, fleet.device_a1, records)
     seed(app, fleet.device_b1, polls(1, seq0=5000))
     return fleet
@@ -93,22 +114,34 @@ def test_metric_names_read_as_labels_with_units() -> None:
 
 
 def test_default_charts_prefer_the_usual_health_metrics() -> None:
-    keys = sorted(["agent.cpu", "cpu.percent", "disk.percent:/", "disk.percent:/data",
-                   "mem.percent", "net.sent_kbps", "temp.c:cpu"])
+    keys = sorted(
+        [
+            "agent.cpu",
+            "cpu.percent",
+            "disk.percent:/",
+            "disk.percent:/data",
+            "mem.percent",
+            "net.sent_kbps",
+            "temp.c:cpu",
+        ]
+    )
     assert default_charts(keys) == ["cpu.percent", "mem.percent", "disk.percent:/", "temp.c:cpu"]
     assert default_charts(["agent.cpu", "uptime.h"]) == ["uptime.h"]
 
 
-@pytest.mark.parametrize("args, error", [
-    ({"range": "2w"}, "range must be one of"),
-    ({"start": "nan", "end": "1"}, "Unix times"),
-    ({"start": "abc", "end": "1"}, "Unix times"),
-    ({"start": "1700000000"}, "Unix times"),
-    ({"start": "100", "end": "200"}, "outside"),
-    ({"start": "1700000000", "end": "1700000030"}, "at least a minute"),
-    ({"start": "1700000060", "end": "1700000000"}, "at least a minute"),
-    ({"start": "1000000000", "end": "1700000000"}, "longer than"),
-])
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        ({"range": "2w"}, "range must be one of"),
+        ({"start": "nan", "end": "1"}, "Unix times"),
+        ({"start": "abc", "end": "1"}, "Unix times"),
+        ({"start": "1700000000"}, "Unix times"),
+        ({"start": "100", "end": "200"}, "outside"),
+        ({"start": "1700000000", "end": "1700000030"}, "at least a minute"),
+        ({"start": "1700000060", "end": "1700000000"}, "at least a minute"),
+        ({"start": "1000000000", "end": "1700000000"}, "longer than"),
+    ],
+)
 def test_bad_windows_are_refused_with_a_reason(args: dict[str, str], error: str) -> None:
     with pytest.raises(BadWindow, match=error):
         chart_window(args, NOW)
@@ -161,8 +194,11 @@ def test_without_telemetry_view_the_section_and_series_are_withheld(
     with app.app_context():
         role = db.session.scalar(select(Role.id).where(Role.name == "analyst"))
         perm = db.session.scalar(select(Permission.id).where(Permission.name == "telemetry.view"))
-        db.session.execute(delete(RolePermission).where(RolePermission.role_id == role,
-                                                        RolePermission.permission_id == perm))
+        db.session.execute(
+            delete(RolePermission).where(
+                RolePermission.role_id == role, RolePermission.permission_id == perm
+            )
+        )
         db.session.commit()
     client = client_for("ana")
     page = client.get(f"/devices/{seeded.device_a1}").get_data(as_text=True)
@@ -189,7 +225,11 @@ def test_series_of_a_recent_range_are_raw_samples(
 ) -> None:
     body = series(client_for("eng"), seeded.device_a1, metric="cpu.percent", range="1h")
     assert (body["metric"], body["label"], body["unit"], body["resolution"]) == (
-        "cpu.percent", "CPU", "%", "raw")
+        "cpu.percent",
+        "CPU",
+        "%",
+        "raw",
+    )
     assert body["end"] - body["start"] == pytest.approx(3600, abs=1)
     assert len(body["t"]) == len(body["avg"]) == len(body["min"]) == len(body["max"]) == 12
     assert body["t"] == sorted(body["t"]) and body["count"] == [1] * 12
@@ -200,11 +240,13 @@ def test_series_of_a_recent_range_are_raw_samples(
 def test_series_are_bucketed_to_the_points_asked_for(
     seeded: Fleet, client_for: Callable[[str], FlaskClient]
 ) -> None:
-    body = series(client_for("eng"), seeded.device_a1, metric="cpu.percent", range="24h",
-                  points="48")
+    body = series(
+        client_for("eng"), seeded.device_a1, metric="cpu.percent", range="24h", points="48"
+    )
     assert len(body["t"]) <= 48 and sum(body["count"]) == 288
-    assert all(lo <= avg <= hi for lo, avg, hi in zip(body["min"], body["avg"], body["max"],
-                                                     strict=True))
+    assert all(
+        lo <= avg <= hi for lo, avg, hi in zip(body["min"], body["avg"], body["max"], strict=True)
+    )
 
 
 def test_long_ranges_read_hourly_aggregates(
@@ -222,8 +264,13 @@ def test_zoom_reads_an_explicit_window(
     seeded: Fleet, client_for: Callable[[str], FlaskClient]
 ) -> None:
     end = NOW - timedelta(hours=10)
-    body = series(client_for("eng"), seeded.device_a1, metric="cpu.percent",
-                  start=str((end - timedelta(minutes=30)).timestamp()), end=str(end.timestamp()))
+    body = series(
+        client_for("eng"),
+        seeded.device_a1,
+        metric="cpu.percent",
+        start=str((end - timedelta(minutes=30)).timestamp()),
+        end=str(end.timestamp()),
+    )
     assert body["resolution"] == "raw" and len(body["t"]) == 6
     assert all(end.timestamp() - 1800 <= t < end.timestamp() for t in body["t"])
 
@@ -235,18 +282,20 @@ def test_a_metric_the_device_never_sent_is_an_empty_series(
     assert body["t"] == [] and body["label"] == "Temperature (gpu)"
 
 
-@pytest.mark.parametrize("query, message", [
-    ("", "metric must be"),
-    ("metric=%3Cscript%3E", "metric must be"),
-    ("metric=secret.value", "metric must be"),
-    ("metric=cpu.percent&range=forever", "range must be one of"),
-    ("metric=cpu.percent&start=1&end=2", "outside the stored history"),
-])
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("", "metric must be"),
+        ("metric=%3Cscript%3E", "metric must be"),
+        ("metric=secret.value", "metric must be"),
+        ("metric=cpu.percent&range=forever", "range must be one of"),
+        ("metric=cpu.percent&start=1&end=2", "outside the stored history"),
+    ],
+)
 def test_bad_series_requests_get_a_clear_400(
     seeded: Fleet, client_for: Callable[[str], FlaskClient], query: str, message: str
 ) -> None:
-    response = client_for("eng").get(
-        f"/api/v1/devices/{seeded.device_a1}/telemetry/series?{query}")
+    response = client_for("eng").get(f"/api/v1/devices/{seeded.device_a1}/telemetry/series?{query}")
     assert response.status_code == 400
     assert message in response.get_json()["message"]
     assert "<script>" not in response.get_data(as_text=True)
@@ -256,8 +305,12 @@ def test_devices_out_of_scope_are_not_found(
     seeded: Fleet, client_for: Callable[[str], FlaskClient]
 ) -> None:
     eng, contact = client_for("eng"), client_for("contact")
-    for client, device in ((eng, seeded.device_b1), (contact, seeded.device_a2),
-                           (eng, "no-such-device"), (eng, "x" * 400)):
+    for client, device in (
+        (eng, seeded.device_b1),
+        (contact, seeded.device_a2),
+        (eng, "no-such-device"),
+        (eng, "x" * 400),
+    ):
         response = client.get(f"/api/v1/devices/{device}/telemetry/series?metric=cpu.percent")
         assert response.status_code == 404
         assert response.is_json
@@ -291,10 +344,14 @@ def test_events_are_paged_in_time_order_whatever_order_they_arrived(
     app: Flask, fleet: Fleet, client_for: Callable[[str], FlaskClient]
 ) -> None:
     # 30 recent events arrive first; then a backlog of 40 older ones (an outage resent).
-    recent = [event(100 + i, Severity.WARNING, f"R{i:03d}", at=NOW - timedelta(minutes=i))
-              for i in range(30)]
-    backlog = [event(200 + i, Severity.WARNING, f"B{i:03d}", at=NOW - timedelta(hours=5, minutes=i))
-               for i in range(40)]
+    recent = [
+        event(100 + i, Severity.WARNING, f"R{i:03d}", at=NOW - timedelta(minutes=i))
+        for i in range(30)
+    ]
+    backlog = [
+        event(200 + i, Severity.WARNING, f"B{i:03d}", at=NOW - timedelta(hours=5, minutes=i))
+        for i in range(40)
+    ]
     seed(app, fleet.device_a1, list(recent))
     seed(app, fleet.device_a1, list(backlog))
     client = client_for("eng")
@@ -316,9 +373,16 @@ def test_attention_lists_alarms_urgent_events_and_offline_worst_first(
     seed(app, fleet.device_a1, [event(1, Severity.URGENT, "E9001", HOSTILE)])
     with app.app_context():
         for device_id in (fleet.device_a1, fleet.device_b1):
-            raise_alarm(db.session, device_id=device_id, key="code:E9001",
-                        severity=Severity.URGENT, title="E9001", ts=NOW.timestamp(),
-                        rule_id=None, now=NOW)
+            raise_alarm(
+                db.session,
+                device_id=device_id,
+                key="code:E9001",
+                severity=Severity.URGENT,
+                title="E9001",
+                ts=NOW.timestamp(),
+                rule_id=None,
+                now=NOW,
+            )
         db.session.commit()
     page = client_for("eng").get("/attention").get_data(as_text=True)
     # a1: urgent alarm + urgent event; a2: offline (a warning). b1 is another customer's.
@@ -326,8 +390,8 @@ def test_attention_lists_alarms_urgent_events_and_offline_worst_first(
     assert "globex" not in page
     assert "1 active alarm (urgent)" in page and "1 urgent event" in page
     assert "offline, last seen" in page
-    assert 'class="nav-attention' not in page and 'Needs attention</a>' in page
-    assert f'/devices/{fleet.device_a1}/events?severity=urgent' in page
+    assert 'class="nav-attention' not in page and "Needs attention</a>" in page
+    assert f"/devices/{fleet.device_a1}/events?severity=urgent" in page
     everything = client_for("root").get("/attention").get_data(as_text=True)
     assert "globex-xr-01" in everything
     contact = client_for("contact").get("/attention").get_data(as_text=True)

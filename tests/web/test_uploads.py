@@ -53,7 +53,9 @@ async def world(fleet_pki: FleetPKI, tmp_path: Path, db_url: str) -> AsyncIterat
     engine = make_engine(db_url)
     port = free_port()
     config = relay_config(
-        fleet_pki, db_url, listen=ListenConfig(port=port, handshake_timeout=5 * UNIT),
+        fleet_pki,
+        db_url,
+        listen=ListenConfig(port=port, handshake_timeout=5 * UNIT),
         service_url=f"wss://127.0.0.1:{port}/service",
     )
     with SmtpSink() as smtp, HookSink() as hooks:
@@ -75,12 +77,19 @@ async def world(fleet_pki: FleetPKI, tmp_path: Path, db_url: str) -> AsyncIterat
 @pytest.fixture
 def portal(world: World, fleet_pki: FleetPKI, db_url: str, tmp_path: Path) -> Iterator[Flask]:
     """The real portal app on the relay's database, with the relay's upload directory."""
-    app = create_app({
-        "database_url": db_url, "data_dir": tmp_path / "portal", "relay_url": "",
-        "relay_ca": fleet_pki.ca_file, "relay_cert": fleet_pki.portal.cert_file,
-        "relay_key": fleet_pki.portal.key_file, "relay_timeout": T,
-        "upload_dir": world.service.config.upload_dir, "TESTING": True,
-    })
+    app = create_app(
+        {
+            "database_url": db_url,
+            "data_dir": tmp_path / "portal",
+            "relay_url": "",
+            "relay_ca": fleet_pki.ca_file,
+            "relay_cert": fleet_pki.portal.cert_file,
+            "relay_key": fleet_pki.portal.key_file,
+            "relay_timeout": T,
+            "upload_dir": world.service.config.upload_dir,
+            "TESTING": True,
+        }
+    )
     yield app
     with app.app_context():
         db.engine.dispose()
@@ -118,8 +127,9 @@ async def ask(client: FlaskClient, device_id: str, **form: str) -> str:
 
 def audit(world: World, prefix: str = "telemetry.logs_") -> list[tuple[str, str, dict[str, Any]]]:
     def query(session: Any) -> list[tuple[str, str, dict[str, Any]]]:
-        rows = session.scalars(select(AuditEvent).where(AuditEvent.kind.like(prefix + "%"))
-                               .order_by(AuditEvent.id))
+        rows = session.scalars(
+            select(AuditEvent).where(AuditEvent.kind.like(prefix + "%")).order_by(AuditEvent.id)
+        )
         return [(e.kind, e.outcome, json.loads(e.details or "{}")) for e in rows]
 
     return world.db(query)
@@ -128,16 +138,21 @@ def audit(world: World, prefix: str = "telemetry.logs_") -> list[tuple[str, str,
 async def test_the_engineer_fetches_logs_and_downloads_them_hash_identical(
     world: World, portal: Flask, tmp_path: Path
 ) -> None:
-    agent = await world.agent(telemetry={"uploads": [
-        {"name": "app", "path": str(equipment_logs(tmp_path) / "app.log*")}]})
+    agent = await world.agent(
+        telemetry={"uploads": [{"name": "app", "path": str(equipment_logs(tmp_path) / "app.log*")}]}
+    )
     eng = engineer(portal)
     page = await ask(eng, agent.device_id, source="app")
     assert "The device is sending 2 log file(s)" in page
     done = await world.until(
-        lambda s: s.scalars(select(TelemetryLogUpload).where(
-            TelemetryLogUpload.device_id == agent.device_id,
-            TelemetryLogUpload.state == UPLOAD_COMPLETE)).first(),
-        "upload complete")
+        lambda s: s.scalars(
+            select(TelemetryLogUpload).where(
+                TelemetryLogUpload.device_id == agent.device_id,
+                TelemetryLogUpload.state == UPLOAD_COMPLETE,
+            )
+        ).first(),
+        "upload complete",
+    )
     assert done.requested_by == "eng" and done.reason == "request" and done.source == "app"
 
     listing = eng.get(f"/devices/{agent.device_id}/logs").get_data(as_text=True)
@@ -146,8 +161,9 @@ async def test_the_engineer_fetches_logs_and_downloads_them_hash_identical(
     response = eng.get(link)
     assert response.status_code == 200 and response.mimetype == "application/gzip"
     disposition = response.headers["Content-Disposition"]
-    assert re.fullmatch(r"attachment; filename=[0-9a-f-]{36}-app-\d{8}-\d{6}\.tar\.gz",
-                        disposition.replace('"', "")), disposition
+    assert re.fullmatch(
+        r"attachment; filename=[0-9a-f-]{36}-app-\d{8}-\d{6}\.tar\.gz", disposition.replace('"', "")
+    ), disposition
     body = response.get_data()
     response.close()  # send_file's file
     stored = Path(world.service.config.upload_dir) / str(done.stored_name)
@@ -168,24 +184,36 @@ async def test_a_file_outside_the_configured_ones_is_refused_and_audited(
 ) -> None:
     directory = equipment_logs(tmp_path)
     (tmp_path / "secret.txt").write_text("not a log\n")
-    agent = await world.agent(telemetry={"uploads": [
-        {"name": "app", "path": str(directory / "app.log*")},
-        {"name": "sys", "path": str(directory / "sys.log")},
-    ]})
+    agent = await world.agent(
+        telemetry={
+            "uploads": [
+                {"name": "app", "path": str(directory / "app.log*")},
+                {"name": "sys", "path": str(directory / "sys.log")},
+            ]
+        }
+    )
     eng = engineer(portal)
     for path in ("/etc/passwd", f"{directory}/../secret.txt"):
         page = await ask(eng, agent.device_id, path=path)
-        assert ("The device refused: that file is not one of the device&#39;s configured log "
-                "files.") in page
+        assert (
+            "The device refused: that file is not one of the device&#39;s configured log files."
+        ) in page
     page = await ask(eng, agent.device_id, source="nosuch")
     assert "The device refused: the device has no log set of that name." in page
     page = await ask(eng, agent.device_id, source="")
     assert "The device refused: the device has several log sets (or none): name one." in page
-    rows = world.db(lambda s: [(u.state, u.error) for u in s.scalars(
-        select(TelemetryLogUpload).order_by(TelemetryLogUpload.created_at))])
+    rows = world.db(
+        lambda s: [
+            (u.state, u.error)
+            for u in s.scalars(select(TelemetryLogUpload).order_by(TelemetryLogUpload.created_at))
+        ]
+    )
     assert rows == [("refused", "forbidden_path")] * 2 + [("refused", "unknown_source")] * 2
-    refusals = [(k, o, d.get("path"), d.get("error")) for k, o, d in audit(world)
-                if k == "telemetry.logs_refused"]
+    refusals = [
+        (k, o, d.get("path"), d.get("error"))
+        for k, o, d in audit(world)
+        if k == "telemetry.logs_refused"
+    ]
     assert refusals == [
         ("telemetry.logs_refused", "failure", "/etc/passwd", "forbidden_path"),
         ("telemetry.logs_refused", "failure", f"{directory}/../secret.txt", "forbidden_path"),
@@ -193,8 +221,11 @@ async def test_a_file_outside_the_configured_ones_is_refused_and_audited(
         ("telemetry.logs_refused", "failure", None, "unknown_source"),
     ]
     entries = [e for _, e, _ in read_entries(agent.data_dir / "audit.log") if e]
-    device_side = [e["detail"].get("path") for e in entries
-                   if e["kind"] == "upload" and e["outcome"] == "refused"]
+    device_side = [
+        e["detail"].get("path")
+        for e in entries
+        if e["kind"] == "upload" and e["outcome"] == "refused"
+    ]
     assert device_side[:2] == ["/etc/passwd", f"{directory}/../secret.txt"]  # the agent's own log
     assert not list(Path(world.service.config.upload_dir).rglob("*.tar.gz"))
 
@@ -206,10 +237,13 @@ async def test_an_offline_device_is_a_clear_message_and_a_failed_upload(
     eng = engineer(portal)
     page = await ask(eng, device_id, source="app")
     assert "Logs not requested: the device is offline" in page
-    assert world.db(lambda s: [(u.state, u.error) for u in s.scalars(
-        select(TelemetryLogUpload))]) == [("failed", "offline")]
+    assert world.db(
+        lambda s: [(u.state, u.error) for u in s.scalars(select(TelemetryLogUpload))]
+    ) == [("failed", "offline")]
     assert [(k, o) for k, o, _ in audit(world)] == [
-        ("telemetry.logs_request", "success"), ("telemetry.logs_failed", "failure")]
+        ("telemetry.logs_request", "success"),
+        ("telemetry.logs_failed", "failure"),
+    ]
 
 
 # -- the download's guards (no relay needed) ------------------------------------------------
@@ -217,10 +251,16 @@ async def test_an_offline_device_is_a_clear_message_and_a_failed_upload(
 
 @pytest.fixture
 def files_app(db_url: str, tmp_path: Path, relay_calls: RelayCalls) -> Iterator[Flask]:
-    app = create_app({
-        "database_url": db_url, "data_dir": tmp_path / "portal", "relay_url": "wss://r.test/s",
-        "upload_dir": tmp_path / "uploads", "TESTING": True, "OUTLINK_RELAY_RPC": relay_calls,
-    })
+    app = create_app(
+        {
+            "database_url": db_url,
+            "data_dir": tmp_path / "portal",
+            "relay_url": "wss://r.test/s",
+            "upload_dir": tmp_path / "uploads",
+            "TESTING": True,
+            "OUTLINK_RELAY_RPC": relay_calls,
+        }
+    )
     yield app
     with app.app_context():
         db.engine.dispose()
@@ -241,11 +281,17 @@ def fetch(client: FlaskClient, url: str) -> tuple[int, bytes]:
         response.close()
 
 
-def complete_upload(app: Flask, device_id: str, tmp_path: Path, content: bytes = b"logs",
-                    stored_name: str | None = None) -> TelemetryLogUpload:
+def complete_upload(
+    app: Flask,
+    device_id: str,
+    tmp_path: Path,
+    content: bytes = b"logs",
+    stored_name: str | None = None,
+) -> TelemetryLogUpload:
     with app.app_context():
-        upload, _ = request_log_upload(db.session, device_id=device_id, source="app",
-                                       requested_by="eng")
+        upload, _ = request_log_upload(
+            db.session, device_id=device_id, source="app", requested_by="eng"
+        )
         name = stored_name or f"{device_id}/{upload.id}.tar.gz"
         target = tmp_path / "uploads" / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -276,15 +322,21 @@ def test_downloads_are_scoped_verified_and_confined_to_the_upload_dir(
     assert "no longer matches its SHA-256: it is not served" in response.get_data(as_text=True)
 
     (tmp_path / "outside.tar.gz").write_bytes(b"secret")
-    escaping = complete_upload(app, fleet.device_a1, tmp_path, content=b"secret",
-                               stored_name="../outside.tar.gz")
+    escaping = complete_upload(
+        app, fleet.device_a1, tmp_path, content=b"secret", stored_name="../outside.tar.gz"
+    )
     response = eng.get(f"/devices/{fleet.device_a1}/logs/{escaping.id}", follow_redirects=True)
     assert response.get_data() != b"secret"
     assert "not available on this portal" in response.get_data(as_text=True)
     with app.app_context():
-        outcomes = [(e.outcome, json.loads(e.details or "{}")["upload_id"]) for e in
-                    db.session.scalars(select(AuditEvent).where(
-                        AuditEvent.kind == "telemetry.logs_download").order_by(AuditEvent.id))]
+        outcomes = [
+            (e.outcome, json.loads(e.details or "{}")["upload_id"])
+            for e in db.session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.kind == "telemetry.logs_download")
+                .order_by(AuditEvent.id)
+            )
+        ]
     assert outcomes == [("success", ok.id), ("success", ok.id), ("failure", tampered.id)]
 
     app.config["OUTLINK"].upload_dir = None  # a portal that does not share the relay's disk
@@ -300,18 +352,24 @@ def test_an_unreachable_relay_marks_the_request_failed(
     relay_calls.fail = True
     eng = client_for("eng")
     page = f"/devices/{fleet.device_a1}/logs"
-    response = eng.post(page, data={"csrf_token": csrf_token(eng, page), "source": "app"},
-                        follow_redirects=True)
+    response = eng.post(
+        page, data={"csrf_token": csrf_token(eng, page), "source": "app"}, follow_redirects=True
+    )
     assert "Logs not requested: its relay cannot be reached." in response.get_data(as_text=True)
     assert relay_calls.calls[0][1] == "instruct"
     assert relay_calls.calls[0][2]["instruction"]["action"] == "upload_logs"
     with app.app_context():
         assert [(u.state, u.error) for u in db.session.scalars(select(TelemetryLogUpload))] == [
-            ("failed", "unreachable")]
-    both = eng.post(page, data={"csrf_token": csrf_token(eng, page), "source": "app",
-                                "path": "/var/log/app.log"}, follow_redirects=True)
+            ("failed", "unreachable")
+        ]
+    both = eng.post(
+        page,
+        data={"csrf_token": csrf_token(eng, page), "source": "app", "path": "/var/log/app.log"},
+        follow_redirects=True,
+    )
     assert "name a log set or a file, not both" in both.get_data(as_text=True)
-    bad = eng.post(page, data={"csrf_token": csrf_token(eng, page), "source": "../etc"},
-                   follow_redirects=True)
+    bad = eng.post(
+        page, data={"csrf_token": csrf_token(eng, page), "source": "../etc"}, follow_redirects=True
+    )
     assert "A configured name like app" in bad.get_data(as_text=True)
     assert len(relay_calls.calls) == 1

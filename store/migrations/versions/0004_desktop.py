@@ -21,7 +21,14 @@ depends_on = None
 # Frozen copies (a migration must not change when the code does).
 MODES = ("view", "control")
 STATES = (
-    "requested", "prompting", "accepted", "denied", "timeout", "failed", "started", "ended",
+    "requested",
+    "prompting",
+    "accepted",
+    "denied",
+    "timeout",
+    "failed",
+    "started",
+    "ended",
 )
 NEW_PERMISSIONS = {
     "desktop.clipboard": (
@@ -68,11 +75,15 @@ def upgrade() -> None:
         sa.CheckConstraint(_one_of("mode", MODES), name="ck_desktop_sessions_mode"),
         sa.CheckConstraint(_one_of("state", STATES), name="ck_desktop_sessions_state"),
         sa.ForeignKeyConstraint(
-            ["device_id"], ["devices.id"], name="fk_desktop_sessions_device_id_devices",
+            ["device_id"],
+            ["devices.id"],
+            name="fk_desktop_sessions_device_id_devices",
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name="fk_desktop_sessions_user_id_users",
+            ["user_id"],
+            ["users.id"],
+            name="fk_desktop_sessions_user_id_users",
             ondelete="SET NULL",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_desktop_sessions"),
@@ -96,14 +107,18 @@ def upgrade() -> None:
         _ts("used_at", nullable=True),
         sa.CheckConstraint(_one_of("mode", MODES), name="ck_viewer_tickets_mode"),
         sa.ForeignKeyConstraint(
-            ["session_id"], ["desktop_sessions.id"],
-            name="fk_viewer_tickets_session_id_desktop_sessions", ondelete="CASCADE",
+            ["session_id"],
+            ["desktop_sessions.id"],
+            name="fk_viewer_tickets_session_id_desktop_sessions",
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
             ["user_id"], ["users.id"], name="fk_viewer_tickets_user_id_users", ondelete="CASCADE"
         ),
         sa.ForeignKeyConstraint(
-            ["device_id"], ["devices.id"], name="fk_viewer_tickets_device_id_devices",
+            ["device_id"],
+            ["devices.id"],
+            name="fk_viewer_tickets_device_id_devices",
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_viewer_tickets"),
@@ -118,12 +133,15 @@ def upgrade() -> None:
 def _grant_new_permissions() -> None:
     bind = op.get_bind()
     permissions = sa.table(
-        "permissions", sa.column("id", sa.Integer), sa.column("name", sa.String),
+        "permissions",
+        sa.column("id", sa.Integer),
+        sa.column("name", sa.String),
         sa.column("description", sa.Text),
     )
     roles = sa.table("roles", sa.column("id", sa.Integer), sa.column("name", sa.String))
     role_permissions = sa.table(
-        "role_permissions", sa.column("role_id", sa.Integer),
+        "role_permissions",
+        sa.column("role_id", sa.Integer),
         sa.column("permission_id", sa.Integer),
     )
     next_id = bind.scalar(sa.select(sa.func.coalesce(sa.func.max(permissions.c.id), 0))) or 0
@@ -131,10 +149,14 @@ def _grant_new_permissions() -> None:
     for offset, (name, (description, grantees)) in enumerate(NEW_PERMISSIONS.items(), start=1):
         perm_id = next_id + offset
         op.bulk_insert(permissions, [{"id": perm_id, "name": name, "description": description}])
-        op.bulk_insert(role_permissions, [
-            {"role_id": role_ids[role], "permission_id": perm_id}
-            for role in grantees if role in role_ids
-        ])
+        op.bulk_insert(
+            role_permissions,
+            [
+                {"role_id": role_ids[role], "permission_id": perm_id}
+                for role in grantees
+                if role in role_ids
+            ],
+        )
 
 
 def downgrade() -> None:

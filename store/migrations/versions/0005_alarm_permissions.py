@@ -29,12 +29,16 @@ NEW_PERMISSIONS = {
 }
 
 _permissions = sa.table(
-    "permissions", sa.column("id", sa.Integer), sa.column("name", sa.String),
+    "permissions",
+    sa.column("id", sa.Integer),
+    sa.column("name", sa.String),
     sa.column("description", sa.Text),
 )
 _roles = sa.table("roles", sa.column("id", sa.Integer), sa.column("name", sa.String))
 _role_permissions = sa.table(
-    "role_permissions", sa.column("role_id", sa.Integer), sa.column("permission_id", sa.Integer),
+    "role_permissions",
+    sa.column("role_id", sa.Integer),
+    sa.column("permission_id", sa.Integer),
 )
 
 
@@ -45,10 +49,14 @@ def upgrade() -> None:
     for offset, (name, (description, grantees)) in enumerate(NEW_PERMISSIONS.items(), start=1):
         perm_id = next_id + offset
         op.bulk_insert(_permissions, [{"id": perm_id, "name": name, "description": description}])
-        op.bulk_insert(_role_permissions, [
-            {"role_id": role_ids[role], "permission_id": perm_id}
-            for role in grantees if role in role_ids
-        ])
+        op.bulk_insert(
+            _role_permissions,
+            [
+                {"role_id": role_ids[role], "permission_id": perm_id}
+                for role in grantees
+                if role in role_ids
+            ],
+        )
 
 
 def downgrade() -> None:

@@ -27,7 +27,9 @@ def upgrade() -> None:
         sa.Column("remote_consent_allowed", sa.Boolean(), nullable=False),
         sa.Column("reported_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["device_id"], ["devices.id"], name="fk_desktop_policies_device_id_devices",
+            ["device_id"],
+            ["devices.id"],
+            name="fk_desktop_policies_device_id_devices",
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("device_id", name="pk_desktop_policies"),

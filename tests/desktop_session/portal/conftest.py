@@ -10,18 +10,25 @@ import pytest
 
 from tests.web.conftest import app, client_for, fleet, users  # noqa: F401  (fixtures)
 
-PROMPTING = {"state": "prompting", "consent_required": True, "timeout_s": 30,
-             "remote_consent_allowed": True}
+PROMPTING = {
+    "state": "prompting",
+    "consent_required": True,
+    "timeout_s": 30,
+    "remote_consent_allowed": True,
+}
 
 
 @dataclass
 class AgentStandIn:
     """``OUTLINK_RELAY_RPC``: answers ``instruct`` per action; records every call."""
 
-    answers: dict[str, Any] = field(default_factory=lambda: {
-        "desktop.request": PROMPTING, "desktop.answer": {"state": "accepted"},
-        "desktop.end": {"state": "ended"},
-    })
+    answers: dict[str, Any] = field(
+        default_factory=lambda: {
+            "desktop.request": PROMPTING,
+            "desktop.answer": {"state": "accepted"},
+            "desktop.end": {"state": "ended"},
+        }
+    )
     calls: list[dict[str, Any]] = field(default_factory=list)
 
     def __call__(self, url: str, op: str, args: dict[str, Any], _config: Any) -> dict[str, Any]:
@@ -36,5 +43,3 @@ class AgentStandIn:
 @pytest.fixture
 def relay_calls() -> AgentStandIn:
     return AgentStandIn()
-
-
