@@ -47,8 +47,8 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedPortal]:
 
 
 def test_engineer_acknowledges_and_closes_an_alarm_with_a_note(
-    page: Any,
-    portal: ServedPortal,  # noqa: F811  (the fixture from test_browser)
+    page: Any,  # noqa: F811  (the fixture from test_browser)
+    portal: ServedPortal,
 ) -> None:
     expect = sync_api.expect
     sign_in(page, "eng", ENGINEER_PASSWORD)
@@ -80,8 +80,8 @@ def test_engineer_acknowledges_and_closes_an_alarm_with_a_note(
 
 
 def test_admin_saves_a_rule_after_reading_the_syntax_error(
-    page: Any,
-    portal: ServedPortal,  # noqa: F811  (the fixture from test_browser)
+    page: Any,  # noqa: F811  (the fixture from test_browser)
+    portal: ServedPortal,
 ) -> None:
     expect = sync_api.expect
     sign_in(page, "admin", portal.admin_password)
@@ -101,8 +101,8 @@ def test_admin_saves_a_rule_after_reading_the_syntax_error(
 
 
 def test_engineer_asks_an_unreachable_device_for_its_logs(
-    page: Any,
-    portal: ServedPortal,  # noqa: F811  (the fixture from test_browser)
+    page: Any,  # noqa: F811  (the fixture from test_browser)
+    portal: ServedPortal,
 ) -> None:
     """No relay runs here: the request is recorded as failed and said so in plain words
     (the real relay and agent path is ``test_uploads.py``)."""
