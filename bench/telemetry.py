@@ -271,8 +271,22 @@ class BenchAgent:
             tail_interval=TAIL,
             properties_interval=3600.0 / COMPRESSION,
         )
-        self.tasks.append(asyncio.create_task(self.poller.run()))
+        self.polling = asyncio.create_task(self.poller.run())
+        self.tasks.append(self.polling)
         self.writer = asyncio.create_task(self._write())
+
+    async def settle(self) -> None:
+        """Stop the equipment, let the tailer spool every line it wrote, then stop the
+        poller: the counts compared with the database are final from here on. (A fixed
+        sleep here left lines unspooled, or a poll uncounted, on a loaded machine.)"""
+        self.writer.cancel()
+        await asyncio.gather(self.writer, return_exceptions=True)
+        st = self.log.stat()
+        end = f"{st.st_ino}:{st.st_size}"
+        while self.spool.position("app") != end:  # noqa: ASYNC110 - moved by the tailer
+            await asyncio.sleep(0.05)
+        self.polling.cancel()
+        await asyncio.gather(self.polling, return_exceptions=True)
 
     async def _write(self) -> None:
         """The equipment: a few log lines per tick, now and then an urgent code."""
@@ -352,9 +366,7 @@ async def child(params: dict[str, Any]) -> None:
             agent.sender.sizes.clear()
             agent.stream()
         if await command() == "quiet":
-            for agent in agents:
-                agent.writer.cancel()
-            await asyncio.sleep(2 * TAIL + POLL)  # the last lines are tailed and spooled
+            await asyncio.gather(*(a.settle() for a in agents))
             for agent in agents:
                 agent.sender.flush()
             await asyncio.gather(*(a.drained() for a in agents))
