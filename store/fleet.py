@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, func, not_, select
 from sqlalchemy.orm import Session
 
 from store.models import Customer, Device, Presence, Site
@@ -25,3 +25,30 @@ def offline_devices(
         .where(Device.revoked_at.is_(None))
     )
     return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def online(stale_before: datetime) -> ColumnElement[bool]:
+    """SQL truth of "online now", the one rule every page and API uses: the device's relay
+    says so, refreshed ``last_seen`` after `stale_before` (relays refresh it every 60 s,
+    so a crashed relay's devices turn offline by themselves), and it is not revoked."""
+    return and_(
+        Presence.online.is_(True),
+        Presence.last_seen >= stale_before,
+        Device.revoked_at.is_(None),
+    )
+
+
+def unreachable_devices(
+    session: Session, *, devices: ColumnElement[bool], stale_before: datetime, limit: int
+) -> dict[str, datetime | None]:
+    """Devices matching `devices` (a scope) that are not revoked and not `online`, never
+    connected ones included, most recently seen first: device id -> last seen."""
+    rows = session.execute(
+        select(Device.id, Presence.last_seen)
+        .outerjoin(Presence, Presence.device_id == Device.id)
+        .where(devices, Device.revoked_at.is_(None))
+        .where(not_(func.coalesce(online(stale_before), False)))
+        .order_by(Presence.last_seen.desc().nulls_last())  # PostgreSQL sorts NULL first
+        .limit(limit)
+    )
+    return {device_id: seen for device_id, seen in rows}

@@ -82,3 +82,17 @@ def test_changelog_lists_every_decision() -> None:
     match = re.search(rf"Decisions (\d{{4}}){EN_DASH}(\d{{4}})", changelog)
     assert match, "CHANGELOG.md should say which decisions exist ('Decisions 0001-NNNN')"
     assert (int(match[1]), int(match[2])) == (numbers[0], numbers[-1])
+
+
+def test_the_online_rule_is_stated_as_the_code_has_it() -> None:
+    """The maps state the staleness the portal really applies (`store.fleet.online`)."""
+    import dataclasses
+
+    from web.config import PortalConfig
+
+    (field,) = [f for f in dataclasses.fields(PortalConfig) if f.name == "presence_stale_seconds"]
+    stated = f"`presence_stale_seconds` ({field.default} s"
+    for name in ("docs/architecture.md", "relay_server/README.md"):
+        text = " ".join((ROOT / name).read_text().split())
+        assert stated in text, f"{name} should state the online rule as {stated!r}…"
+        assert "45 s" not in text  # the heartbeat rule the code never had

@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, Select, and_, case, func, not_, or_, selec
 from werkzeug.wrappers import Response
 
 from pki.revocation import revoke_device
+from store.fleet import online
 from store.models import Certificate, Customer, Device, Presence, Site
 from store.portal import AuditEvent
 from web.authz import Perm, current_user, requires
@@ -40,15 +41,14 @@ DEVICE_ID_MAX = 36
 
 
 def stale_before() -> datetime:
+    """Presence refreshed before this is stale (``presence_stale_seconds``)."""
     stale = current_app.config["OUTLINK"].presence_stale_seconds
     return datetime.now(UTC) - timedelta(seconds=stale)
 
 
 def online_clause() -> ColumnElement[bool]:
-    """SQL truth of "online now": the relay says so and said it recently."""
-    return and_(
-        Presence.online.is_(True), Presence.last_seen >= stale_before(), Device.revoked_at.is_(None)
-    )
+    """`store.fleet.online` with this portal's staleness setting."""
+    return online(stale_before())
 
 
 def device_rows() -> Select[Any]:

@@ -28,9 +28,9 @@ from typing import Any
 
 from flask import Blueprint, Flask, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import func, not_
 
-from store.models import Customer, Device, Presence, Site
+from store.fleet import unreachable_devices
+from store.models import Customer, Device, Site
 from store.telemetry.alarms import fleet_attention
 from store.telemetry.events import TelemetryEvent, events_query, list_events, urgent_events
 from store.telemetry.records import Latest, latest_values
@@ -39,7 +39,7 @@ from telemetry.records import EARLIEST_TS, MAX_CODE, Severity, metric_allowed
 from web.authz import Perm, requires
 from web.db import db
 from web.errors import render_error
-from web.fleet import load_device, online_clause
+from web.fleet import load_device, stale_before
 from web.paging import page_number, paginate
 from web.scope import current_scope, scoped
 
@@ -315,18 +315,6 @@ class AttentionRow:
         return max(worst, default=Severity.ROUTINE)
 
 
-def _offline() -> dict[str, datetime | None]:
-    """Offline devices in scope (never connected included), most recently seen first."""
-    rows = db.session.execute(
-        scoped(Device, Device.id, Presence.last_seen)
-        .outerjoin(Presence, Presence.device_id == Device.id)
-        .where(Device.revoked_at.is_(None), not_(func.coalesce(online_clause(), False)))
-        .order_by(Presence.last_seen.desc().nulls_last())  # PostgreSQL sorts NULL first
-        .limit(ATTENTION_LIMIT)
-    )
-    return {device_id: seen for device_id, seen in rows}
-
-
 def attention_rows(now: datetime) -> list[AttentionRow]:
     """Devices needing attention, worst first; each reason read with the user's scope."""
     alarms = {
@@ -341,7 +329,12 @@ def attention_rows(now: datetime) -> list[AttentionRow]:
         since=now - URGENT_WINDOW,
         limit=ATTENTION_LIMIT,
     )
-    offline = _offline()
+    offline = unreachable_devices(
+        db.session,
+        devices=current_scope().devices(),
+        stale_before=stale_before(),
+        limit=ATTENTION_LIMIT,
+    )
     ids = set(alarms) | set(urgent) | set(offline)
     devices = (
         db.session.execute(
