@@ -9,6 +9,9 @@ from sqlalchemy.orm import Session
 
 from store.models import Customer, Device, Presence, Site
 
+#: (online now, last seen) of one device.
+PresenceNow = tuple[bool, datetime | None]
+
 
 def offline_devices(
     session: Session, relay_id: str
@@ -52,3 +55,41 @@ def unreachable_devices(
         .limit(limit)
     )
     return {device_id: seen for device_id, seen in rows}
+
+
+def presence_of(
+    session: Session, ids: list[str], *, devices: ColumnElement[bool], stale_before: datetime
+) -> dict[str, PresenceNow]:
+    """Online state and last seen of the devices among `ids` that match `devices` (a
+    scope); the others are left out, so a caller cannot learn they exist."""
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(Device.id, online(stale_before), Presence.last_seen)
+        .outerjoin(Presence, Presence.device_id == Device.id)
+        .where(devices, Device.id.in_(ids))
+    )
+    return {device_id: (bool(is_online), seen) for device_id, is_online, seen in rows}
+
+
+def devices_with_places(
+    session: Session, ids: list[str], *, devices: ColumnElement[bool]
+) -> list[tuple[Device, str, str]]:
+    """The devices among `ids` that match `devices` (a scope), with customer and site names."""
+    if not ids:
+        return []
+    rows = session.execute(
+        select(Device, Customer.name, Site.name)
+        .join(Customer, Customer.id == Device.customer_id)
+        .join(Site, Site.id == Device.site_id)
+        .where(devices, Device.id.in_(ids))
+    )
+    return [(device, customer, site) for device, customer, site in rows]
+
+
+def hostnames(session: Session, ids: list[str]) -> dict[str, str | None]:
+    """Host names by device id, for lists that show rows already read within scope."""
+    if not ids:
+        return {}
+    rows = session.execute(select(Device.id, Device.hostname).where(Device.id.in_(ids)))
+    return {device_id: hostname for device_id, hostname in rows}

@@ -28,9 +28,9 @@ from flask import (
     request,
     url_for,
 )
-from sqlalchemy import select
 from werkzeug.wrappers import Response
 
+from store.fleet import hostnames
 from store.models import Device
 from store.telemetry.alarms import (
     ACTIVE_STATES,
@@ -114,11 +114,7 @@ def alarms() -> str:
 
 
 def _hostnames(device_ids: Any) -> dict[str, str | None]:
-    ids = sorted(set(device_ids))
-    if not ids:
-        return {}
-    rows = db.session.execute(select(Device.id, Device.hostname).where(Device.id.in_(ids)))
-    return {device_id: hostname for device_id, hostname in rows}
+    return hostnames(db.session, sorted(set(device_ids)))
 
 
 def load_alarm(alarm_id: int) -> tuple[TelemetryAlarm, Device]:

@@ -12,13 +12,14 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 
-from store.models import Device, Presence
+from store.fleet import presence_of
+from store.models import Device
 from web.authz import Perm, authenticated, current_user, public, requires
 from web.db import db
-from web.fleet import device_filters, filtered_devices, load_device, online_clause
+from web.fleet import device_filters, filtered_devices, load_device, stale_before
 from web.paging import page_number, paginate
 from web.recorder import record
-from web.scope import scoped
+from web.scope import current_scope
 
 bp = Blueprint("api", __name__)
 
@@ -65,16 +66,12 @@ def presence() -> ResponseReturnValue:
     """``?ids=a,b,c`` -> ``{id: {online, last_seen}}`` for the ids in scope (others omitted)."""
     ids = [i for i in request.args.get("ids", "").split(",") if 0 < len(i) <= 36]
     ids = ids[:MAX_PRESENCE_IDS]
-    rows = (
-        db.session.execute(
-            scoped(Device, Device.id, online_clause().label("online"), Presence.last_seen)
-            .outerjoin(Presence, Presence.device_id == Device.id)
-            .where(Device.id.in_(ids))
-        ).all()
-        if ids
-        else []
+    rows = presence_of(
+        db.session, ids, devices=current_scope().devices(), stale_before=stale_before()
     )
-    return jsonify({r.id: {"online": bool(r.online), "last_seen": _iso(r.last_seen)} for r in rows})
+    return jsonify(
+        {i: {"online": is_online, "last_seen": _iso(seen)} for i, (is_online, seen) in rows.items()}
+    )
 
 
 @bp.route("/api/v1/devices")
@@ -93,12 +90,9 @@ def devices() -> ResponseReturnValue:
 @requires(Perm.DEVICE_VIEW)
 def device(device_id: str) -> ResponseReturnValue:
     row = load_device(device_id)
-    presence = db.session.execute(
-        scoped(Device, online_clause().label("online"), Presence.last_seen)
-        .select_from(Device)
-        .outerjoin(Presence, Presence.device_id == Device.id)
-        .where(Device.id == row.id)
-    ).one()
+    is_online, last_seen = presence_of(
+        db.session, [row.id], devices=current_scope().devices(), stale_before=stale_before()
+    )[row.id]
     record(
         "device.view",
         device_id=row.id,
@@ -107,4 +101,4 @@ def device(device_id: str) -> ResponseReturnValue:
         summary=f"read device {row.id} via the API",
     )
     db.session.commit()
-    return jsonify(_device_json(row, presence.online, presence.last_seen))
+    return jsonify(_device_json(row, is_online, last_seen))

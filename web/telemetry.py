@@ -29,8 +29,8 @@ from typing import Any
 from flask import Blueprint, Flask, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 
-from store.fleet import unreachable_devices
-from store.models import Customer, Device, Site
+from store.fleet import devices_with_places, unreachable_devices
+from store.models import Device
 from store.telemetry.alarms import fleet_attention
 from store.telemetry.events import TelemetryEvent, events_query, list_events, urgent_events
 from store.telemetry.records import Latest, latest_values
@@ -41,7 +41,7 @@ from web.db import db
 from web.errors import render_error
 from web.fleet import load_device, stale_before
 from web.paging import page_number, paginate
-from web.scope import current_scope, scoped
+from web.scope import current_scope
 
 bp = Blueprint("telemetry", __name__)
 
@@ -336,16 +336,7 @@ def attention_rows(now: datetime) -> list[AttentionRow]:
         limit=ATTENTION_LIMIT,
     )
     ids = set(alarms) | set(urgent) | set(offline)
-    devices = (
-        db.session.execute(
-            scoped(Device, Device, Customer.name, Site.name)
-            .join(Customer, Customer.id == Device.customer_id)
-            .join(Site, Site.id == Device.site_id)
-            .where(Device.id.in_(sorted(ids)))
-        ).all()
-        if ids
-        else []
-    )
+    devices = devices_with_places(db.session, sorted(ids), devices=current_scope().devices())
     rows = []
     for device, customer, site in devices:
         alarm = alarms.get(device.id)

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, select, true
 
 from pki.fleet import create_device, ensure_site
 from store.db import session_scope
-from store.fleet import online, unreachable_devices
+from store.fleet import devices_with_places, hostnames, online, presence_of, unreachable_devices
 from store.models import Device, Presence
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
@@ -64,3 +64,24 @@ def test_unreachable_devices_are_the_scoped_rest_most_recently_seen_first(
     assert scoped[ids["never"]] is None
     assert list(everything) == [ids["elsewhere"], ids["down"], ids["quiet"], ids["never"]]
     assert list(first) == [ids["elsewhere"]]
+
+
+def test_presence_devices_and_names_of_given_ids_within_scope_only(db_engine: Engine) -> None:
+    ids = _fleet(db_engine)
+    asked = [ids["up"], ids["never"], ids["elsewhere"], "not-a-device"]
+    with session_scope(db_engine) as session:
+        acme = session.get(Device, ids["up"]).site_id  # type: ignore[union-attr]
+        in_acme = Device.site_id == acme
+        presence = presence_of(session, asked, devices=in_acme, stale_before=STALE_BEFORE)
+        places = devices_with_places(session, asked, devices=in_acme)
+        names = hostnames(session, asked)
+        assert presence_of(session, [], devices=true(), stale_before=STALE_BEFORE) == {}
+        assert devices_with_places(session, [], devices=true()) == []
+        assert hostnames(session, []) == {}
+        place_rows = {(device.id, customer, site) for device, customer, site in places}
+    assert presence == {
+        ids["up"]: (True, NOW - timedelta(seconds=30)),
+        ids["never"]: (False, None),
+    }  # "elsewhere" is out of scope: left out, as an unknown id is
+    assert place_rows == {(ids["up"], "acme", "lab"), (ids["never"], "acme", "lab")}
+    assert set(names) == {ids["up"], ids["never"], ids["elsewhere"]}
