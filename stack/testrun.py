@@ -127,7 +127,8 @@ def private_postgres() -> Iterator[str | None]:
 
 
 def run(pytest_args: list[str]) -> int:
-    """Lint, format check, type check, a bounded fuzzing run of the decoder, then the suite.
+    """Lint, format check, type check, the SBOMs and their audit, a bounded fuzzing run of
+    the decoder, then the suite.
 
     The suite runs last so that its summary is the last line a reader (or CI) sees.
     """
@@ -138,6 +139,8 @@ def run(pytest_args: list[str]) -> int:
         # Strictness per package is in pyproject.toml ([tool.mypy] overrides).
         [python, "-m", "mypy", *MYPY_PACKAGES],
     ]
+    # The SBOM per role and the vulnerability audit (stack/sbom.py); prints where they are.
+    steps.append([python, "-m", "stack.sbom"])
     fuzz = Path("fuzz/fuzz_decoder.py")
     if fuzz.exists():
         steps.append([python, str(fuzz), f"-max_total_time={FUZZ_SECONDS}"])

@@ -1,16 +1,14 @@
 """The wheel, installed per role as a device or a server would: ``pip install 'outlink[agent]'``
 into a fresh virtual environment, then the role's commands run from there.
 
-One wheel is built from a copy of the source tree (a build in place would leave
-``build/`` behind, whose stale files setuptools would ship next time); the four role
-environments are installed in parallel, with pip's cache and network.
+One wheel is built from a copy of the source tree and the four role environments are
+installed in parallel, with pip's cache and network, by stack/wheel.py (which the SBOM
+step of ``./outlink test`` uses too).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -20,24 +18,13 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
+from stack.sbom import IncompleteSBOM, python_components, role_sbom, vendored_components
+from stack.wheel import CLEAN_ENV, build_wheel, copy_source, install_roles
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("agent", "relay", "portal", "demo")
-#: What a build needs from the checkout and what it must not pick up.
-NOT_SOURCE = shutil.ignore_patterns(
-    ".git",
-    ".venv",
-    "var",
-    "build",
-    "dist",
-    "*.egg-info",
-    "__pycache__",
-    "*.pyc",
-    ".*_cache",
-    ".hypothesis",
-    "node_modules",
-)
 #: Files in the packages that nothing reads at run time.
 NOT_SHIPPED = {"README.md"}
 #: Server-side distributions a device must not carry (nor the demo's SMTP server).
@@ -69,8 +56,6 @@ for top in sys.argv[1:]:
         if not info.name.endswith(".__main__") and not info.name.startswith(skip):
             importlib.import_module(info.name)
 """
-#: The environment of the installed commands: nothing may reach the source tree.
-CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def run(*argv: str | Path, cwd: Path = Path("/"), env: dict[str, str] = CLEAN_ENV) -> str:
@@ -89,38 +74,19 @@ def run(*argv: str | Path, cwd: Path = Path("/"), env: dict[str, str] = CLEAN_EN
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tree = tmp_path_factory.mktemp("source") / "outlink"
-    shutil.copytree(ROOT, tree, ignore=NOT_SOURCE)
-    return tree
+    return copy_source(ROOT, tmp_path_factory.mktemp("source") / "outlink")
 
 
 @pytest.fixture(scope="module")
 def wheel(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, source)
-    (built,) = out.glob("outlink-*.whl")
-    return built
+    return build_wheel(source, tmp_path_factory.mktemp("dist"))
 
 
 @pytest.fixture(scope="module")
 def venvs(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One fresh environment per role, with only ``outlink[role]`` installed in it."""
-    base = tmp_path_factory.mktemp("venvs")
-    install = 'set -e; "$0" -m venv "$1"; "$1/bin/python" -m pip install -q "$2"'
-    jobs = {
-        role: subprocess.Popen(
-            ["sh", "-c", install, sys.executable, base / role, f"{wheel}[{role}]"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=CLEAN_ENV,
-        )
-        for role in ROLES
-    }
-    for role, job in jobs.items():
-        output, _ = job.communicate(timeout=800)
-        assert job.returncode == 0, f"installing outlink[{role}]:\n{output}"
-    return {role: base / role / "bin" for role in ROLES}
+    made = install_roles(wheel, tmp_path_factory.mktemp("venvs"), ROLES)
+    return {role: venv / "bin" for role, venv in made.items()}
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +95,10 @@ def version(wheel: Path) -> str:
 
 
 def installed(bin_dir: Path) -> set[str]:
-    listing = run(bin_dir / "python", "-m", "pip", "list", "--format=json")
+    """The distributions in a role's environment (which has no pip: the outer one lists)."""
+    listing = run(
+        sys.executable, "-m", "pip", "--python", bin_dir / "python", "list", "--format=json"
+    )
     return {canonicalize_name(entry["name"]) for entry in json.loads(listing)}
 
 
@@ -218,3 +187,37 @@ def test_demo(venvs: dict[str, Path]) -> None:
     assert "aiosmtpd" in installed(bin_dir)
     for module in ("sim", "sim.receivers"):
         assert run(bin_dir / "python", "-m", module, "--help").lower().startswith("usage:")
+
+
+def test_sbom_of_each_role(venvs: dict[str, Path]) -> None:
+    """What ./outlink test records: outlink[role] as the subject, each installed distribution
+    with version and licence, and the vendored front-end libraries as npm components."""
+    uplot = json.loads((ROOT / "web/static/vendor/uplot/package.json").read_text())
+    boms = {role: role_sbom(venvs[role].parent, role) for role in ("agent", "portal")}
+    for role, bom in boms.items():
+        subject = bom["metadata"]["component"]
+        assert (subject["name"], subject["type"]) == ("outlink", "application")
+        assert subject["properties"] == [{"name": "outlink:role", "value": role}]
+        (npm,) = [c for c in bom["components"] if c["purl"].startswith("pkg:npm/")]
+        assert npm["purl"] == f"pkg:npm/uplot@{uplot['version']}"
+        assert npm["licenses"][0]["license"]["id"] == "MIT"
+        assert "Permission is hereby granted" in npm["licenses"][0]["license"]["text"]["content"]
+        (edges,) = [d for d in bom["dependencies"] if d["ref"] == subject["bom-ref"]]
+        assert npm["bom-ref"] in edges["dependsOn"]
+        # Exactly the role's install: no installer, and pip list agrees.
+        python = python_components(bom)
+        assert set(python) == installed(venvs[role]) - {"outlink"}
+        assert {"pip", "setuptools"}.isdisjoint(python)
+    assert "flask" in python_components(boms["portal"])
+    assert "flask" not in python_components(boms["agent"])
+
+
+def test_a_vendored_library_without_a_licence_file_is_refused(tmp_path: Path) -> None:
+    library = tmp_path / "web/static/vendor/chart"
+    library.mkdir(parents=True)
+    (library / "package.json").write_text('{"name": "chart", "version": "1.0.0", "license": "MIT"}')
+    with pytest.raises(IncompleteSBOM, match="LICENSE"):
+        vendored_components(tmp_path)
+    (library / "LICENSE").write_text("MIT License")
+    (component,) = vendored_components(tmp_path)
+    assert component["purl"] == "pkg:npm/chart@1.0.0"
