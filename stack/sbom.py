@@ -9,7 +9,7 @@ components. Every Python component of the three SBOMs is audited with pip-audit 
 the package index's advisory data; stack/vulnerabilities.py judges the findings against
 ``deploy/vulnerability-allowlist.toml``.
 
-Writes ``var/sbom/<role>.cdx.json`` and ``var/sbom/audit.json`` (the findings as judged).
+Writes ``var/sbom/<role>.cdx.json`` and ``var/sbom/audit.json`` (the findings judged).
 """
 
 from __future__ import annotations
