@@ -91,6 +91,9 @@ T = TypeVar("T")
 #: Sessions listed on the request page (the device's recent history).
 HISTORY = 10
 
+#: An answer's decisions as the form sends them (anything else is not echoed into the trail).
+DECISIONS = frozenset(str(d) for d in Decision)
+
 #: The failure recorded when the device's answer does not parse.
 BAD_ANSWER = "bad-answer"
 
@@ -480,7 +483,7 @@ def answer(device_id: str) -> Response:
             f" {check.refusal}",
             details={
                 "session_id": None if row is None else row.id,
-                "decision": request.form.get("decision", "")[:16],
+                "decision": tried if (tried := request.form.get("decision")) in DECISIONS else None,
                 "role": check.role,
                 "refusal": str(check.refusal),
                 "engineer": None if row is None else row.username,

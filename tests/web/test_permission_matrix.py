@@ -310,6 +310,7 @@ def test_consent_routes_take_an_answer_only_from_a_second_person(
             assert event is not None
             assert (event["kind"], event["actor"]) == ("desktop.answer_refused", username)
             assert (event["role"], event["refusal"]) == (who.role, who.refusal)
+            assert (event["session_id"], event["decision"]) == (sid, "accept")
         return
     [(_, op, args)] = relay_calls.calls[calls:]
     assert (op, args["instruction"]["action"]) == ("instruct", "desktop.answer")
