@@ -6,8 +6,9 @@ control ``instruct`` (`protocol.control`); the agent's answer comes back as its 
 * ACTION_REQUEST `SessionRequest` -> `RequestReply`: ``prompting`` (the person at the
   device is asked, with the device's own timeout) or ``accepted`` (the device asks for
   no consent). The device's policy sets the consent timeout (R31): a request has none.
-* ACTION_ANSWER `ConsentAnswer` (a site contact's answer from the portal, taken only
-  where the device allows it) -> `StateReply`.
+* ACTION_ANSWER `ConsentAnswer` (a site contact's answer from the portal, sent only
+  when `store.consent.may_answer` allows it, taken only where the device allows it and
+  never in the requester's name) -> `StateReply`.
 * ACTION_END `EndRequest` (end a session, or withdraw a request) -> `StateReply`.
 
 Relay -> agent: the OPEN of a CHANNEL_KIND channel carries `JoinMeta` (the viewer
@@ -296,7 +297,8 @@ class RequestReply:
 @dataclass(frozen=True, slots=True)
 class ConsentAnswer:
     """ACTION_ANSWER: a site contact (``user``, shown as ``name``) answers a request
-    from the portal. The agent takes it only where its policy allows it."""
+    from the portal. The agent takes it only where its policy allows it, and never
+    from the requester (``user`` equal to the request's ``Requester.user``)."""
 
     session_id: SessionId
     decision: Decision

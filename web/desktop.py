@@ -18,9 +18,11 @@ The flow (the lead's session contract; rules in :mod:`store.desktop`):
 Who: requesting needs ``desktop.view`` (and ``desktop.control`` for control), checked
 with :func:`store.desktop.viewer_rights`, the same function the relay runs at join and
 every few seconds after; scope as everywhere (out of scope = 404). Only the engineer who
-asked sees the session's state and gets its tickets. ``desktop.consent`` (site contacts)
-may answer a request from the portal, and the agent takes that answer only if its own
-policy allows it.
+asked sees the session's state and gets its tickets. ``desktop.consent`` lets a role see
+the answer routes, but an answer counts only under the four-eyes rule,
+:func:`store.consent.may_answer` (a site contact of the device's site, not the requester,
+no staff role); the agent then takes it only if its own policy allows answers from the
+portal.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ from protocol.desktop import (
 from protocol.envelope import ERR_BUSY, ERR_TIMEOUT, MessageError
 from protocol.rpc import ERR_OFFLINE
 from store import desktop
+from store.consent import may_answer
 from store.desktop import Actor, DesktopSession
 from store.models import Device
 from web.authz import Perm, current_user, requires
@@ -87,6 +90,9 @@ T = TypeVar("T")
 
 #: Sessions listed on the request page (the device's recent history).
 HISTORY = 10
+
+#: An answer's decisions as the form sends them (anything else is not echoed into the trail).
+DECISIONS = frozenset(str(d) for d in Decision)
 
 #: The failure recorded when the device's answer does not parse.
 BAD_ANSWER = "bad-answer"
@@ -422,15 +428,31 @@ def waiting_requests(device: Device, now: datetime) -> list[DesktopSession]:
     return [r for r in rows if r.decision_deadline > now]
 
 
+def acting_in(row: DesktopSession | None) -> tuple[int, ...]:
+    """Who acts for the vendor in request ``row`` (its requester), for the four-eyes rule;
+    nobody when there is no request (may this user answer here at all?) or the
+    requester's account is gone (their role no longer exists to check)."""
+    return () if row is None or row.user_id is None else (row.user_id,)
+
+
 @bp.route("/devices/<device_id>/desktop/consent")
 @requires(Perm.DESKTOP_CONSENT)
 def consent(device_id: str) -> str:
+    """The requests waiting on this device, for those the four-eyes rule lets answer."""
     device = load_device(device_id)
+    user = current_user()
+    if not may_answer(db.session, user.id, device.id, acting=()).allowed:
+        abort(403)
     now = datetime.now(UTC)
+    answerable = [
+        row
+        for row in waiting_requests(device, now)
+        if may_answer(db.session, user.id, device.id, acting=acting_in(row)).allowed
+    ]
     return render_template(
         "desktop/consent.html",
         device=device,
-        requests=waiting_requests(device, now),
+        requests=answerable,
         seconds_left=lambda row: seconds_left(row, now),
         policy=desktop.last_reported_policy(db.session, device.id),
     )
@@ -439,15 +461,41 @@ def consent(device_id: str) -> str:
 @bp.route("/devices/<device_id>/desktop/consent", methods=["POST"])
 @requires(Perm.DESKTOP_CONSENT)
 def answer(device_id: str) -> Response:
-    """Forward the site contact's answer; the agent decides whether it counts."""
+    """Forward a site contact's answer once the four-eyes rule allows it (a refusal is
+    audited with the caller's real role, and answered 403); the agent decides whether
+    answers from the portal count on this device."""
     device = load_device(device_id)
     user = current_user()
     try:
         row = db.session.get(DesktopSession, parse_session_id(request.form.get("session")))
+    except MessageError:
+        row = None
+    if row is not None and row.device_id != device.id:
+        row = None
+    # The rule first: whoever may not answer here is refused (and audited) whatever they sent.
+    check = may_answer(db.session, user.id, device.id, acting=acting_in(row))
+    if not check.allowed:
+        record(
+            "desktop.answer_refused",
+            outcome="failure",
+            device_id=device.id,
+            summary=f"{check.role} {user.username} may not answer a desktop request here:"
+            f" {check.refusal}",
+            details={
+                "session_id": None if row is None else row.id,
+                "decision": tried if (tried := request.form.get("decision")) in DECISIONS else None,
+                "role": check.role,
+                "refusal": str(check.refusal),
+                "engineer": None if row is None else row.username,
+            },
+        )
+        db.session.commit()
+        abort(403)
+    try:
         decision = Decision(request.form.get("decision", ""))
-    except (MessageError, ValueError):
+    except ValueError:
         abort(400)
-    if row is None or row.device_id != device.id:
+    if row is None:
         abort(400)
     answer = ConsentAnswer(row.id, decision, user.username, user.display_name)
     result, failure = relay_link().instruct(device.id, answer.to_json())
@@ -458,8 +506,14 @@ def answer(device_id: str) -> Response:
         "desktop.answered",
         outcome="success" if reply is not None else "failure",
         device_id=device.id,
-        summary=f"site contact answered a desktop request: {decision}",
-        details={"session_id": row.id, "decision": str(decision), "error": failure or None},
+        summary=f"{check.role} {user.username} answered a desktop request: {decision}",
+        details={
+            "session_id": row.id,
+            "decision": str(decision),
+            "role": check.role,
+            "engineer": row.username,
+            "error": failure or None,
+        },
     )
     if reply is not None and reply.state in (State.ACCEPTED, State.DENIED):
         desktop.record_decision(
@@ -486,9 +540,12 @@ def answer(device_id: str) -> Response:
 
 def device_card(device: Device) -> dict[str, Any]:
     """What the device page shows about remote desktop (``templates/desktop/card.html``)."""
+    user = current_user()
     return {
         "policy": desktop.last_reported_policy(db.session, device.id),
         "waiting": len(waiting_requests(device, datetime.now(UTC))),
+        "may_answer": user.can(Perm.DESKTOP_CONSENT)
+        and may_answer(db.session, user.id, device.id, acting=()).allowed,
     }
 
 

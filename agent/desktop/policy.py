@@ -179,10 +179,14 @@ class SessionBook:
     def answer(
         self, session_id: str, accept: bool, now: float, *, site_contact: str | None = None
     ) -> list[StateReport]:
-        """The device's answer, or (``site_contact`` = their user name) a remote one."""
+        """The device's answer, or (``site_contact`` = their user name) a remote one. The
+        portal applies the whole four-eyes rule (`store.consent`, it knows roles); the
+        device refuses the part it can see, a remote answer named for the requester."""
         if site_contact is not None and not self.policy.allow_remote_consent:
             raise Refusal(ERR_FORBIDDEN, "this device does not accept answers from the portal")
         session = self._find(session_id)
+        if site_contact is not None and site_contact == session.requester.user:
+            raise Refusal(ERR_FORBIDDEN, "the requester cannot answer their own request")
         if session.state is not State.PROMPTING:
             raise Refusal(ERR_CONFLICT, f"the request is already {session.state}")
         by = BY_DEVICE if site_contact is None else BY_SITE_CONTACT + site_contact

@@ -6,8 +6,9 @@ agent's side of `protocol.desktop` (the contract, with every message's fields):
 * on every link, event ``desktop.policy``: the device's own consent setting;
 * action ``desktop.request``: answered ``prompting`` at once, or ``accepted`` when the
   device's policy asks for no consent;
-* action ``desktop.answer``: a site contact's answer from the portal; ``forbidden``
-  unless the policy allows it;
+* action ``desktop.answer``: a site contact's answer from the portal (the portal applied
+  the four-eyes rule); ``forbidden`` unless the policy allows it, and for an answer
+  named for the requester;
 * action ``desktop.end``: the portal ends a session (or withdraws a request);
 * channel kind ``desktop``: the viewer, joined by the relay. Refused FORBIDDEN unless
   `SessionBook.join` agrees. The clipboard right (and the relay's later

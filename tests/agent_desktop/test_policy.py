@@ -172,6 +172,20 @@ def test_remote_answers_only_where_allowed() -> None:
     )
 
 
+def test_a_remote_answer_named_for_the_requester_is_refused() -> None:
+    """Four eyes at the device too: the portal's rule is the full one, but a remote
+    answer in the requester's own name never counts here either."""
+    book = SessionBook(DesktopPolicy(allow_remote_consent=True))
+    sid = new_id()
+    book.request(sid, Mode.CONTROL, ERIKA, "", 0.0)
+    with pytest.raises(Refusal) as refused:
+        book.answer(sid, True, 1.0, site_contact=ERIKA.user)
+    assert code(refused) == "forbidden"
+    assert book.get(sid).state is State.PROMPTING  # type: ignore[union-attr]
+    [accepted_by_contact] = book.answer(sid, True, 2.0, site_contact="bob")
+    assert accepted_by_contact.by == "site-contact:bob"
+
+
 def test_one_live_session_at_a_time_and_ids_are_unique() -> None:
     book = SessionBook(POLICY)
     sid = new_id()

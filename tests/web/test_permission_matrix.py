@@ -10,7 +10,9 @@ without the permission -> 403; a role with it -> neither 401 nor 403 nor 5xx.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -19,10 +21,13 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from pki.tokens import create_token
+from protocol.desktop import Mode
+from store import desktop
 from store.models import Site
-from store.portal import Permission, Role
-from tests.web.conftest import CSRF_RE, Fleet, make_user, new_client
+from store.portal import AuditEvent, Permission, Role
+from tests.web.conftest import CSRF_RE, Fleet, RelayCalls, make_user, new_client
 from tests.web.matrix_alarms import ALARMS_MATRIX, ALARMS_URL_ARGS
+from tests.web.matrix_consent import CONSENT_ANSWERERS, CONSENT_ROUTES, REQUESTER
 from tests.web.matrix_telemetry import TELEMETRY_MATRIX
 from web.authz import ACCESS_ATTR, Perm
 from web.db import db
@@ -197,6 +202,8 @@ def test_walk_every_route_as_every_role(
             url = url_for(rule.endpoint, **url_args)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             allowed = _allowed(role, MATRIX[rule.endpoint])
+            if rule.endpoint in CONSENT_ROUTES and allowed:  # and the four-eyes rule
+                allowed = CONSENT_ANSWERERS[username or ""].page == 200
             if method == "GET":
                 response = shared.get(url)
             else:  # state-changing: a fresh session each time (logout must not end the walk)
@@ -223,3 +230,94 @@ def test_walk_every_route_as_every_role(
                 assert status == 403, where
             checked += 1
     assert checked >= len(MATRIX) - 5
+
+
+def _prompting_request(app: Flask, fleet: Fleet, requester: int) -> str:
+    """A desktop request on device A1 waiting for an answer the portal may give."""
+    now = datetime.now(UTC)
+    with app.app_context():
+        row = desktop.create_session(
+            db.session,
+            device_id=fleet.device_a1,
+            user_id=requester,
+            username=REQUESTER,
+            mode=Mode.CONTROL,
+            reason="error 42",
+            consent_timeout_s=desktop.CONSENT_TIMEOUT_DEFAULT,
+            now=now,
+        )
+        desktop.record_prompting(
+            db.session,
+            row.id,
+            consent_timeout_s=desktop.CONSENT_TIMEOUT_DEFAULT,
+            remote_consent_allowed=True,
+            now=now,
+            actor=desktop.Actor(REQUESTER, requester),
+        )
+        db.session.commit()
+        return row.id
+
+
+def _last_answer_event(app: Flask) -> dict[str, Any] | None:
+    with app.app_context():
+        event = db.session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.kind.in_(("desktop.answered", "desktop.answer_refused")))
+            .order_by(AuditEvent.id.desc())
+        ).first()
+        if event is None:
+            return None
+        return {"kind": event.kind, "actor": event.actor, **json.loads(event.details)}
+
+
+@pytest.mark.parametrize("username", sorted(CONSENT_ANSWERERS))
+def test_consent_routes_take_an_answer_only_from_a_second_person(
+    app: Flask, fleet: Fleet, users: dict[str, int], relay_calls: RelayCalls, username: str
+) -> None:
+    """The requester, an administrator, an engineer and site contacts of other sites are
+    refused; a site contact of the device's site who did not ask is heard, and the audit
+    record names every answerer's real role."""
+    who = CONSENT_ANSWERERS[username]
+    assert MATRIX["desktop.consent"] == MATRIX["desktop.answer"] == Perm.DESKTOP_CONSENT
+    if username not in users:
+        with app.app_context():
+            reach: Any = getattr(fleet, who.scope, None)
+            make_user(
+                username,
+                who.role,
+                all_scope=who.scope == "all",
+                customers=(reach,) if who.scope.startswith("customer") else (),
+                sites=(reach,) if who.scope.startswith("site") else (),
+                devices=(reach,) if who.scope.startswith("device") else (),
+            )
+    sid = _prompting_request(app, fleet, users[REQUESTER])
+    client = _login(app, username)
+    page = client.get(f"/devices/{fleet.device_a1}/desktop/consent")
+    assert page.status_code == who.page
+    assert (sid in page.get_data(as_text=True)) is (who.page == 200)
+    calls = len(relay_calls.calls)
+    response = client.post(
+        f"/devices/{fleet.device_a1}/desktop/consent",
+        data={"csrf_token": _post_token(client), "session": sid, "decision": "accept"},
+    )
+    assert response.status_code == who.answer
+    event = _last_answer_event(app)
+    if who.answer != 302:
+        assert len(relay_calls.calls) == calls, "a refused answer reached the device"
+        if who.refusal is None:  # refused before the rule (permission, scope): no answer
+            assert event is None
+        else:
+            assert event is not None
+            assert (event["kind"], event["actor"]) == ("desktop.answer_refused", username)
+            assert (event["role"], event["refusal"]) == (who.role, who.refusal)
+            assert (event["session_id"], event["decision"]) == (sid, "accept")
+        return
+    [(_, op, args)] = relay_calls.calls[calls:]
+    assert (op, args["instruction"]["action"]) == ("instruct", "desktop.answer")
+    assert args["instruction"]["by"]["user"] == username
+    assert event is not None
+    assert (event["kind"], event["actor"], event["role"]) == (
+        "desktop.answered",
+        username,
+        "site_contact",
+    )

@@ -4,6 +4,7 @@ and test_browser)."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -264,6 +265,62 @@ def test_site_contact_answers_where_the_device_allows_it(
     assert "only takes answers at the device" in response.get_data(as_text=True)
     assert state(client_for("root"), fleet.device_a1, sid2)["state"] == "prompting"
     assert client_for("eng").get(f"/devices/{fleet.device_a1}/desktop/consent").status_code == 403
+
+
+def test_an_administrator_cannot_accept_their_own_request(
+    app: Flask,
+    fleet: Fleet,
+    client_for: Callable[[str], FlaskClient],
+    relay_calls: AgentStandIn,
+) -> None:
+    """The issue's case: on a device that takes answers from the portal, the administrator
+    who asked is refused (nothing reaches the device, the refusal is audited as an
+    administrator's), and the site contact's answer is recorded as a site contact's."""
+    root = client_for("root")
+    sid = request(root, fleet.device_a1)
+    device_page = root.get(f"/devices/{fleet.device_a1}").get_data(as_text=True)
+    assert "Requests waiting for an answer" not in device_page
+    assert root.get(f"/devices/{fleet.device_a1}/desktop/consent").status_code == 403
+    asked = len(relay_calls.calls)
+    response = root.post(
+        f"/devices/{fleet.device_a1}/desktop/consent",
+        data={
+            "csrf_token": csrf_token(root, "/account"),
+            "session": sid,
+            "decision": "accept",
+        },
+    )
+    assert response.status_code == 403
+    assert len(relay_calls.calls) == asked
+    assert state(root, fleet.device_a1, sid)["state"] == "prompting"
+
+    contact = client_for("contact")
+    assert "Requests waiting for an answer" in contact.get(f"/devices/{fleet.device_a1}").get_data(
+        as_text=True
+    )
+    response = contact.post(
+        f"/devices/{fleet.device_a1}/desktop/consent",
+        data={
+            "csrf_token": csrf_token(contact, f"/devices/{fleet.device_a1}/desktop/consent"),
+            "session": sid,
+            "decision": "accept",
+        },
+    )
+    assert response.status_code == 302
+    assert state(root, fleet.device_a1, sid)["decided_by"] == "site-contact:contact"
+    with app.app_context():
+        events = [
+            (e.kind, e.actor, json.loads(e.details).get("role"))
+            for e in db.session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.kind.in_(("desktop.answer_refused", "desktop.answered")))
+                .order_by(AuditEvent.id)
+            )
+        ]
+    assert events == [
+        ("desktop.answer_refused", "root", "administrator"),
+        ("desktop.answered", "contact", "site_contact"),
+    ]
 
 
 def test_end_asks_the_device_and_records_it_when_the_device_cannot(
