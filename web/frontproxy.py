@@ -18,6 +18,7 @@ nginx.conf that ``python -m web serve`` runs next to gunicorn (``front = "nginx"
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pwd
 import shutil
@@ -41,6 +42,8 @@ WORKER_CONNECTIONS = 8192
 #: Seconds to wait for nginx to stop before killing it.
 STOP_GRACE_S = 5.0
 NGINX = "nginx"
+#: prctl(2): the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 
 def server_conf(config: PortalConfig) -> str:
@@ -145,7 +148,17 @@ def start_nginx(config: PortalConfig) -> subprocess.Popen[bytes]:
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     conf = run_dir / "nginx.conf"
     conf.write_text(managed_conf(config, run_dir))
-    return subprocess.Popen([nginx, "-p", str(run_dir), "-e", "stderr", "-c", str(conf)])
+    return subprocess.Popen(
+        [nginx, "-p", str(run_dir), "-e", "stderr", "-c", str(conf)],
+        preexec_fn=_die_with_parent,  # safe: gunicorn's arbiter runs no threads
+    )
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when gunicorn's arbiter dies, even by SIGKILL, so no nginx is
+    left holding the port (it runs in the foreground: ``daemon off``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_nginx(proc: subprocess.Popen[bytes]) -> None:

@@ -9,6 +9,7 @@ CA) until a deadline, and the process group (nginx included) is terminated after
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -153,7 +154,8 @@ def serve_portal(tmp: Path, **settings: object) -> Iterator[ServedPortal]:
         _wait_healthy(base_url, staff_ca, proc, deadline=time.monotonic() + 20 * UNIT)
         yield ServedPortal(base_url, match.group(1), config, tmp / "data", staff_ca, database_url)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # a test may have killed it all
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=10 * UNIT)
         except subprocess.TimeoutExpired:

@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import psutil
 import pytest
 import requests
 
 from pki.ca import create_ca
 from pki.issue import issue_service_cert
+from tests.conftest import UNIT
 from tests.web.served import REPO, ServedPortal, serve_portal
 from web.config import load_config
 from web.frontproxy import CLIENT_CERT_HEADER
@@ -140,3 +142,13 @@ def test_app_socket_is_the_proxys_alone(portal: ServedPortal) -> None:
     assert config.app_socket is not None
     assert stat.S_IMODE(config.app_socket.stat().st_mode) & 0o007 == 0
     assert stat.S_IMODE(config.app_socket.parent.stat().st_mode) & 0o007 == 0
+
+
+def test_nginx_does_not_outlive_gunicorn(tmp_path: Path) -> None:
+    """A killed portal (SIGKILL: no on_exit hook) takes its nginx along, freeing the port."""
+    with serve_portal(tmp_path) as portal:
+        nginx = psutil.Process(int((portal.data_dir / "nginx" / "nginx.pid").read_text()))
+        arbiter = nginx.parent()
+        assert arbiter is not None and "gunicorn" in " ".join(arbiter.cmdline())
+        arbiter.kill()
+        nginx.wait(timeout=10 * UNIT)
