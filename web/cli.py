@@ -165,7 +165,7 @@ def create_admin_command(config_path: str | None, username: str) -> None:
 @outlink.command("serve")
 @config_option
 def serve_command(config_path: str | None) -> None:
-    """Run the portal under gunicorn over TLS (replaces this process)."""
+    """Run the portal under gunicorn, behind nginx unless ``front = "gunicorn"`` (exec)."""
     config = _config(config_path)
     if not (config.tls_cert and config.tls_cert.exists()):
         raise click.ClickException("no TLS certificate: run `python -m web init` first")
