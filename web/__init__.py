@@ -69,7 +69,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         area.init_app(app)
     app.view_functions["static"] = authz.public(_static_view(app))
     app.jinja_env.globals.update(Perm=authz.Perm)
-    app.wsgi_app = PeerCertMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = PeerCertMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, from_proxy=config.front != "gunicorn"
+    )
     return app
 
 

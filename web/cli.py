@@ -3,9 +3,9 @@
 ``init`` is idempotent: it migrates the database, creates the staff CA and the
 portal's TLS certificate if missing, and creates the first administrator only
 if there is no active one (printing its password that one time). ``serve`` runs
-gunicorn over TLS. ``audit verify`` walks the hash chain; ``audit prune``
-applies the retention setting. Every change made here is audited with actor
-``cli:<os user>``.
+gunicorn behind nginx (decision 0014); ``nginx-config`` prints the production site.
+``audit verify`` walks the hash chain; ``audit prune`` applies the retention setting.
+Every change made here is audited with actor ``cli:<os user>``.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def create_admin_command(config_path: str | None, username: str) -> None:
 @outlink.command("serve")
 @config_option
 def serve_command(config_path: str | None) -> None:
-    """Run the portal under gunicorn over TLS (replaces this process)."""
+    """Run the portal under gunicorn, behind nginx unless ``front = "gunicorn"`` (exec)."""
     config = _config(config_path)
     if not (config.tls_cert and config.tls_cert.exists()):
         raise click.ClickException("no TLS certificate: run `python -m web init` first")
@@ -173,6 +173,15 @@ def serve_command(config_path: str | None) -> None:
         os.environ[CONFIG_ENV] = str(Path(config_path).resolve())
     gunicorn = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "web:create_app()"]
     os.execvp(gunicorn[0], gunicorn)  # noqa: S606  (fixed argv, no shell)
+
+
+@outlink.command("nginx-config")
+@config_option
+def nginx_config_command(config_path: str | None) -> None:
+    """Print the nginx site that fronts this portal (``front = "system-nginx"``)."""
+    from web.frontproxy import server_conf
+
+    click.echo(server_conf(_config(config_path)), nl=False)
 
 
 @outlink.command("issue-staff-cert")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pki.keys import PRIVATE_FILE_MODE
-from tomlconfig import ConfigFile, Relative
+from tomlconfig import ConfigError, ConfigFile, Relative
 
 ENV_PREFIX = "OUTLINK_PORTAL_"
 #: Where ``create_app()`` (gunicorn's entry point) finds the config file.
@@ -36,7 +36,16 @@ class PortalConfig:
 
     data_dir: Relative[Path] = Path("var/portal")
     database_url: str = "sqlite:///var/outlink.db"
+    #: Where browsers connect (TLS): nginx listens here, or gunicorn with ``front = "gunicorn"``.
     bind: str = "127.0.0.1:8444"
+    #: Who terminates TLS in front of the app (decision 0014): ``"nginx"`` -- ``serve``
+    #: starts nginx on ``bind`` and gunicorn on ``app_socket``; ``"system-nginx"`` -- the
+    #: same, but the system's nginx (``deploy/nginx/outlink-portal.conf``) runs the proxy;
+    #: ``"gunicorn"`` -- gunicorn alone (the pre-0014 setup: slow clients can stall it).
+    front: str = "nginx"
+    #: The unix socket gunicorn serves nginx on (only nginx may connect: it is the one
+    #: that vouches for client certificates); default ``<data_dir>/portal.sock``.
+    app_socket: Relative[Path | None] = None
     #: The portal's TLS server cert/key; made from the staff CA by ``init`` when missing.
     tls_cert: Relative[Path | None] = None
     tls_key: Relative[Path | None] = None
@@ -76,7 +85,12 @@ class PortalConfig:
     threads: int = 4
     log_level: str = "INFO"
     #: Client address source: False = the socket peer; True = X-Forwarded-For (behind a proxy).
+    #: Always on behind nginx (``front`` other than ``"gunicorn"``), which sets the header.
     trust_proxy: bool = False
+
+
+#: The values of ``front``.
+FRONTS = ("nginx", "system-nginx", "gunicorn")
 
 
 PORTAL_FILE = ConfigFile(PortalConfig, ENV_PREFIX, table="portal")
@@ -92,8 +106,12 @@ def load_config(
     Raises `tomlconfig.ConfigError`. Files left unset are placed in ``data_dir``.
     """
     config = PORTAL_FILE.load(path, environ, overrides)
+    if config.front not in FRONTS:
+        raise ConfigError(f"portal.front: expected one of {FRONTS}, got {config.front!r}")
     return dataclasses.replace(
         config,
+        app_socket=config.app_socket or config.data_dir / "portal.sock",
+        trust_proxy=config.trust_proxy or config.front != "gunicorn",
         staff_ca_dir=config.staff_ca_dir or config.data_dir / "staff-ca",
         tls_cert=config.tls_cert or config.data_dir / "portal.pem",
         tls_key=config.tls_key or config.data_dir / "portal.key",

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 KEYS = {
     "tunnel_throughput": {"ratio", "control_p99_ms"},
     "relay_capacity": {"agents", "rss_per_agent_kib", "idle_cpu_pct"},
+    "portal_slow_clients": {"nginx_p95_ms", "gunicorn_p95_ms", "nginx_failures"},
     "telemetry": {
         "records_per_s",
         "alarm_p95_ms",

@@ -1,13 +1,15 @@
-"""The real portal served by gunicorn over TLS on 127.0.0.1, for browser and TLS tests.
+"""The real portal served over TLS on 127.0.0.1, for browser and TLS tests.
 
 ``python -m web init`` prepares a data folder (staff CA, server cert, first admin),
-a small fleet is seeded, and ``python -m web serve`` runs gunicorn. Startup is
-awaited by polling ``/healthz`` over TLS (verified against the staff CA) until a
-deadline, and the process group is terminated afterwards.
+a small fleet is seeded, and ``python -m web serve`` runs gunicorn behind the nginx it
+starts (``front = "nginx"``, decision 0014; pass ``front="gunicorn"`` for gunicorn
+alone). Startup is awaited by polling ``/healthz`` over TLS (verified against the staff
+CA) until a deadline, and the process group (nginx included) is terminated afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -152,7 +154,8 @@ def serve_portal(tmp: Path, **settings: object) -> Iterator[ServedPortal]:
         _wait_healthy(base_url, staff_ca, proc, deadline=time.monotonic() + 20 * UNIT)
         yield ServedPortal(base_url, match.group(1), config, tmp / "data", staff_ca, database_url)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # a test may have killed it all
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=10 * UNIT)
         except subprocess.TimeoutExpired:

@@ -33,6 +33,17 @@ def test_overrides_win(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("front", "trusted"), [("nginx", True), ("system-nginx", True), ("gunicorn", False)]
+)
+def test_behind_nginx_the_forwarded_address_is_the_client(
+    tmp_path: Path, front: str, trusted: bool
+) -> None:
+    """nginx sets X-Forwarded-For; the unix socket it reaches gunicorn on has no address."""
+    config = load_config(None, {"front": front, "data_dir": tmp_path}, {})
+    assert config.trust_proxy is trusted and config.app_socket == tmp_path / "portal.sock"
+
+
+@pytest.mark.parametrize(
     ("toml", "env", "message"),
     [
         # Used to be False without a word: a typo must not switch a setting off.
@@ -48,6 +59,7 @@ def test_overrides_win(tmp_path: Path) -> None:
         # Used to be ignored: the whole file fell back to defaults.
         ('[portl]\nbind = "0.0.0.0:443"\n', {}, "unknown key portl (the top level has: portal)"),
         ("[portal]\nbindd = 1\n", {}, "unknown key portal.bindd (portal has: data_dir,"),
+        ('[portal]\nfront = "apache"\n', {}, "portal.front: expected one of ('nginx',"),
     ],
 )
 def test_refused(tmp_path: Path, toml: str, env: dict[str, str], message: str) -> None:

@@ -1,21 +1,27 @@
-"""The portal behind gunicorn over real TLS: hardened TLS, and staff client-certificate login."""
+"""The portal behind nginx and gunicorn over real TLS: hardening, staff certificate login."""
 
 from __future__ import annotations
 
 import re
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
+import psutil
 import pytest
 import requests
 
 from pki.ca import create_ca
 from pki.issue import issue_service_cert
+from tests.conftest import UNIT
 from tests.web.served import REPO, ServedPortal, serve_portal
+from web.config import load_config
+from web.frontproxy import CLIENT_CERT_HEADER
 
 CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 
@@ -106,7 +112,43 @@ def test_certificate_not_pinned_or_from_another_ca_is_refused(
     assert "not linked to an active account" in response.text
     foreign = issue_service_cert(create_ca(common_name="Evil CA"), "eng")
     foreign.write(tmp_path / "evil.pem", tmp_path / "evil.key")
-    with pytest.raises(requests.exceptions.SSLError):
-        _session(portal, (str(tmp_path / "evil.pem"), str(tmp_path / "evil.key"))).get(
-            portal.base_url + "/login"
-        )
+    # nginx completes the handshake but answers nothing but 400 on such a connection.
+    evil = _session(portal, (str(tmp_path / "evil.pem"), str(tmp_path / "evil.key")))
+    response = evil.get(portal.base_url + "/login")
+    assert response.status_code == 400 and "csrf_token" not in response.text
+
+
+def test_forged_certificate_header_is_ignored(portal: ServedPortal, tmp_path: Path) -> None:
+    """Only nginx vouches for a certificate: a client's own header of that name is dropped."""
+    cert_file, _ = _issue(portal, "eng", tmp_path / "certs")
+    forged = quote(Path(cert_file).read_text())
+    session = _session(portal)
+    session.headers[CLIENT_CERT_HEADER] = forged
+    page = session.get(portal.base_url + "/login").text
+    assert "Sign in with my staff certificate" not in page
+    token = CSRF_RE.search(page)
+    assert token
+    response = session.post(
+        portal.base_url + "/login/certificate",
+        data={"csrf_token": token.group(1)},
+    )
+    assert "did not present a staff certificate" in response.text
+    assert "acme-ct-00" not in session.get(portal.base_url + "/devices").text
+
+
+def test_app_socket_is_the_proxys_alone(portal: ServedPortal) -> None:
+    """gunicorn listens on no TCP port, and its socket is closed to other users."""
+    config = load_config(portal.config)
+    assert config.app_socket is not None
+    assert stat.S_IMODE(config.app_socket.stat().st_mode) & 0o007 == 0
+    assert stat.S_IMODE(config.app_socket.parent.stat().st_mode) & 0o007 == 0
+
+
+def test_nginx_does_not_outlive_gunicorn(tmp_path: Path) -> None:
+    """A killed portal (SIGKILL: no on_exit hook) takes its nginx along, freeing the port."""
+    with serve_portal(tmp_path) as portal:
+        nginx = psutil.Process(int((portal.data_dir / "nginx" / "nginx.pid").read_text()))
+        arbiter = nginx.parent()
+        assert arbiter is not None and "gunicorn" in " ".join(arbiter.cmdline())
+        arbiter.kill()
+        nginx.wait(timeout=10 * UNIT)
