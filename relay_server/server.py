@@ -9,6 +9,9 @@ a presented certificate must chain and be valid or the TLS handshake fails. Then
 * ``/enroll``  needs no certificate (the token is the credential) -> `serve_enrollment`
 * anything else: 404. Over the per-source limits: 429 + Retry-After; over capacity: 503.
 
+A refused certificate -- at the TLS handshake or here -- is a security event in the log
+and the audit trail, rate-limited, and counted by reason (`relay_server.refusals`).
+
 The relay core knows no feature: the entry point attaches them with `Relay.add_feature`,
 and each gets a `FeatureHost` (see `relay_server.features`); a feature may open a port
 of its own with the relay's connection class, so its connections count against the
@@ -56,6 +59,7 @@ from relay_server.links import Link, jittered_retry_ms
 from relay_server.metrics import RelayCollector, RelayStats, make_registry
 from relay_server.ops import OpsServer
 from relay_server.presence import PresenceWriter, check_database
+from relay_server.refusals import SUMMARY_INTERVAL, PresentedCert, RefusalLog
 from relay_server.registry import Registry
 from relay_server.revocation import RevocationCache
 from relay_server.service_api import ServiceContext, ServiceLink
@@ -129,6 +133,7 @@ class Relay:
             heartbeat_interval=config.presence.heartbeat_interval,
         )
         self.audit = AuditLog(self.engine, config.relay_id)
+        self.refusals = RefusalLog(self.audit, self.stats, time.monotonic())
         self.registry = Registry(self.presence, self.stats, self.tasks, self.audit)
         self.revocation = RevocationCache(
             self.engine, config.revocation.refresh_interval, self.registry.enforce_revocations
@@ -159,7 +164,7 @@ class Relay:
                 audit=self.audit,
             )
         )
-        self._connection_class = connection_class(self.stats, self.limiter)
+        self._connection_class = connection_class(self.stats, self.limiter, self.refusals)
         self.host = FeatureHost(
             config=config,
             engine=self.engine,
@@ -196,6 +201,7 @@ class Relay:
         await self.presence.start()
         await self.revocation.start()
         await self.audit.start()
+        self.tasks.spawn(self._summarise_refusals(), "refusal-summaries")
         for feature in self._features:
             await feature.start()
         self._server = await serve(
@@ -270,6 +276,7 @@ class Relay:
             await feature.stop()
         await self.revocation.stop()
         await self.presence.stop()
+        self.refusals.sweep()  # what the rate limit held back since the last summary
         await self.audit.stop()
         if self._ops is not None:
             await self._ops.stop()
@@ -277,6 +284,11 @@ class Relay:
             self.engine.dispose()
         log.info("= stopped")
         self.stopped.set()
+
+    async def _summarise_refusals(self) -> None:
+        while True:
+            await asyncio.sleep(SUMMARY_INTERVAL)
+            self.refusals.sweep()
 
     async def readiness(self) -> str | None:
         """None when ready; otherwise why not (for /readyz)."""
@@ -315,18 +327,18 @@ class Relay:
             return None
         peercert = connection.transport.get_extra_info("peercert")
         if not peercert:
-            return self._reject(
+            return self._refuse(
                 connection, endpoint, "no_cert", 401, "client certificate required\n"
             )
         try:
             identity = identity_from_peercert(peercert)
         except IdentityError:
-            return self._reject(
+            return self._refuse(
                 connection, endpoint, "bad_cert", 403, "certificate names no Outlink identity\n"
             )
         wanted = DeviceIdentity if endpoint == "agent" else ServiceIdentity
         if not isinstance(identity, wanted):
-            return self._reject(
+            return self._refuse(
                 connection,
                 endpoint,
                 "wrong_identity",
@@ -335,8 +347,14 @@ class Relay:
                 " certificate\n",
             )
         if self.revocation.is_revoked(identity):
-            with jsonlog.context(serial=identity.serial):
-                return self._reject(connection, endpoint, "revoked", 403, "certificate revoked\n")
+            return self._refuse(
+                connection,
+                endpoint,
+                "revoked",
+                403,
+                "certificate revoked\n",
+                device_id=identity.device_id if isinstance(identity, DeviceIdentity) else None,
+            )
         if not _offers_tunnel(request):
             return self._reject(
                 connection,
@@ -350,12 +368,46 @@ class Relay:
         return None
 
     def _reject(
-        self, connection: RelayConnection, endpoint: str, outcome: str, status: int, text: str
+        self,
+        connection: RelayConnection,
+        endpoint: str,
+        outcome: str,
+        status: int,
+        text: str,
+        *,
+        logged: bool = False,
     ) -> Response:
+        """Count and answer a refused request; `logged`: the refusal log has it."""
         self.stats.handshakes[(endpoint, outcome)] += 1
-        with jsonlog.context(peer=connection.peer, endpoint=endpoint):
-            log.info("! handshake refused: %s (%d)", outcome, status)
+        if not logged:
+            with jsonlog.context(peer=connection.peer, endpoint=endpoint):
+                log.info("! handshake refused: %s (%d)", outcome, status)
         return connection.respond(http.HTTPStatus(status), text)
+
+    def _refuse(
+        self,
+        connection: RelayConnection,
+        endpoint: str,
+        reason: str,
+        status: int,
+        text: str,
+        *,
+        device_id: str | None = None,
+    ) -> Response:
+        """`_reject` a certificate (or its absence) and record it as a security event."""
+        ssl_object = connection.transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        self.refusals.refused(
+            reason,
+            time.monotonic(),
+            source=connection.source,
+            peer=connection.peer,
+            endpoint=endpoint,
+            cert=PresentedCert.from_der(der) if der else None,
+            device_id=device_id,
+            status=status,
+        )
+        return self._reject(connection, endpoint, reason, status, text, logged=True)
 
     def _select_subprotocol(self, connection: ServerConnection, offered: Any) -> Subprotocol | None:
         request = connection.request
