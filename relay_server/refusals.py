@@ -1,6 +1,6 @@
-"""Every refused client leaves a trace: a security event in the relay's JSON log and in
-the audit trail, and a count by reason in the metrics -- bounded, so a flood cannot
-fill the disk or the audit table.
+"""Every refusal leaves a trace: a line in the relay's JSON log, a count by reason in
+the metrics and, for refused certificates and refused viewers, an audit row -- bounded,
+so a flood cannot fill the disk or the audit table.
 
 Certificates are refused in two places:
 
@@ -15,6 +15,10 @@ Certificates are refused in two places:
 * **`process_request`**, after TLS: no certificate, no Outlink identity, the wrong
   identity for the path, revoked. The certificate is at hand there: issuer, subject,
   serial and SHA-256 fingerprint are recorded.
+
+The other refusals of a request (unknown path, per-source limits, subprotocol; on the
+viewer port: Origin, ticket) go through here too, so they are bounded the same way;
+the caller says which are audited and under which kind.
 
 Bounds (sans-I/O: the caller passes ``now``): a token bucket per (reason, source
 address) and one for the whole relay; what they hold back is counted per reason and
@@ -42,6 +46,8 @@ log = logging.getLogger(__name__)
 
 AUDIT_KIND: Final = "relay.connection_refused"
 SUMMARY_KIND: Final = "relay.connection_refusals_suppressed"
+# The log's name for refusals that are not audited (a stray path, a rate limit...).
+UNAUDITED_KIND: Final = "relay.request_refused"
 
 # Per (reason, source): a few events at once, then one a minute -- enough to see that a
 # misconfigured device keeps trying, too few to fill anything.
@@ -72,17 +78,28 @@ _VERIFY_REASONS: Final = {
     23: "revoked",
     26: "wrong_purpose",
 }
-#: Every reason label (a fixed set: a peer cannot grow the metric's cardinality).
-REASONS: Final = frozenset(
+#: Refusals of a certificate (or of its absence where one is needed): audited.
+CERTIFICATE_REASONS: Final = frozenset(
     {
         *_VERIFY_REASONS.values(),
         "cert_invalid",  # another verify failure (code and message in the event)
-        "tls_failed",  # a TLS failure that is not a certificate verdict (e.g. old protocol)
+        "tls_failed",  # a TLS failure that is not a verify verdict (e.g. the peer's alert)
         "no_cert",
         "bad_cert",
         "wrong_identity",
     }
 )
+#: Every reason label (a fixed set: a peer cannot grow the metric's cardinality).
+REASONS: Final = CERTIFICATE_REASONS | {
+    "not_found",
+    "rate_limited",
+    "capacity",
+    "unavailable",
+    "bad_subprotocol",
+    "bad_origin",
+    "bad_ticket",
+    "device_unavailable",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +156,7 @@ class _Held:
 
     count: int = 0
     sources: Counter[str] = field(default_factory=Counter)
+    audited: bool = False  # some of them would have been audited: so is the summary
 
 
 class RefusalLog:
@@ -159,42 +177,49 @@ class RefusalLog:
         source: str,
         peer: str,
         endpoint: str,
-        cert: PresentedCert | None = None,
+        audit_kind: str | None = AUDIT_KIND,
+        cert_der: bytes | None = None,
         device_id: str | None = None,
         **details: Any,
     ) -> None:
-        """One refusal of `peer` (address `source`) for `reason` (one of REASONS)."""
+        """One refusal of `peer` (address `source`) for `reason` (one of REASONS):
+        logged (WARNING when audited, else INFO) and audited as `audit_kind` unless None.
+        `cert_der`, the presented certificate, is only parsed when the event is written."""
         assert reason in REASONS, reason
         self._stats.refusals[reason] += 1
         if not self._admit(reason, source, now):
             self._stats.refusals_suppressed[reason] += 1
             held = self._held.setdefault(reason, _Held())
             held.count += 1
+            held.audited |= audit_kind is not None
             if source in held.sources or len(held.sources) < MAX_TRACKED:
                 held.sources[source] += 1
             return
         fields: dict[str, Any] = {"reason": reason, "endpoint": endpoint, **details}
-        if cert is not None:
+        if cert_der:
+            cert = PresentedCert.from_der(cert_der)
             fields.update(
                 issuer=cert.issuer,
                 subject=cert.subject,
                 serial=cert.serial,
                 fingerprint=cert.fingerprint,
             )
-        log.warning(
+        log.log(
+            logging.WARNING if audit_kind is not None else logging.INFO,
             "! refused %s: %s",
             endpoint,
             reason,
-            extra={"security_event": AUDIT_KIND, "peer": peer, **fields},
+            extra={"security_event": audit_kind or UNAUDITED_KIND, "peer": peer, **fields},
         )
-        self._audit.record(
-            AUDIT_KIND,
-            f"connection refused: {reason}",
-            outcome="failure",
-            device_id=device_id,
-            source=peer,
-            **fields,
-        )
+        if audit_kind is not None:
+            self._audit.record(
+                audit_kind,
+                f"connection refused: {reason}",
+                outcome="failure",
+                device_id=device_id,
+                source=peer,
+                **fields,
+            )
 
     def sweep(self) -> int:
         """Write one summary event per reason for what was held back since the last
@@ -208,18 +233,20 @@ class RefusalLog:
                 "sources": len(h.sources),
                 "top_sources": top,
             }
-            log.warning(
+            log.log(
+                logging.WARNING if h.audited else logging.INFO,
                 "! %d more refusals suppressed: %s",
                 h.count,
                 reason,
                 extra={"security_event": SUMMARY_KIND, **fields},
             )
-            self._audit.record(
-                SUMMARY_KIND,
-                f"{h.count} more connection refusals suppressed: {reason}",
-                outcome="failure",
-                **fields,
-            )
+            if h.audited:
+                self._audit.record(
+                    SUMMARY_KIND,
+                    f"{h.count} more connection refusals suppressed: {reason}",
+                    outcome="failure",
+                    **fields,
+                )
         return len(held)
 
     def _admit(self, reason: str, source: str, now: float) -> bool:

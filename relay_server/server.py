@@ -9,8 +9,9 @@ a presented certificate must chain and be valid or the TLS handshake fails. Then
 * ``/enroll``  needs no certificate (the token is the credential) -> `serve_enrollment`
 * anything else: 404. Over the per-source limits: 429 + Retry-After; over capacity: 503.
 
-A refused certificate -- at the TLS handshake or here -- is a security event in the log
-and the audit trail, rate-limited, and counted by reason (`relay_server.refusals`).
+Every refusal -- at the TLS handshake or here -- is logged, rate-limited, and counted by
+reason; a refused certificate is a security event in the audit trail too
+(`relay_server.refusals`).
 
 The relay core knows no feature: the entry point attaches them with `Relay.add_feature`,
 and each gets a `FeatureHost` (see `relay_server.features`); a feature may open a port
@@ -59,7 +60,7 @@ from relay_server.links import Link, jittered_retry_ms
 from relay_server.metrics import RelayCollector, RelayStats, make_registry
 from relay_server.ops import OpsServer
 from relay_server.presence import PresenceWriter, check_database
-from relay_server.refusals import SUMMARY_INTERVAL, PresentedCert, RefusalLog
+from relay_server.refusals import AUDIT_KIND, CERTIFICATE_REASONS, SUMMARY_INTERVAL, RefusalLog
 from relay_server.registry import Registry
 from relay_server.revocation import RevocationCache
 from relay_server.service_api import ServiceContext, ServiceLink
@@ -171,6 +172,7 @@ class Relay:
             agents=self.registry.agents,
             stats=self.stats,
             audit=self.audit,
+            refusals=self.refusals,
             tasks=self.tasks,
             connection_class=self._connection_class,
             control=self.control,
@@ -327,18 +329,18 @@ class Relay:
             return None
         peercert = connection.transport.get_extra_info("peercert")
         if not peercert:
-            return self._refuse(
+            return self._reject(
                 connection, endpoint, "no_cert", 401, "client certificate required\n"
             )
         try:
             identity = identity_from_peercert(peercert)
         except IdentityError:
-            return self._refuse(
+            return self._reject(
                 connection, endpoint, "bad_cert", 403, "certificate names no Outlink identity\n"
             )
         wanted = DeviceIdentity if endpoint == "agent" else ServiceIdentity
         if not isinstance(identity, wanted):
-            return self._refuse(
+            return self._reject(
                 connection,
                 endpoint,
                 "wrong_identity",
@@ -347,7 +349,7 @@ class Relay:
                 " certificate\n",
             )
         if self.revocation.is_revoked(identity):
-            return self._refuse(
+            return self._reject(
                 connection,
                 endpoint,
                 "revoked",
@@ -375,39 +377,24 @@ class Relay:
         status: int,
         text: str,
         *,
-        logged: bool = False,
-    ) -> Response:
-        """Count and answer a refused request; `logged`: the refusal log has it."""
-        self.stats.handshakes[(endpoint, outcome)] += 1
-        if not logged:
-            with jsonlog.context(peer=connection.peer, endpoint=endpoint):
-                log.info("! handshake refused: %s (%d)", outcome, status)
-        return connection.respond(http.HTTPStatus(status), text)
-
-    def _refuse(
-        self,
-        connection: RelayConnection,
-        endpoint: str,
-        reason: str,
-        status: int,
-        text: str,
-        *,
         device_id: str | None = None,
     ) -> Response:
-        """`_reject` a certificate (or its absence) and record it as a security event."""
+        """Count, record (`relay_server.refusals`: certificate refusals are audited, with
+        the presented certificate) and answer a refused request."""
+        self.stats.handshakes[(endpoint, outcome)] += 1
         ssl_object = connection.transport.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         self.refusals.refused(
-            reason,
+            outcome,
             time.monotonic(),
             source=connection.source,
             peer=connection.peer,
             endpoint=endpoint,
-            cert=PresentedCert.from_der(der) if der else None,
+            audit_kind=AUDIT_KIND if outcome in CERTIFICATE_REASONS else None,
+            cert_der=ssl_object.getpeercert(binary_form=True) if ssl_object else None,
             device_id=device_id,
             status=status,
         )
-        return self._reject(connection, endpoint, reason, status, text, logged=True)
+        return connection.respond(http.HTTPStatus(status), text)
 
     def _select_subprotocol(self, connection: ServerConnection, offered: Any) -> Subprotocol | None:
         request = connection.request

@@ -10,6 +10,7 @@ import io
 import json
 import ssl
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,11 +18,14 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine, select
+from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
+from websockets.typing import Origin
 
 from pki.revocation import revoke_device
 from relay_server.audit import AuditLog
 from relay_server.config import ViewerConfig
+from relay_server.desktop.viewer import JOIN_REFUSED, SUBPROTOCOL
 from relay_server.metrics import RelayStats
 from relay_server.refusals import (
     AUDIT_KIND,
@@ -29,6 +33,7 @@ from relay_server.refusals import (
     SOURCE_BURST,
     SOURCE_RATE,
     SUMMARY_KIND,
+    UNAUDITED_KIND,
     RefusalLog,
 )
 from store.db import session_scope
@@ -37,6 +42,7 @@ from tests.conftest import UNIT
 from tests.pki_fixtures import CertFiles, FleetPKI
 from tests.relay.conftest import Fleet, device_id_of, running_relay, wait_for
 
+PORTAL_ORIGIN = "https://portal.test"
 # How many refused handshakes the flood test makes at a time.
 FLOOD_CONCURRENCY = 25
 
@@ -146,21 +152,62 @@ async def test_no_certificate_and_wrong_identity_are_recorded(
     assert refusals_metric(fleet, "wrong_identity") == 1
 
 
+@pytest.fixture
+async def viewer_fleet(fleet_pki: FleetPKI, relay_db: Engine) -> AsyncIterator[Fleet]:
+    """A relay with its viewer port open."""
+    viewer = ViewerConfig(allowed_origins=(PORTAL_ORIGIN,), port=0)
+    async with running_relay(fleet_pki, relay_db, viewer=viewer) as fleet:
+        yield fleet
+
+
 async def test_viewer_port_tls_failures_are_recorded(
-    fleet_pki: FleetPKI, relay_db: Engine, captured: io.StringIO
+    viewer_fleet: Fleet, captured: io.StringIO
 ) -> None:
     """The viewer port asks for no certificate; what it refuses is TLS itself."""
-    viewer = ViewerConfig(allowed_origins=("https://portal.test",), port=0)
-    async with running_relay(fleet_pki, relay_db, viewer=viewer) as fleet:
-        port = fleet.desktop.viewers.port
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /view HTTP/1.1\r\nHost: x\r\n\r\n")  # plain HTTP on a TLS port
-        await reader.read()
-        writer.close()
-        await wait_for(lambda: fleet.relay.stats.refusals["tls_failed"] == 1)
-        [line] = security_lines(captured)
-        assert line["port"] == port and line["tls_error"]
-        assert len(await audit_rows(fleet)) == 1
+    port = viewer_fleet.desktop.viewers.port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /view HTTP/1.1\r\nHost: x\r\n\r\n")  # plain HTTP on a TLS port
+    await reader.read()
+    writer.close()
+    await wait_for(lambda: viewer_fleet.relay.stats.refusals["tls_failed"] == 1)
+    [line] = security_lines(captured)
+    assert line["port"] == port and line["tls_error"]
+    assert len(await audit_rows(viewer_fleet)) == 1
+
+
+async def test_a_flood_of_foreign_origins_on_the_viewer_port_is_bounded(
+    viewer_fleet: Fleet, captured: io.StringIO
+) -> None:
+    """Refused viewers are audited as join refusals -- rate-limited like certificates."""
+    total = 3 * SOURCE_BURST
+    url = f"wss://127.0.0.1:{viewer_fleet.desktop.viewers.port}/view?ticket=x"
+    for _ in range(total):
+        with pytest.raises(InvalidStatus, match="403"):
+            await connect(
+                url,
+                ssl=viewer_fleet.pki.client_context(),
+                origin=Origin("https://evil.example"),
+                subprotocols=[SUBPROTOCOL],
+                open_timeout=5 * UNIT,
+            )
+    viewer_fleet.relay.refusals.sweep()
+    assert len(security_lines(captured, JOIN_REFUSED)) == SOURCE_BURST
+    assert len(await audit_rows(viewer_fleet, JOIN_REFUSED)) == SOURCE_BURST
+    [summary] = await audit_rows(viewer_fleet, SUMMARY_KIND)
+    assert json.loads(summary.details)["suppressed"] == total - SOURCE_BURST
+    assert refusals_metric(viewer_fleet, "bad_origin") == total
+
+
+async def test_stray_requests_are_logged_but_not_audited(
+    fleet: Fleet, captured: io.StringIO
+) -> None:
+    with pytest.raises(InvalidStatus, match="404"):
+        await fleet.ws("/nope", fleet.device())
+    [line] = security_lines(captured, UNAUDITED_KIND)
+    assert line["reason"] == "not_found" and line["level"] == "INFO"
+    assert "serial" in line  # the certificate it came with is named all the same
+    assert await audit_rows(fleet) == []
+    assert refusals_metric(fleet, "not_found") == 1
 
 
 async def test_a_flood_of_refusals_writes_a_bounded_number_of_events(
