@@ -18,7 +18,7 @@ from websockets.asyncio.server import ServerConnection
 from pki.identity import Identity
 from relay_server.limits import SourceLimiter
 from relay_server.metrics import RelayStats
-from relay_server.refusals import RefusalLog, tls_reason
+from relay_server.refusals import AUDIT_KIND, CERTIFICATE_REASONS, RefusalLog, tls_reason
 
 
 class RelayConnection(ServerConnection):
@@ -63,7 +63,14 @@ class RelayConnection(ServerConnection):
         source, peer = _addresses(peername)
         port = sockname[1] if isinstance(sockname, tuple) and len(sockname) >= 2 else None
         self.refusals.refused(
-            reason, time.monotonic(), source=source, peer=peer, endpoint="tls", port=port, **details
+            reason,
+            time.monotonic(),
+            source=source,
+            peer=peer,
+            endpoint="tls",
+            audit_kind=AUDIT_KIND if reason in CERTIFICATE_REASONS else None,
+            port=port,
+            **details,
         )
 
 

@@ -83,7 +83,6 @@ CERTIFICATE_REASONS: Final = frozenset(
     {
         *_VERIFY_REASONS.values(),
         "cert_invalid",  # another verify failure (code and message in the event)
-        "tls_failed",  # a TLS failure that is not a verify verdict (e.g. the peer's alert)
         "no_cert",
         "bad_cert",
         "wrong_identity",
@@ -91,6 +90,9 @@ CERTIFICATE_REASONS: Final = frozenset(
 )
 #: Every reason label (a fixed set: a peer cannot grow the metric's cardinality).
 REASONS: Final = CERTIFICATE_REASONS | {
+    # A TLS failure that is not a verify verdict: plain HTTP or an old protocol (scanners),
+    # or the peer's own alert (it distrusts our certificate: its side raises the alarm).
+    "tls_failed",
     "not_found",
     "rate_limited",
     "capacity",
@@ -102,24 +104,21 @@ REASONS: Final = CERTIFICATE_REASONS | {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class PresentedCert:
-    """What identifies a presented certificate in a log line, without trusting it."""
-
-    issuer: str
-    subject: str
-    serial: str
-    fingerprint: str  # SHA-256 of the DER, lowercase hex
-
-    @classmethod
-    def from_der(cls, der: bytes) -> PresentedCert:
+def certificate_fields(der: bytes) -> dict[str, str]:
+    """What identifies a presented certificate in a log line, without trusting it:
+    SHA-256 fingerprint of the DER, and issuer, subject and serial if it parses (OpenSSL
+    accepted it, but a refusal must not fail on what a stricter parser rejects)."""
+    fields = {"fingerprint": hashlib.sha256(der).hexdigest()}
+    try:
         cert = x509.load_der_x509_certificate(der)
-        return cls(
+        fields.update(
             issuer=cert.issuer.rfc4514_string(),
             subject=cert.subject.rfc4514_string(),
             serial=serial_hex(cert.serial_number),
-            fingerprint=hashlib.sha256(der).hexdigest(),
         )
+    except ValueError:
+        pass  # the fingerprint still names it
+    return fields
 
 
 def tls_reason(exc: BaseException) -> tuple[str, dict[str, Any]] | None:
@@ -197,13 +196,7 @@ class RefusalLog:
             return
         fields: dict[str, Any] = {"reason": reason, "endpoint": endpoint, **details}
         if cert_der:
-            cert = PresentedCert.from_der(cert_der)
-            fields.update(
-                issuer=cert.issuer,
-                subject=cert.subject,
-                serial=cert.serial,
-                fingerprint=cert.fingerprint,
-            )
+            fields.update(certificate_fields(cert_der))
         log.log(
             logging.WARNING if audit_kind is not None else logging.INFO,
             "! refused %s: %s",
