@@ -264,3 +264,18 @@ def test_a_certificate_that_does_not_parse_is_still_named_by_its_fingerprint() -
     assert certificate_fields(b"\x30\x03\x02\x01\x00") == {
         "fingerprint": hashlib.sha256(b"\x30\x03\x02\x01\x00").hexdigest()
     }
+
+
+async def test_what_was_held_back_is_summarised_at_shutdown(
+    fleet_pki: FleetPKI, relay_db: Engine
+) -> None:
+    """Stopping the relay writes the pending summary: no refusal goes unrecorded."""
+    async with running_relay(fleet_pki, relay_db) as fleet:
+        for _ in range(SOURCE_BURST + 2):
+            with pytest.raises(InvalidStatus, match="401"):
+                await fleet.ws("/agent", None)
+    with session_scope(relay_db) as session:
+        kinds = list(session.scalars(select(AuditEvent.kind)))
+        [summary] = session.scalars(select(AuditEvent).where(AuditEvent.kind == SUMMARY_KIND))
+        assert json.loads(summary.details)["suppressed"] == 2
+    assert kinds.count(AUDIT_KIND) == SOURCE_BURST
