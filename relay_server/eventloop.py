@@ -13,7 +13,9 @@ create TLS transports with such a protocol. It touches one private hook of
 `RelayEventLoop` falls back to the stock behaviour (correct, just hungrier).
 
 It also stops each connection from keeping its decoded peer certificate: the relay
-reads it once per handshake, so it is decoded on request instead.
+reads it once per handshake, so it is decoded on request instead. And it tells the
+connection when its TLS handshake failed (`HandshakeObserver`): asyncio itself only
+closes the socket, so a refused client certificate would leave no trace.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from asyncio import sslproto
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,14 @@ THROWAWAY_BUFFER = 17 * 1024
 # Largest plaintext read from the TLS object at a time, asyncio's default. Reads of one
 # record (16 KiB) cost a bulk forward ~7 % of its throughput in Python calls and joins.
 TLS_READ_SIZE = 256 * 1024
+
+
+@runtime_checkable
+class HandshakeObserver(Protocol):
+    """An application protocol that wants to hear of its failed TLS handshake."""
+
+    def tls_failed(self, exc: BaseException, peername: Any, sockname: Any) -> None:
+        """Called once, instead of `connection_made`; must not raise."""
 
 
 class SharedBufferSSLProtocol(sslproto.SSLProtocol):
@@ -54,7 +64,15 @@ class SharedBufferSSLProtocol(sslproto.SSLProtocol):
         return self._ssl_buffer_view
 
     def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
+        app = self._app_protocol
+        transport = self._transport
         super()._on_handshake_complete(handshake_exc)
+        if handshake_exc is not None and isinstance(app, HandshakeObserver):
+            app.tls_failed(
+                handshake_exc,
+                transport.get_extra_info("peername") if transport is not None else None,
+                transport.get_extra_info("sockname") if transport is not None else None,
+            )
         # The decoded peer certificate (~2 KiB of dicts and tuples) is read once, in
         # process_request; build it on demand instead of keeping it per connection.
         self._extra.pop("peercert", None)

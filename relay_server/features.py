@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from relay_server.config import RelayConfig
     from relay_server.connection import RelayConnection
     from relay_server.metrics import RelayStats
+    from relay_server.refusals import RefusalLog
     from relay_server.tasks import TaskSet
 
 
@@ -63,9 +64,11 @@ class FeatureHost:
     Read-only: ``config`` (the relay's settings), ``engine``, ``agents`` (connected
     agents by device id, live), ``stats`` (the relay's counters, e.g. handshakes of a
     feature's own port). Shared services: ``audit`` (the batched audit writer: security
-    events of every feature go there), ``tasks`` (background tasks cancelled at stop),
-    ``connection_class`` (the relay's connection factory, for a feature's own port, so
-    its connections count against the same per-source limits). Registration:
+    events of every feature go there), ``refusals`` (the rate-limited record of refused
+    connections: a feature's own port refuses through it), ``tasks`` (background tasks
+    cancelled at stop), ``connection_class`` (the relay's connection factory, for a
+    feature's own port, so its connections count against the same per-source limits).
+    Registration:
     `serve_channel`, `on_event`, `add_metrics`.
     """
 
@@ -77,6 +80,7 @@ class FeatureHost:
         agents: Mapping[str, AgentLink],
         stats: RelayStats,
         audit: AuditLog,
+        refusals: RefusalLog,
         tasks: TaskSet,
         connection_class: type[RelayConnection],
         control: ControlContext,
@@ -87,6 +91,7 @@ class FeatureHost:
         self.agents = agents
         self.stats = stats
         self.audit = audit
+        self.refusals = refusals
         self.tasks = tasks
         self.connection_class = connection_class
         self._control = control

@@ -63,6 +63,8 @@ class RelayStats:
         self.control: Counter[tuple[str, str]] = Counter()  # (op, outcome)
         self.bridges: Counter[tuple[str, str]] = Counter()  # (kind, outcome)
         self.bridges_active = 0
+        self.refusals: Counter[str] = Counter()  # reason (relay_server.refusals.REASONS)
+        self.refusals_suppressed: Counter[str] = Counter()  # reason: not logged, only counted
         # (endpoint, kind) -> [frames_in, frames_out, bytes_in, bytes_out] of closed tunnels
         self._closed_traffic: dict[tuple[str, str], list[int]] = {}
         self.started = time.time()
@@ -167,6 +169,20 @@ class RelayCollector(Collector):
             ),
             stats.handshakes,
         )
+        refusals = CounterMetricFamily(
+            "outlink_relay_refusals",
+            "Peers refused at the TLS handshake or the WebSocket request, by reason.",
+            labels=["reason"],
+        )
+        suppressed = CounterMetricFamily(
+            "outlink_relay_refusals_suppressed",
+            "Refusals counted but not logged one by one (rate limit), by reason.",
+            labels=["reason"],
+        )
+        for family, counts in ((refusals, stats.refusals), (suppressed, stats.refusals_suppressed)):
+            for reason, value in sorted(counts.items()):
+                family.add_metric([reason], value)
+            yield family
         frames = CounterMetricFamily(
             "outlink_relay_frames",
             "Tunnel frames by endpoint, channel kind and direction.",

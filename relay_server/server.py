@@ -9,6 +9,10 @@ a presented certificate must chain and be valid or the TLS handshake fails. Then
 * ``/enroll``  needs no certificate (the token is the credential) -> `serve_enrollment`
 * anything else: 404. Over the per-source limits: 429 + Retry-After; over capacity: 503.
 
+Every refusal -- at the TLS handshake or here -- is logged, rate-limited, and counted by
+reason; a refused certificate is a security event in the audit trail too
+(`relay_server.refusals`).
+
 The relay core knows no feature: the entry point attaches them with `Relay.add_feature`,
 and each gets a `FeatureHost` (see `relay_server.features`); a feature may open a port
 of its own with the relay's connection class, so its connections count against the
@@ -56,6 +60,7 @@ from relay_server.links import Link, jittered_retry_ms
 from relay_server.metrics import RelayCollector, RelayStats, make_registry
 from relay_server.ops import OpsServer
 from relay_server.presence import PresenceWriter, check_database
+from relay_server.refusals import AUDIT_KIND, CERTIFICATE_REASONS, SUMMARY_INTERVAL, RefusalLog
 from relay_server.registry import Registry
 from relay_server.revocation import RevocationCache
 from relay_server.service_api import ServiceContext, ServiceLink
@@ -129,6 +134,7 @@ class Relay:
             heartbeat_interval=config.presence.heartbeat_interval,
         )
         self.audit = AuditLog(self.engine, config.relay_id)
+        self.refusals = RefusalLog(self.audit, self.stats, time.monotonic())
         self.registry = Registry(self.presence, self.stats, self.tasks, self.audit)
         self.revocation = RevocationCache(
             self.engine, config.revocation.refresh_interval, self.registry.enforce_revocations
@@ -159,13 +165,14 @@ class Relay:
                 audit=self.audit,
             )
         )
-        self._connection_class = connection_class(self.stats, self.limiter)
+        self._connection_class = connection_class(self.stats, self.limiter, self.refusals)
         self.host = FeatureHost(
             config=config,
             engine=self.engine,
             agents=self.registry.agents,
             stats=self.stats,
             audit=self.audit,
+            refusals=self.refusals,
             tasks=self.tasks,
             connection_class=self._connection_class,
             control=self.control,
@@ -196,6 +203,7 @@ class Relay:
         await self.presence.start()
         await self.revocation.start()
         await self.audit.start()
+        self.tasks.spawn(self._summarise_refusals(), "refusal-summaries")
         for feature in self._features:
             await feature.start()
         self._server = await serve(
@@ -270,6 +278,7 @@ class Relay:
             await feature.stop()
         await self.revocation.stop()
         await self.presence.stop()
+        self.refusals.sweep()  # what the rate limit held back since the last summary
         await self.audit.stop()
         if self._ops is not None:
             await self._ops.stop()
@@ -277,6 +286,11 @@ class Relay:
             self.engine.dispose()
         log.info("= stopped")
         self.stopped.set()
+
+    async def _summarise_refusals(self) -> None:
+        while True:
+            await asyncio.sleep(SUMMARY_INTERVAL)
+            self.refusals.sweep()
 
     async def readiness(self) -> str | None:
         """None when ready; otherwise why not (for /readyz)."""
@@ -335,8 +349,14 @@ class Relay:
                 " certificate\n",
             )
         if self.revocation.is_revoked(identity):
-            with jsonlog.context(serial=identity.serial):
-                return self._reject(connection, endpoint, "revoked", 403, "certificate revoked\n")
+            return self._reject(
+                connection,
+                endpoint,
+                "revoked",
+                403,
+                "certificate revoked\n",
+                device_id=identity.device_id if isinstance(identity, DeviceIdentity) else None,
+            )
         if not _offers_tunnel(request):
             return self._reject(
                 connection,
@@ -350,11 +370,30 @@ class Relay:
         return None
 
     def _reject(
-        self, connection: RelayConnection, endpoint: str, outcome: str, status: int, text: str
+        self,
+        connection: RelayConnection,
+        endpoint: str,
+        outcome: str,
+        status: int,
+        text: str,
+        *,
+        device_id: str | None = None,
     ) -> Response:
+        """Count, record (`relay_server.refusals`: certificate refusals are audited, with
+        the presented certificate) and answer a refused request."""
         self.stats.handshakes[(endpoint, outcome)] += 1
-        with jsonlog.context(peer=connection.peer, endpoint=endpoint):
-            log.info("! handshake refused: %s (%d)", outcome, status)
+        ssl_object = connection.transport.get_extra_info("ssl_object")
+        self.refusals.refused(
+            outcome,
+            time.monotonic(),
+            source=connection.source,
+            peer=connection.peer,
+            endpoint=endpoint,
+            audit_kind=AUDIT_KIND if outcome in CERTIFICATE_REASONS else None,
+            cert_der=ssl_object.getpeercert(binary_form=True) if ssl_object else None,
+            device_id=device_id,
+            status=status,
+        )
         return connection.respond(http.HTTPStatus(status), text)
 
     def _select_subprotocol(self, connection: ServerConnection, offered: Any) -> Subprotocol | None:

@@ -37,6 +37,7 @@ class DesktopService:
             agents=host.agents,
             stats=host.stats,
             audit=host.audit,
+            refusals=host.refusals,
             tasks=host.tasks,
             connection_class=host.connection_class,
         )

@@ -88,6 +88,7 @@ if TYPE_CHECKING:
     from relay_server.config import ListenConfig, TLSConfig, ViewerConfig
     from relay_server.connection import RelayConnection
     from relay_server.metrics import RelayStats
+    from relay_server.refusals import RefusalLog
     from relay_server.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,9 @@ MAX_TICKET_PARAM: Final = 128
 CHANNEL_WINDOW: Final = wire.MAX_MESSAGE
 """The desktop channel's receive window and max message: one device message (a screen
 update part) may be this large, and this is all the relay buffers per viewer."""
+
+JOIN_REFUSED: Final = "desktop.join_refused"
+"""Audit kind of a viewer refused at the handshake or at the channel's opening."""
 
 CLOSE_BAD_MESSAGE: Final = 4400
 CLOSE_FORBIDDEN: Final = 4403
@@ -241,6 +245,7 @@ class ViewerService:
         agents: Mapping[str, AgentLink],
         stats: RelayStats,
         audit: AuditLog,
+        refusals: RefusalLog,
         tasks: TaskSet,
         connection_class: type[RelayConnection],
     ) -> None:
@@ -250,6 +255,7 @@ class ViewerService:
         self._agents = agents
         self._stats = stats
         self._audit = audit
+        self._refusals = refusals
         self._tasks = tasks
         self._connection_class = connection_class
         self._origins = frozenset(viewer.allowed_origins)
@@ -383,19 +389,18 @@ class ViewerService:
         **details: Any,
     ) -> Response:
         """Refuse the handshake; refusals that concern a session or a foreign site are
-        audited (not stray requests: counted and logged only)."""
+        audited (not stray requests: counted and logged only) -- all rate-limited by the
+        relay's refusal log, so a flood of bad tickets cannot fill the audit trail."""
         self._stats.handshakes[("view", outcome)] += 1
-        with jsonlog.context(peer=connection.peer, endpoint="view"):
-            log.info("! viewer refused: %s (%d)", outcome, status)
-        if not audit:
-            return connection.respond(http.HTTPStatus(status), text)
-        self._audit.record(
-            "desktop.join_refused",
-            f"viewer refused: {outcome}",
-            outcome="failure",
+        self._refusals.refused(
+            outcome,
+            time.monotonic(),
+            source=connection.source,
+            peer=connection.peer,
+            endpoint="view",
+            audit_kind=JOIN_REFUSED if audit else None,
             device_id=device_id,
-            source=connection.peer,
-            reason=outcome,
+            status=status,
             **{k: v for k, v in details.items() if v is not None},
         )
         return connection.respond(http.HTTPStatus(status), text)
@@ -441,7 +446,7 @@ class ViewerService:
         except ChannelError as exc:
             log.info("! desktop channel for %s not opened: %s", admission.session_id, exc)
             self._audit.record(
-                "desktop.join_refused",
+                JOIN_REFUSED,
                 "the device did not open the desktop channel",
                 outcome="failure",
                 device_id=admission.device_id,

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
 import json
+import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ import pytest
 from sqlalchemy import Engine
 from websockets.asyncio.client import ClientConnection, connect
 
+import jsonlog
 from pki.fleet import create_device, ensure_site, record_certificate
 from pki.identity import DeviceIdentity
 from protocol.aio.client import ServiceClient
@@ -51,6 +54,18 @@ from tunnel.frames import GoAwayFrame, decode_frame
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     """Relay tests run on the loop the relay runs on in production."""
     return {"relay_loop": RelayEventLoop}
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    """The process's log as `outlink-relay` writes it: JSON lines, here into a buffer."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    handler = jsonlog.configure("DEBUG", "json", stream)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture

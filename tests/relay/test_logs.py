@@ -6,22 +6,8 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import Iterator
-
-import pytest
 
 import jsonlog
-
-
-@pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    level = root.level
-    handler = jsonlog.configure("DEBUG", "json", stream)
-    yield stream
-    root.removeHandler(handler)
-    root.setLevel(level)
 
 
 async def test_json_lines_carry_context(captured: io.StringIO) -> None:
