@@ -8,7 +8,6 @@ upgrade of a view-only ticket.
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, cast
@@ -35,6 +34,7 @@ from tests.desktop_session.conftest import (
     first_frame,
 )
 from tests.desktop_session.world import disable_user, revoke_permission
+from tests.relay.conftest import wait_for
 
 if TYPE_CHECKING:
     from relay_server.agent_link import AgentLink
@@ -154,23 +154,21 @@ async def test_disabling_the_account_ends_the_live_viewer_within_10_s(stage: Sta
     sid = await stage.accepted()
     ws = await stage.viewer(stage.ticket(sid))
     await first_frame(ws)
-    started = time.monotonic()
     disable_user(stage.engine, stage.world.users["eng"])
+    # The relay re-checks rights every 5 s: closed within 10 s (scaled on slow machines).
     assert await closed_code(ws, 10 * UNIT) == 4403
-    assert time.monotonic() - started < 10
     await stage.wait_state(sid, "ended")
     assert stage.state(sid).end_reason == EndReason.ACCESS_WITHDRAWN
-    assert not stage.desktop.book.live  # the agent ended it too
+    # The agent ends it too, when the channel reset reaches it (after the relay's record).
+    await wait_for(lambda: not stage.desktop.book.live)
 
 
 async def test_removing_the_desktop_permission_ends_the_live_viewer(stage: Stage) -> None:
     sid = await stage.accepted(mode=Mode.CONTROL)
     ws = await stage.viewer(stage.ticket(sid))
     await first_frame(ws)
-    started = time.monotonic()
     revoke_permission(stage.engine, "service_engineer", "desktop.control")
-    assert await closed_code(ws, 10 * UNIT) == 4403
-    assert time.monotonic() - started < 10
+    assert await closed_code(ws, 10 * UNIT) == 4403  # within 10 s, scaled
     await stage.wait_state(sid, "ended")
 
 
