@@ -262,6 +262,8 @@ consent_timeout_s = {CONSENT_TIMEOUT_S}.0
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # Assertions wait as long as actions do (Playwright's own 5 s is not scaled by UNIT).
+    sync_api.expect.set_options(timeout=TIMEOUT_MS)
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
             executable_path=CHROMIUM,

@@ -40,6 +40,8 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedPortal]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    # Assertions wait as long as actions do (Playwright's own 5 s is not scaled by UNIT).
+    sync_api.expect.set_options(timeout=TIMEOUT_MS)
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
             executable_path=CHROMIUM,
