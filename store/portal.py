@@ -164,20 +164,23 @@ class WebSession(Base):
 
 
 class LoginThrottle(Base):
-    """Failed-login counter and lock for one account name or one source address.
+    """Failed-login counter and delay for one key (see `web.throttle`).
 
-    ``kind`` is ``"user"`` (key: the lowercased name as typed, known or not, so unknown
-    names lock exactly like real ones) or ``"addr"`` (key: the client address).
+    ``kind`` is ``"pair"`` (key: name and address joined by a newline), ``"user"``
+    (key: the lowercased name as typed, known or not, so unknown names are throttled
+    exactly like real ones) or ``"addr"`` (key: the client address). A ``pair`` row
+    also remembers the last successful sign-in, which makes its address usual.
     """
 
     __tablename__ = "login_throttle"
-    __table_args__ = (CheckConstraint("kind IN ('user', 'addr')", name="kind"),)
+    __table_args__ = (CheckConstraint("kind IN ('pair', 'user', 'addr')", name="kind"),)
 
     kind: Mapped[str] = mapped_column(String(8), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     window_start: Mapped[datetime]
     locked_until: Mapped[datetime | None]
+    last_success_at: Mapped[datetime | None]
 
 
 class SessionRequest(Base):

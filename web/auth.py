@@ -54,9 +54,12 @@ def _session() -> ServerSession:
 def _policy() -> throttle.ThrottlePolicy:
     config = current_app.config["OUTLINK"]
     return throttle.ThrottlePolicy(
-        max_failures_user=config.login_max_failures,
-        max_failures_addr=config.login_max_failures_per_addr,
-        lockout=timedelta(minutes=config.lockout_minutes),
+        free_pair=config.login_max_failures,
+        free_addr=config.login_max_failures_per_addr,
+        free_user=config.login_max_failures_per_account,
+        first_delay=timedelta(seconds=config.login_delay_seconds),
+        max_delay=timedelta(minutes=config.lockout_minutes),
+        known_for=timedelta(days=config.login_usual_address_days),
     )
 
 
@@ -87,7 +90,28 @@ def _complete_login(user: User, method: str, next_url: str | None) -> Response:
     return redirect(safe_next(next_url))
 
 
-def _login_failed(form: LoginForm, name: str, reason: str, newly_locked: list[str]) -> str:
+def _record_delays(name: str, started: list[tuple[str, timedelta]]) -> None:
+    """Audit each throttle delay that a failure has just started."""
+    for kind, delay in started:
+        record(
+            "auth.lockout",
+            outcome="failure",
+            actor=name or None,
+            summary=f"sign-in delayed for this {_DELAY_SUBJECT[kind]}",
+            details={"kind": kind, "seconds": int(delay.total_seconds())},
+        )
+
+
+_DELAY_SUBJECT = {
+    "pair": "account from this address",
+    "addr": "address",
+    "user": "account from unusual addresses",
+}
+
+
+def _login_failed(
+    form: LoginForm, name: str, reason: str, started: list[tuple[str, timedelta]]
+) -> str:
     record(
         "auth.login",
         outcome="failure",
@@ -95,14 +119,7 @@ def _login_failed(form: LoginForm, name: str, reason: str, newly_locked: list[st
         summary=f"failed sign-in for {name!r}",
         details={"reason": reason},
     )
-    for kind in newly_locked:
-        record(
-            "auth.lockout",
-            outcome="failure",
-            actor=name or None,
-            summary=f"sign-in locked for this {'account' if kind == 'user' else 'address'}",
-            details={"kind": kind, "minutes": current_app.config["OUTLINK"].lockout_minutes},
-        )
+    _record_delays(name, started)
     db.session.commit()
     return render_template(
         "auth/login.html",
@@ -134,7 +151,7 @@ def login() -> Response | str:
     name = (form.username.data or "").strip().lower()[:USERNAME_MAX]
     password = form.password.data or ""
     now, addr = datetime.now(UTC), client_addr()
-    locked = throttle.is_locked(db.session, name, addr, now)
+    locked = throttle.is_locked(db.session, name, addr, now, _policy())
     user = db.session.scalar(select(User).where(User.username == name))
     if user is None:
         passwords.dummy_verify()
@@ -147,7 +164,7 @@ def login() -> Response | str:
         reason = "unknown_user" if user is None else ("bad_password" if not matched else "disabled")
         newly = throttle.record_failure(db.session, name, addr, now, _policy())
         return _login_failed(form, name, reason, newly)
-    throttle.record_success(db.session, name)
+    throttle.record_success(db.session, name, addr, now)
     if passwords.needs_rehash(user.password_hash):
         user.password_hash = passwords.hash_password(password)
     next_url = request.form.get("next")
@@ -194,9 +211,9 @@ def totp() -> Response | str:
     if user is None or not user.is_active:
         _session().pop("pending_2fa", None)
         return redirect(url_for("auth.login"))
-    locked = throttle.is_locked(db.session, user.username, addr, now)
+    locked = throttle.is_locked(db.session, user.username, addr, now, _policy())
     if locked or not check_totp(user, form.code.data or ""):
-        newly = (
+        started = (
             []
             if locked
             else throttle.record_failure(db.session, user.username, addr, now, _policy())
@@ -207,14 +224,15 @@ def totp() -> Response | str:
             actor=user.username,
             user_id=user.id,
             summary="wrong or reused authentication code",
-            details={"locked": locked, "newly_locked": newly},
+            details={"locked": locked},
         )
-        if newly:
+        _record_delays(user.username, started)
+        if started:
             _session().pop("pending_2fa", None)
         db.session.commit()
         return render_template("auth/totp.html", form=form, error="Invalid code.")
     _session().pop("pending_2fa", None)
-    throttle.record_success(db.session, user.username)
+    throttle.record_success(db.session, user.username, addr, now)
     return _complete_login(user, "password+totp", pending.get("next"))
 
 

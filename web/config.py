@@ -63,11 +63,20 @@ class PortalConfig:
     organisation: str = "Remote service"
     session_idle_minutes: int = 30
     session_absolute_hours: int = 12
-    #: Failed logins per account name before it is locked for ``lockout_minutes``.
+    #: Failed sign-ins from one address for one account name before delays begin; each
+    #: further failure doubles the delay, from ``login_delay_seconds`` up to
+    #: ``lockout_minutes`` (see `web.throttle`).
     login_max_failures: int = 5
-    #: Failed logins per source address before the address is locked.
+    #: Failed sign-ins from one address (any names) before that address is delayed.
     login_max_failures_per_addr: int = 20
+    #: Failed sign-ins for one name from addresses it has not signed in from, before
+    #: such addresses are delayed for it (its usual addresses are not).
+    login_max_failures_per_account: int = 10
+    login_delay_seconds: int = 30
+    #: The longest delay; failures are forgotten this long after the last one.
     lockout_minutes: int = 15
+    #: A successful sign-in makes its address usual for the account for this many days.
+    login_usual_address_days: int = 90
     #: Presence rows not refreshed for this long are shown offline (a crashed relay's rows).
     presence_stale_seconds: int = 180
     audit_retention_days: int = 365

@@ -98,6 +98,72 @@ def test_lockout_per_source_address_and_expiry(app: Flask, users: dict[str, int]
     assert login(client, "eng").status_code == 302  # the lock was temporary
 
 
+def _client_at(app: Flask, addr: str) -> FlaskClient:
+    client = new_client(app)
+    client.environ_base["REMOTE_ADDR"] = addr
+    return client
+
+
+def test_nobody_elsewhere_can_lock_an_account_out_of_its_usual_address(
+    app: Flask, users: dict[str, int]
+) -> None:
+    """ASVS 6.3.1: an attacker's failures, from one address or many, delay the attacker;
+    the owner's right password from their usual address still works, and every
+    attempt is in the audit trail."""
+    config = app.config["OUTLINK"]
+    config.login_max_failures, config.login_max_failures_per_account = 3, 6
+    home = _client_at(app, "198.51.100.10")
+    assert login(home, "eng").status_code == 302  # makes 198.51.100.10 usual for eng
+    attackers = [_client_at(app, f"203.0.113.{i}") for i in range(1, 5)]
+    for attacker in attackers:  # 4 addresses x 3 failures: every pair and the account delayed
+        for _ in range(3):
+            assert login(attacker, "eng", "guess guess guess").status_code == 200
+    # Now even the right password fails from the attackers' addresses and from a new one.
+    assert login(attackers[0], "eng").status_code == 200
+    assert login(_client_at(app, "192.0.2.99"), "eng").status_code == 200
+    # The owner, from their usual address, still signs in.
+    assert login(_client_at(app, "198.51.100.10"), "eng").status_code == 302
+    with app.app_context():
+        events = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.kind.in_(("auth.login", "auth.lockout")))
+        ).all()
+    failures = [e for e in events if e.kind == "auth.login" and e.outcome == "failure"]
+    assert len(failures) == 4 * 3 + 2  # every attempt audited, refused ones included
+    assert {e.source for e in failures} >= {f"203.0.113.{i}" for i in range(1, 5)}
+    assert sum(e.kind == "auth.login" and e.outcome == "success" for e in events) == 2
+    # Two pairs delayed, then the account (6 failures from unusual addresses) -- the last
+    # two addresses were refused by the account's delay without counting further.
+    delayed = [e.details for e in events if e.kind == "auth.lockout"]
+    assert sorted('"user"' in d for d in delayed) == [False, False, True], delayed
+
+
+def test_delays_grow_with_each_failure_and_are_forgiven_by_success(
+    app: Flask, users: dict[str, int]
+) -> None:
+    config = app.config["OUTLINK"]
+    config.login_max_failures, config.login_delay_seconds, config.lockout_minutes = 2, 10, 1
+    client = _client_at(app, "203.0.113.50")
+    key = ("pair", "eng\n203.0.113.50")
+    delays = []
+    for _ in range(6):
+        login(client, "eng", "guess guess guess")
+        with app.app_context():
+            row = db.session.get(LoginThrottle, key)
+            assert row is not None
+            if row.locked_until is not None:
+                delays.append(round((row.locked_until - row.window_start).total_seconds()))
+            # Lift the delay so the next attempt counts (as if the attacker had waited).
+            db.session.execute(
+                update(LoginThrottle).values(locked_until=datetime.now(UTC) - timedelta(seconds=1))
+            )
+            db.session.commit()
+    assert delays == [10, 20, 40, 60, 60]  # doubling from the first delay, capped at max
+    assert login(client, "eng").status_code == 302
+    with app.app_context():
+        row = db.session.get(LoginThrottle, key)
+        assert row is not None and row.failures == 0 and row.last_success_at is not None
+
+
 def test_disabled_user_cannot_sign_in(app: Flask, users: dict[str, int]) -> None:
     with app.app_context():
         db.session.execute(update(User).where(User.username == "eng").values(is_active=False))
