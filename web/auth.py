@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pyotp
 from flask import (
@@ -63,9 +64,38 @@ def _policy() -> throttle.ThrottlePolicy:
     )
 
 
+#: Rounds of percent-decoding checked: a check that stops at one is fooled by `%252F`.
+_NEXT_DECODE_ROUNDS = 3
+
+
+def _is_local_path(target: str) -> bool:
+    """True for a path on this origin and nothing a browser could read as another host.
+
+    Browsers strip tabs, newlines and leading spaces, treat ``\\`` as ``/`` and ``//``
+    as a new host, and some proxies decode ``%2F``. So the target must be printable
+    ASCII, and it and each of its percent-decodings must begin with exactly one ``/``,
+    hold no backslash or control character, and carry no scheme or host.
+    """
+    if any(not "!" <= c <= "~" for c in target):
+        return False
+    for _ in range(_NEXT_DECODE_ROUNDS):
+        if not target.startswith("/") or target.startswith("//"):
+            return False
+        if any(c < " " or c in "\x7f\\" for c in target):
+            return False
+        parts = urlsplit(target)
+        if parts.scheme or parts.netloc:
+            return False
+        decoded = unquote(target)
+        if decoded == target:
+            return True
+        target = decoded
+    return False  # still encoded after several rounds: nobody needs that
+
+
 def safe_next(target: str | None) -> str:
-    """A local path to go to after login; anything else (other hosts, schemes) -> home."""
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+    """Where to go after sign-in: ``target`` if it is a local path, else home."""
+    if target and _is_local_path(target):
         return target
     return url_for("fleet.overview")
 

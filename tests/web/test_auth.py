@@ -339,3 +339,79 @@ def test_open_redirect_after_login_is_refused(app: Flask, users: dict[str, int])
         assert response.headers["Location"] == "/", target
         client = new_client(app)
         token = csrf_token(client)
+
+
+#: Spellings that browsers, proxies or URL parsers have turned into another host.
+REDIRECT_BYPASSES = [
+    "//example.invalid/",
+    "///example.invalid/",
+    "////example.invalid/",
+    "/\\example.invalid/",
+    "\\/example.invalid/",
+    "\\\\example.invalid/",
+    "/\\/example.invalid/",
+    "\t//example.invalid/",
+    "/\t/example.invalid/",
+    "/\n/example.invalid/",
+    "/\r/example.invalid/",
+    " //example.invalid/",
+    "\x00//example.invalid/",
+    "\x0b//example.invalid/",
+    "\x1f//example.invalid/",
+    "/\x7f/example.invalid/",
+    "/%09/example.invalid/",
+    "/%0a/example.invalid/",
+    "/%0D/example.invalid/",
+    "/%00/example.invalid/",
+    "/%2F%2Fexample.invalid/",
+    "/%2f/example.invalid/",
+    "/%5Cexample.invalid/",
+    "/%5c/example.invalid/",
+    "%2F%2Fexample.invalid/",
+    "/%252F%252Fexample.invalid/",
+    "/%25252F/example.invalid/",
+    "https://example.invalid/",
+    "https:example.invalid",
+    "https:/example.invalid",
+    "HTTPS://example.invalid/",
+    "//example.invalid@localhost/",
+    "javascript:alert(1)",
+    "JaVaScRiPt:alert(1)",
+    "java\tscript:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "\u3000//example.invalid/",
+    "/\uff0f/example.invalid/",
+    "\u2215\u2215example.invalid/",
+    "example.invalid",
+    ".example.invalid/",
+    "",
+]
+
+
+def test_next_only_honours_local_paths(client_for: Callable[[str], FlaskClient]) -> None:
+    """The open redirect of issue 14: no spelling of another origin survives ``next``."""
+    client = client_for("eng")  # signed in: /login?next=... redirects at once
+    let_through = {}
+    for target in REDIRECT_BYPASSES:
+        response = client.get("/login", query_string={"next": target})
+        assert response.status_code == 302
+        if response.headers["Location"] != "/":
+            let_through[target] = response.headers["Location"]
+    assert let_through == {}
+    for local in ("/devices", "/devices?page=2&q=ct", "/audit?kind=auth.login#top", "/a%20b"):
+        response = client.get("/login", query_string={"next": local})
+        assert response.headers["Location"] == local
+
+
+def test_next_survives_the_password_form(app: Flask, users: dict[str, int]) -> None:
+    client = new_client(app)
+    token = csrf_token(client)
+    for target, location in (("\t//example.invalid/x", "/"), ("/devices", "/devices")):
+        client.post("/logout", data={"csrf_token": token})
+        token = csrf_token(client)
+        response = client.post(
+            "/login",
+            data={"csrf_token": token, "username": "eng", "password": PASSWORD, "next": target},
+        )
+        assert response.headers["Location"] == location
+        token = csrf_token(client, "/account")
