@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import os
 import secrets
 import tempfile
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pki.keys import PRIVATE_FILE_MODE
-from tomlconfig import ConfigFile, Relative
+from tomlconfig import ConfigError, ConfigFile, Relative
 
 ENV_PREFIX = "OUTLINK_PORTAL_"
 #: Where ``create_app()`` (gunicorn's entry point) finds the config file.
@@ -84,11 +85,24 @@ class PortalConfig:
     workers: int = 2
     threads: int = 4
     log_level: str = "INFO"
-    #: Client address source: False = the socket peer; True = X-Forwarded-For (behind a proxy).
+    #: Client address source: False = the socket peer; True = the right-most address in
+    #: X-Forwarded-For that is not in ``trusted_proxies`` (behind a reverse proxy).
     trust_proxy: bool = False
+    #: Addresses or networks of the reverse proxies in front of the portal.
+    trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.1/8", "::1/128"])
 
 
-PORTAL_FILE = ConfigFile(PortalConfig, ENV_PREFIX, table="portal")
+def _check(config: PortalConfig) -> None:
+    for net in config.trusted_proxies:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"portal.trusted_proxies: {net!r} is not an address or network"
+            ) from None
+
+
+PORTAL_FILE = ConfigFile(PortalConfig, ENV_PREFIX, check=_check, table="portal")
 
 
 def load_config(

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pyotp
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
@@ -16,6 +17,7 @@ from store.portal import AuditEvent, LoginThrottle, Role, User, WebSession
 from tests.web.conftest import CSRF_RE, PASSWORD, csrf_token, login, make_user, new_client
 from web import passwords
 from web.db import db
+from web.recorder import client_addr
 from web.sessions import COOKIE_NAME
 
 
@@ -431,3 +433,49 @@ def test_next_survives_the_password_form(app: Flask, users: dict[str, int]) -> N
         )
         assert response.headers["Location"] == location
         token = csrf_token(client, "/account")
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "expected"),
+    [
+        # The client forged a first entry; our proxy appended the real address.
+        ("127.0.0.1", ["6.6.6.6, 198.51.100.7"], "198.51.100.7"),
+        # Two proxies of ours (loopback and one inside 10.0.0.0/8), the client before them.
+        ("127.0.0.1", ["6.6.6.6, 198.51.100.7, 10.1.2.3"], "198.51.100.7"),
+        # Several header lines are one list, in order.
+        ("127.0.0.1", ["6.6.6.6", "198.51.100.7"], "198.51.100.7"),
+        # A peer that is not our proxy went around it: its header is not believed.
+        ("203.0.113.9", ["198.51.100.7"], "203.0.113.9"),
+        # Garbage where our proxy's entry should be is what the proxy got: no address.
+        ("127.0.0.1", ["198.51.100.7, not-an-address"], "not-an-address"),
+        # Nothing forwarded: the peer itself.
+        ("127.0.0.1", [], "127.0.0.1"),
+    ],
+)
+def test_the_client_address_behind_a_proxy_is_the_rightmost_untrusted_hop(
+    app: Flask, peer: str, forwarded: list[str], expected: str
+) -> None:
+    app.config["OUTLINK"].trust_proxy = True
+    app.config["OUTLINK"].trusted_proxies = ["127.0.0.1/8", "::1/128", "10.0.0.0/8"]
+    headers = [("X-Forwarded-For", line) for line in forwarded]
+    with app.test_request_context("/", headers=headers, environ_base={"REMOTE_ADDR": peer}):
+        assert client_addr() == expected
+
+
+def test_a_spoofed_first_forwarded_entry_cannot_dodge_the_throttle(
+    app: Flask, users: dict[str, int]
+) -> None:
+    """The forged entry changes with every attempt; the throttle still sees one address."""
+    config = app.config["OUTLINK"]
+    config.trust_proxy, config.login_max_failures = True, 3
+    client = new_client(app)
+    for i in range(3):
+        client.environ_base["HTTP_X_FORWARDED_FOR"] = f"192.0.2.{i}, 198.51.100.7"
+        login(client, "eng", "guess guess guess")
+    client.environ_base["HTTP_X_FORWARDED_FOR"] = "192.0.2.200, 198.51.100.7"
+    assert login(client, "eng").status_code == 200  # delayed: same real address
+    with app.app_context():
+        sources = set(
+            db.session.scalars(select(AuditEvent.source).where(AuditEvent.kind == "auth.login"))
+        )
+    assert sources == {"198.51.100.7"}
