@@ -104,7 +104,8 @@ class User(Base):
     all_scope: Mapped[bool] = mapped_column(Boolean, default=False)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
-    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    #: Sealed (``web.sealing``): never the bare secret.
+    totp_secret: Mapped[str | None] = mapped_column(String(255))
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
     cert_fingerprint: Mapped[str | None] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime]

@@ -14,6 +14,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pyotp
+import segno
+from cryptography.fernet import Fernet
 from flask import (
     Blueprint,
     current_app,
@@ -25,11 +27,12 @@ from flask import (
     session,
     url_for,
 )
+from markupsafe import Markup
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from store.portal import USERNAME_MAX, User, WebSession
-from web import passwords, sessions, throttle
+from web import passwords, sealing, sessions, throttle
 from web.authz import authenticated, current_user, public
 from web.certauth import PEER_CERT_KEY, fingerprint, staff_username
 from web.db import db
@@ -215,11 +218,16 @@ def _totp_step(secret: str, code: str, now: float) -> int | None:
     return None
 
 
+def _box() -> Fernet:
+    return sealing.totp_box(current_app.config["SECRET_KEY"])
+
+
 def check_totp(user: User, code: str) -> bool:
     """Verify a code and burn its step, so an observed code cannot be replayed."""
-    if not user.totp_secret:
+    secret = sealing.unseal(_box(), user.totp_secret) if user.totp_secret else None
+    if secret is None:
         return False
-    step = _totp_step(user.totp_secret, code.strip(), time.time())
+    step = _totp_step(secret, code.strip(), time.time())
     if step is None or (user.totp_last_step is not None and step <= user.totp_last_step):
         return False
     user.totp_last_step = step
@@ -386,14 +394,16 @@ def totp_setup() -> Response | str:
     assert row is not None
     if row.totp_secret:
         return render_template("auth/totp_setup.html", enabled=True, form=TotpForm())
-    secret = _session().get("totp_enrol") or pyotp.random_base32()
-    _session()["totp_enrol"] = secret
+    # The secret being enrolled waits in the server-side session, sealed like the stored one.
+    pending = _session().get("totp_enrol")
+    secret = (pending and sealing.unseal(_box(), pending)) or pyotp.random_base32()
+    _session()["totp_enrol"] = sealing.seal(_box(), secret)
     form = TotpForm()
     error = None
     if form.validate_on_submit():
         step = _totp_step(secret, (form.code.data or "").strip(), time.time())
         if step is not None:
-            row.totp_secret, row.totp_last_step = secret, step
+            row.totp_secret, row.totp_last_step = sealing.seal(_box(), secret), step
             _session().pop("totp_enrol", None)
             record("account.totp_enabled", summary=f"{row.username} enabled a second factor")
             db.session.commit()
@@ -402,8 +412,19 @@ def totp_setup() -> Response | str:
         error = "That code does not match. Check the device clock and try again."
     uri = pyotp.TOTP(secret).provisioning_uri(name=row.username, issuer_name="Outlink")
     return render_template(
-        "auth/totp_setup.html", enabled=False, form=form, secret=secret, uri=uri, error=error
+        "auth/totp_setup.html",
+        enabled=False,
+        form=form,
+        secret=secret,
+        uri=uri,
+        qr=Markup(setup_qr_svg(uri)),  # noqa: S704  (segno's SVG: the link is only path data)
+        error=error,
     )
+
+
+def setup_qr_svg(uri: str) -> str:
+    """The setup link as an inline SVG QR code (dark on white, so every app can scan it)."""
+    return str(segno.make(uri, error="m").svg_inline(scale=4, dark="#000", light="#fff"))
 
 
 @bp.route("/account/totp/disable", methods=["POST"])

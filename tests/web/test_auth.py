@@ -15,7 +15,9 @@ from sqlalchemy import func, select, update
 
 from store.portal import AuditEvent, LoginThrottle, Role, User, WebSession
 from tests.web.conftest import CSRF_RE, PASSWORD, csrf_token, login, make_user, new_client
-from web import passwords
+from web import passwords, sealing
+from web.auth import setup_qr_svg
+from web.cli import init_portal
 from web.db import db
 from web.recorder import client_addr
 from web.sessions import COOKIE_NAME
@@ -306,10 +308,8 @@ def test_must_change_password_gates_everything_else(app: Flask, users: dict[str,
     assert client.get("/api/v1/devices").status_code == 403
 
 
-def test_totp_enrol_sign_in_and_no_replay(
-    app: Flask, client_for: Callable[[str], FlaskClient]
-) -> None:
-    client = client_for("eng")
+def _enrol_totp(client: FlaskClient) -> str:
+    """Turn the second factor on through the account page; return the secret shown."""
     page = client.get("/account/totp").get_data(as_text=True)
     secret = page.split('<p class="secret mono">')[1].split("<")[0]
     response = client.post(
@@ -317,6 +317,13 @@ def test_totp_enrol_sign_in_and_no_replay(
         data={"csrf_token": csrf_token(client, "/account/totp"), "code": pyotp.TOTP(secret).now()},
     )
     assert response.status_code == 302
+    return secret
+
+
+def test_totp_enrol_sign_in_and_no_replay(
+    app: Flask, client_for: Callable[[str], FlaskClient]
+) -> None:
+    secret = _enrol_totp(client_for("eng"))
     fresh = new_client(app)
     response = login(fresh, "eng")
     assert response.headers["Location"] == "/login/totp"
@@ -479,3 +486,64 @@ def test_a_spoofed_first_forwarded_entry_cannot_dodge_the_throttle(
             db.session.scalars(select(AuditEvent.source).where(AuditEvent.kind == "auth.login"))
         )
     assert sources == {"198.51.100.7"}
+
+
+def test_totp_secrets_are_sealed_at_rest(
+    app: Flask, client_for: Callable[[str], FlaskClient]
+) -> None:
+    """The database holds no usable second factor: only a token the data directory's key
+    opens, and neither a bare secret nor another install's key makes a code valid."""
+    secret = _enrol_totp(client_for("eng"))
+    with app.app_context():
+        stored = db.session.scalar(select(User.totp_secret).where(User.username == "eng"))
+        sessions_data = " ".join(
+            str(row) for row in db.session.execute(select(WebSession.__table__)).all()
+        )
+    assert stored is not None and stored.startswith(sealing.PREFIX) and secret not in stored
+    assert secret not in sessions_data  # nor did the enrolment leave it in a session
+    key = app.config["SECRET_KEY"]
+    assert sealing.unseal(sealing.totp_box(key), stored) == secret
+    assert sealing.unseal(sealing.totp_box(key + "other"), stored) is None
+    assert sealing.unseal(sealing.totp_box(key), secret) is None  # bare: refused
+    with app.app_context():  # a bare secret in the column (as before sealing) is no factor
+        db.session.execute(update(User).where(User.username == "eng").values(totp_secret=secret))
+        db.session.commit()
+    fresh = new_client(app)
+    assert login(fresh, "eng").headers["Location"] == "/login/totp"
+    code = {"csrf_token": csrf_token(fresh, "/login/totp"), "code": pyotp.TOTP(secret).now()}
+    assert "Invalid code." in fresh.post("/login/totp", data=code).text
+
+
+def test_init_seals_the_secrets_stored_before_sealing(
+    app: Flask, client_for: Callable[[str], FlaskClient]
+) -> None:
+    """Migration 0008's data step: ``init`` seals bare rows, and they work afterwards."""
+    secret = _enrol_totp(client_for("eng"))
+    with app.app_context():
+        db.session.execute(update(User).where(User.username == "eng").values(totp_secret=secret))
+        db.session.commit()
+    lines: list[str] = []
+    init_portal(app.config["OUTLINK"], out=lines.append)
+    assert "second-factor secrets sealed: 1" in lines
+    init_portal(app.config["OUTLINK"], out=lines.append)  # idempotent
+    assert lines.count("second-factor secrets sealed: 1") == 1
+    with app.app_context():
+        stored = db.session.scalar(select(User.totp_secret).where(User.username == "eng"))
+        db.session.execute(update(User).values(totp_last_step=None))
+        db.session.commit()
+    assert stored is not None and stored.startswith(sealing.PREFIX)
+    fresh = new_client(app)
+    login(fresh, "eng")
+    code = {"csrf_token": csrf_token(fresh, "/login/totp"), "code": pyotp.TOTP(secret).now()}
+    assert fresh.post("/login/totp", data=code).status_code == 302
+
+
+def test_totp_setup_shows_the_setup_link_as_a_qr_code(
+    client_for: Callable[[str], FlaskClient],
+) -> None:
+    page = client_for("eng").get("/account/totp").get_data(as_text=True)
+    secret = page.split('<p class="secret mono">')[1].split("<")[0]
+    uri = html.unescape(page.split('<p class="mono small wrap">')[1].split("<")[0])
+    assert uri.startswith("otpauth://totp/Outlink:eng?") and f"secret={secret}" in uri
+    qr = page.split('<figure class="qr"')[1].split("</figure>")[0]
+    assert qr.count("<svg") == 1 and setup_qr_svg(uri) in qr  # the link shown, nothing else
