@@ -119,6 +119,21 @@ class User(Base):
     )
 
 
+class RecoveryCode(Base):
+    """One single-use recovery code of a user's second factor (``web.recovery``).
+
+    ``digest`` is a keyed HMAC of the code, never the code; ``used_at`` is set by the
+    one use that counts.
+    """
+
+    __tablename__ = "recovery_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    used_at: Mapped[datetime | None]
+
+
 class UserScope(Base):
     """One customer, site or device a user may reach (exactly one of the three is set)."""
 

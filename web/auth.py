@@ -32,7 +32,7 @@ from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from store.portal import USERNAME_MAX, User, WebSession
-from web import passwords, sealing, sessions, throttle
+from web import passwords, recovery, sealing, sessions, throttle
 from web.authz import authenticated, current_user, public
 from web.certauth import PEER_CERT_KEY, fingerprint, staff_username
 from web.db import db
@@ -249,8 +249,9 @@ def totp() -> Response | str:
     if user is None or not user.is_active:
         _session().pop("pending_2fa", None)
         return redirect(url_for("auth.login"))
+    code = form.code.data or ""
     locked = throttle.is_locked(db.session, user.username, addr, now, _policy())
-    if locked or not check_totp(user, form.code.data or ""):
+    if locked or not _second_factor(user, code, now):
         started = (
             []
             if locked
@@ -271,7 +272,25 @@ def totp() -> Response | str:
         return render_template("auth/totp.html", form=form, error="Invalid code.")
     _session().pop("pending_2fa", None)
     throttle.record_success(db.session, user.username, addr, now)
-    return _complete_login(user, "password+totp", pending.get("next"))
+    if not recovery.looks_like_code(code):
+        return _complete_login(user, "password+totp", pending.get("next"))
+    left = recovery.remaining(db.session, user.id)
+    record(
+        "auth.recovery_code_used",
+        actor=user.username,
+        user_id=user.id,
+        summary=f"{user.username} signed in with a recovery code; {left} left",
+        details={"remaining": left},
+    )
+    flash(f"You signed in with a recovery code; {left} left. Each works only once.", "info")
+    return _complete_login(user, "password+recovery_code", pending.get("next"))
+
+
+def _second_factor(user: User, code: str, now: datetime) -> bool:
+    """A current TOTP code, or one of the user's unused recovery codes (spent by this)."""
+    if recovery.looks_like_code(code):
+        return recovery.spend(db.session, current_app.config["SECRET_KEY"], user.id, code, now)
+    return check_totp(user, code)
 
 
 @bp.route("/login/certificate", methods=["POST"])
@@ -393,7 +412,12 @@ def totp_setup() -> Response | str:
     row = db.session.get(User, user.id)
     assert row is not None
     if row.totp_secret:
-        return render_template("auth/totp_setup.html", enabled=True, form=TotpForm())
+        return render_template(
+            "auth/totp_setup.html",
+            enabled=True,
+            form=TotpForm(),
+            recovery_left=recovery.remaining(db.session, row.id),
+        )
     # The secret being enrolled waits in the server-side session, sealed like the stored one.
     pending = _session().get("totp_enrol")
     secret = (pending and sealing.unseal(_box(), pending)) or pyotp.random_base32()
@@ -405,10 +429,14 @@ def totp_setup() -> Response | str:
         if step is not None:
             row.totp_secret, row.totp_last_step = sealing.seal(_box(), secret), step
             _session().pop("totp_enrol", None)
-            record("account.totp_enabled", summary=f"{row.username} enabled a second factor")
+            codes = recovery.replace_codes(db.session, current_app.config["SECRET_KEY"], row.id)
+            record(
+                "account.totp_enabled",
+                summary=f"{row.username} enabled a second factor",
+                details={"recovery_codes": len(codes)},
+            )
             db.session.commit()
-            flash("Two-step sign-in is on.", "success")
-            return redirect(url_for("auth.account"))
+            return render_template("auth/recovery_codes.html", codes=codes)
         error = "That code does not match. Check the device clock and try again."
     uri = pyotp.TOTP(secret).provisioning_uri(name=row.username, issuer_name="Outlink")
     return render_template(
@@ -440,6 +468,7 @@ def totp_disable() -> Response | str:
             "auth/totp_setup.html", enabled=True, form=form, error="Invalid code."
         ), 400  # type: ignore[return-value]
     row.totp_secret, row.totp_last_step = None, None
+    recovery.discard(db.session, row.id)
     record("account.totp_disabled", summary=f"{row.username} turned off the second factor")
     db.session.commit()
     flash("Two-step sign-in is off.", "info")

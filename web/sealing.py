@@ -30,12 +30,16 @@ PREFIX = "v1:"
 _INFO = b"outlink portal: TOTP secrets at rest, v1"
 
 
-def totp_box(secret_key: str) -> Fernet:
-    """The Fernet key for TOTP secrets, derived from the portal's secret key."""
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(
+def derive_key(secret_key: str, label: bytes) -> bytes:
+    """A 256-bit key for one purpose (``label``), derived from the portal's secret key."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(
         secret_key.encode()
     )
-    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def totp_box(secret_key: str) -> Fernet:
+    """The Fernet key for TOTP secrets, derived from the portal's secret key."""
+    return Fernet(base64.urlsafe_b64encode(derive_key(secret_key, _INFO)))
 
 
 def seal(box: Fernet, secret: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -13,14 +15,16 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
-from store.portal import AuditEvent, LoginThrottle, Role, User, WebSession
+from store.portal import AuditEvent, LoginThrottle, RecoveryCode, Role, User, WebSession
 from tests.web.conftest import CSRF_RE, PASSWORD, csrf_token, login, make_user, new_client
-from web import passwords, sealing
+from web import passwords, recovery, sealing
 from web.auth import setup_qr_svg
 from web.cli import init_portal
 from web.db import db
 from web.recorder import client_addr
 from web.sessions import COOKIE_NAME
+
+RECOVERY_CODE_RE = re.compile(r'<li class="secret">([A-Z2-7]{5}-[A-Z2-7]{5})</li>')
 
 
 def _body(response: object) -> str:
@@ -308,22 +312,23 @@ def test_must_change_password_gates_everything_else(app: Flask, users: dict[str,
     assert client.get("/api/v1/devices").status_code == 403
 
 
-def _enrol_totp(client: FlaskClient) -> str:
-    """Turn the second factor on through the account page; return the secret shown."""
+def _enrol_totp(client: FlaskClient) -> tuple[str, list[str]]:
+    """Turn the second factor on through the account page; return the secret shown and
+    the recovery codes shown once."""
     page = client.get("/account/totp").get_data(as_text=True)
     secret = page.split('<p class="secret mono">')[1].split("<")[0]
     response = client.post(
         "/account/totp",
         data={"csrf_token": csrf_token(client, "/account/totp"), "code": pyotp.TOTP(secret).now()},
     )
-    assert response.status_code == 302
-    return secret
+    assert response.status_code == 200
+    return secret, RECOVERY_CODE_RE.findall(response.get_data(as_text=True))
 
 
 def test_totp_enrol_sign_in_and_no_replay(
     app: Flask, client_for: Callable[[str], FlaskClient]
 ) -> None:
-    secret = _enrol_totp(client_for("eng"))
+    secret, _codes = _enrol_totp(client_for("eng"))
     fresh = new_client(app)
     response = login(fresh, "eng")
     assert response.headers["Location"] == "/login/totp"
@@ -493,7 +498,7 @@ def test_totp_secrets_are_sealed_at_rest(
 ) -> None:
     """The database holds no usable second factor: only a token the data directory's key
     opens, and neither a bare secret nor another install's key makes a code valid."""
-    secret = _enrol_totp(client_for("eng"))
+    secret, _codes = _enrol_totp(client_for("eng"))
     with app.app_context():
         stored = db.session.scalar(select(User.totp_secret).where(User.username == "eng"))
         sessions_data = " ".join(
@@ -518,7 +523,7 @@ def test_init_seals_the_secrets_stored_before_sealing(
     app: Flask, client_for: Callable[[str], FlaskClient]
 ) -> None:
     """Migration 0008's data step: ``init`` seals bare rows, and they work afterwards."""
-    secret = _enrol_totp(client_for("eng"))
+    secret, _codes = _enrol_totp(client_for("eng"))
     with app.app_context():
         db.session.execute(update(User).where(User.username == "eng").values(totp_secret=secret))
         db.session.commit()
@@ -547,3 +552,52 @@ def test_totp_setup_shows_the_setup_link_as_a_qr_code(
     assert uri.startswith("otpauth://totp/Outlink:eng?") and f"secret={secret}" in uri
     qr = page.split('<figure class="qr"')[1].split("</figure>")[0]
     assert qr.count("<svg") == 1 and setup_qr_svg(uri) in qr  # the link shown, nothing else
+
+
+def _second_step(app: Flask, code: str) -> FlaskClient:
+    """A client past the password step for eng that has submitted ``code``."""
+    client = new_client(app)
+    assert login(client, "eng").headers["Location"] == "/login/totp"
+    client.post("/login/totp", data={"csrf_token": csrf_token(client, "/login/totp"), "code": code})
+    return client
+
+
+def test_recovery_codes_are_single_use_and_stored_as_keyed_digests(
+    app: Flask, client_for: Callable[[str], FlaskClient]
+) -> None:
+    secret, codes = _enrol_totp(client_for("eng"))
+    assert len(codes) == recovery.COUNT == len(set(codes))
+    with app.app_context():
+        stored = db.session.scalars(select(RecoveryCode.digest)).all()
+    assert len(stored) == recovery.COUNT
+    plain = [c.replace("-", "") for c in codes]
+    assert not set(plain) & {d.upper() for d in stored}
+    # Keyed: an unkeyed hash of a code (searchable from a database copy) is not what is kept.
+    assert not {hashlib.sha256(p.encode()).hexdigest() for p in plain} & set(stored)
+    # Typed in lower case without the dash, a code works once...
+    first = _second_step(app, codes[0].replace("-", "").lower())
+    assert first.get("/devices").status_code == 200
+    # ...and never again, not even from another browser.
+    second = _second_step(app, codes[0])
+    assert second.get("/devices").status_code == 302
+    # A code that was never issued fails; another unused one still works.
+    assert _second_step(app, "AAAAA-AAAAA").get("/devices").status_code == 302
+    assert _second_step(app, codes[1]).get("/devices").status_code == 200
+    with app.app_context():
+        events = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.kind == "auth.recovery_code_used")
+        ).all()
+        assert [e.details for e in events] == ['{"remaining":9}', '{"remaining":8}']
+        assert recovery.remaining(db.session, events[0].user_id or 0) == 8
+    # Turning the second factor off drops the codes with it.
+    eng = _second_step(app, codes[2])
+    with app.app_context():  # enrolment burnt the current step: let the next code count
+        db.session.execute(update(User).values(totp_last_step=None))
+        db.session.commit()
+    response = eng.post(
+        "/account/totp/disable",
+        data={"csrf_token": csrf_token(eng, "/account/totp"), "code": pyotp.TOTP(secret).now()},
+    )
+    assert response.status_code == 302
+    with app.app_context():
+        assert db.session.scalar(select(func.count(RecoveryCode.id))) == 0
