@@ -42,9 +42,9 @@ GENERATED_BYTES = 14
 #: zxcvbn's score (0-4) a new password must reach: 4 = more than 10^10 guesses, what a
 #: word, a year and two symbols (``Summer2024!!``, score 3) do not reach.
 MIN_STRENGTH_SCORE = 4
-#: zxcvbn's matching is super-linear in the length; the characters past this many only
-#: make a password stronger, so they need not be examined.
-STRENGTH_CHECK_CHARS = 100
+#: zxcvbn raises on longer input (its ``max_length``, a guard against its super-linear
+#: matching); the characters past these only make a password stronger.
+STRENGTH_CHECK_CHARS = 72
 #: zxcvbn's scenario for the crack time we quote: an offline attack on a slow hash.
 _ATTACK_SPEED = "offline_slow_hashing_1e4_per_second"
 #: Words a guesser tries first against this portal (zxcvbn's ``user_inputs``).

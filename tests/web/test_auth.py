@@ -257,6 +257,9 @@ def test_the_breached_list_is_the_real_one() -> None:
         assert entry in common
     assert passwords.policy_problems("QWERTYqwerty", "x")  # compared case-insensitively
     assert passwords.policy_problems("correct horse battery staple eel", "eng") == []
+    # Past zxcvbn's 72-character limit (it raises there): still judged, not a 500.
+    assert passwords.policy_problems("correct horse battery staple " * 8, "eng") == []
+    assert passwords.policy_problems("a" * passwords.MAX_LENGTH, "eng")
 
 
 def test_disabled_or_demoted_user_loses_access_on_the_next_request(
