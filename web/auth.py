@@ -103,11 +103,16 @@ def safe_next(target: str | None) -> str:
     return url_for("fleet.overview")
 
 
-def _complete_login(user: User, method: str, next_url: str | None) -> Response:
+def _complete_login(
+    user: User, method: str, next_url: str | None, notice: str | None = None
+) -> Response:
+    """Start the session; ``notice`` is flashed in it (the pre-login session is gone)."""
     now = datetime.now(UTC)
     sessions.begin_authenticated(
         _session(), user.id, method, client_addr(), request.headers.get("User-Agent")
     )
+    if notice:
+        flash(notice, "info")
     user.last_login_at = now
     record(
         "auth.login",
@@ -282,8 +287,12 @@ def totp() -> Response | str:
         summary=f"{user.username} signed in with a recovery code; {left} left",
         details={"remaining": left},
     )
-    flash(f"You signed in with a recovery code; {left} left. Each works only once.", "info")
-    return _complete_login(user, "password+recovery_code", pending.get("next"))
+    return _complete_login(
+        user,
+        "password+recovery_code",
+        pending.get("next"),
+        f"You signed in with a recovery code; {left} left. Each works only once.",
+    )
 
 
 def _second_factor(user: User, code: str, now: datetime) -> bool:
