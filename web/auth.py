@@ -421,12 +421,7 @@ def totp_setup() -> Response | str:
     row = db.session.get(User, user.id)
     assert row is not None
     if row.totp_secret:
-        return render_template(
-            "auth/totp_setup.html",
-            enabled=True,
-            form=TotpForm(),
-            recovery_left=recovery.remaining(db.session, row.id),
-        )
+        return _totp_enabled_page(row, TotpForm())
     # The secret being enrolled waits in the server-side session, sealed like the stored one.
     pending = _session().get("totp_enrol")
     secret = (pending and sealing.unseal(_box(), pending)) or pyotp.random_base32()
@@ -473,12 +468,41 @@ def totp_disable() -> Response | str:
     form = TotpForm()
     if not (form.validate_on_submit() and check_totp(row, form.code.data or "")):
         db.session.rollback()
-        return render_template(
-            "auth/totp_setup.html", enabled=True, form=form, error="Invalid code."
-        ), 400  # type: ignore[return-value]
+        return _totp_enabled_page(row, form, "Invalid code."), 400  # type: ignore[return-value]
     row.totp_secret, row.totp_last_step = None, None
     recovery.discard(db.session, row.id)
     record("account.totp_disabled", summary=f"{row.username} turned off the second factor")
     db.session.commit()
     flash("Two-step sign-in is off.", "info")
     return redirect(url_for("auth.account"))
+
+
+@bp.route("/account/totp/recovery-codes", methods=["POST"])
+@authenticated
+def totp_recovery_codes() -> Response | str:
+    """Ten new recovery codes for a current TOTP code; the old ones stop working."""
+    user = current_user()
+    row = db.session.get(User, user.id)
+    assert row is not None
+    form = TotpForm()
+    if not (form.validate_on_submit() and check_totp(row, form.code.data or "")):
+        db.session.rollback()
+        return _totp_enabled_page(row, form, "Invalid code."), 400  # type: ignore[return-value]
+    codes = recovery.replace_codes(db.session, current_app.config["SECRET_KEY"], row.id)
+    record(
+        "account.recovery_codes_replaced",
+        summary=f"{row.username} replaced their recovery codes",
+        details={"recovery_codes": len(codes)},
+    )
+    db.session.commit()
+    return render_template("auth/recovery_codes.html", codes=codes)
+
+
+def _totp_enabled_page(row: User, form: TotpForm, error: str | None = None) -> str:
+    return render_template(
+        "auth/totp_setup.html",
+        enabled=True,
+        form=form,
+        error=error,
+        recovery_left=recovery.remaining(db.session, row.id),
+    )

@@ -604,3 +604,24 @@ def test_recovery_codes_are_single_use_and_stored_as_keyed_digests(
     assert response.status_code == 302
     with app.app_context():
         assert db.session.scalar(select(func.count(RecoveryCode.id))) == 0
+
+
+def test_new_recovery_codes_need_a_current_code_and_retire_the_old_ones(
+    app: Flask, client_for: Callable[[str], FlaskClient]
+) -> None:
+    eng = client_for("eng")
+    secret, old = _enrol_totp(eng)
+    token = csrf_token(eng, "/account/totp")
+    refused = eng.post("/account/totp/recovery-codes", data={"csrf_token": token, "code": "000000"})
+    assert refused.status_code == 400 and "Recovery codes left: <strong>10</strong>" in refused.text
+    with app.app_context():  # enrolment burnt the current step: let the next code count
+        db.session.execute(update(User).values(totp_last_step=None))
+        db.session.commit()
+    response = eng.post(
+        "/account/totp/recovery-codes",
+        data={"csrf_token": token, "code": pyotp.TOTP(secret).now()},
+    )
+    new = RECOVERY_CODE_RE.findall(response.get_data(as_text=True))
+    assert response.status_code == 200 and len(new) == recovery.COUNT and not set(new) & set(old)
+    assert _second_step(app, old[0]).get("/devices").status_code == 302
+    assert _second_step(app, new[0]).get("/devices").status_code == 200
