@@ -109,6 +109,8 @@ def init_portal(lay: Layout) -> str | None:
     password_file = lay.portal_dir / INITIAL_PASSWORD_FILE
     if created.get("admin_password"):
         _write_private(password_file, created["admin_password"] + "\n")
+    if not created["admin_initial_pending"]:  # changed at the first sign-in: forget it
+        password_file.unlink(missing_ok=True)
     return password_file.read_text().strip() if password_file.exists() else None
 
 

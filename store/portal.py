@@ -104,7 +104,8 @@ class User(Base):
     all_scope: Mapped[bool] = mapped_column(Boolean, default=False)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
-    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    #: Sealed (``web.sealing``): never the bare secret.
+    totp_secret: Mapped[str | None] = mapped_column(String(255))
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
     cert_fingerprint: Mapped[str | None] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime]
@@ -116,6 +117,21 @@ class User(Base):
     scopes: Mapped[list[UserScope]] = relationship(
         back_populates="user", cascade="all, delete-orphan"
     )
+
+
+class RecoveryCode(Base):
+    """One single-use recovery code of a user's second factor (``web.recovery``).
+
+    ``digest`` is a keyed HMAC of the code, never the code; ``used_at`` is set by the
+    one use that counts.
+    """
+
+    __tablename__ = "recovery_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    used_at: Mapped[datetime | None]
 
 
 class UserScope(Base):
@@ -164,20 +180,23 @@ class WebSession(Base):
 
 
 class LoginThrottle(Base):
-    """Failed-login counter and lock for one account name or one source address.
+    """Failed-login counter and delay for one key (see `web.throttle`).
 
-    ``kind`` is ``"user"`` (key: the lowercased name as typed, known or not, so unknown
-    names lock exactly like real ones) or ``"addr"`` (key: the client address).
+    ``kind`` is ``"pair"`` (key: name and address joined by a newline), ``"user"``
+    (key: the lowercased name as typed, known or not, so unknown names are throttled
+    exactly like real ones) or ``"addr"`` (key: the client address). A ``pair`` row
+    also remembers the last successful sign-in, which makes its address usual.
     """
 
     __tablename__ = "login_throttle"
-    __table_args__ = (CheckConstraint("kind IN ('user', 'addr')", name="kind"),)
+    __table_args__ = (CheckConstraint("kind IN ('pair', 'user', 'addr')", name="kind"),)
 
     kind: Mapped[str] = mapped_column(String(8), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     window_start: Mapped[datetime]
     locked_until: Mapped[datetime | None]
+    last_success_at: Mapped[datetime | None]
 
 
 class SessionRequest(Base):

@@ -11,8 +11,11 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pyotp
+import segno
+from cryptography.fernet import Fernet
 from flask import (
     Blueprint,
     current_app,
@@ -24,11 +27,12 @@ from flask import (
     session,
     url_for,
 )
+from markupsafe import Markup
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from store.portal import USERNAME_MAX, User, WebSession
-from web import passwords, sessions, throttle
+from web import passwords, recovery, sealing, sessions, throttle
 from web.authz import authenticated, current_user, public
 from web.certauth import PEER_CERT_KEY, fingerprint, staff_username
 from web.db import db
@@ -54,24 +58,61 @@ def _session() -> ServerSession:
 def _policy() -> throttle.ThrottlePolicy:
     config = current_app.config["OUTLINK"]
     return throttle.ThrottlePolicy(
-        max_failures_user=config.login_max_failures,
-        max_failures_addr=config.login_max_failures_per_addr,
-        lockout=timedelta(minutes=config.lockout_minutes),
+        free_pair=config.login_max_failures,
+        free_addr=config.login_max_failures_per_addr,
+        free_user=config.login_max_failures_per_account,
+        first_delay=timedelta(seconds=config.login_delay_seconds),
+        max_delay=timedelta(minutes=config.lockout_minutes),
+        known_for=timedelta(days=config.login_usual_address_days),
     )
 
 
+#: Rounds of percent-decoding checked: a check that stops at one is fooled by `%252F`.
+_NEXT_DECODE_ROUNDS = 3
+
+
+def _is_local_path(target: str) -> bool:
+    """True for a path on this origin and nothing a browser could read as another host.
+
+    Browsers strip tabs, newlines and leading spaces, treat ``\\`` as ``/`` and ``//``
+    as a new host, and some proxies decode ``%2F``. So the target must be printable
+    ASCII, and it and each of its percent-decodings must begin with exactly one ``/``,
+    hold no backslash or control character, and carry no scheme or host.
+    """
+    if any(not "!" <= c <= "~" for c in target):
+        return False
+    for _ in range(_NEXT_DECODE_ROUNDS):
+        if not target.startswith("/") or target.startswith("//"):
+            return False
+        if any(c < " " or c in "\x7f\\" for c in target):
+            return False
+        parts = urlsplit(target)
+        if parts.scheme or parts.netloc:
+            return False
+        decoded = unquote(target)
+        if decoded == target:
+            return True
+        target = decoded
+    return False  # still encoded after several rounds: nobody needs that
+
+
 def safe_next(target: str | None) -> str:
-    """A local path to go to after login; anything else (other hosts, schemes) -> home."""
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+    """Where to go after sign-in: ``target`` if it is a local path, else home."""
+    if target and _is_local_path(target):
         return target
     return url_for("fleet.overview")
 
 
-def _complete_login(user: User, method: str, next_url: str | None) -> Response:
+def _complete_login(
+    user: User, method: str, next_url: str | None, notice: str | None = None
+) -> Response:
+    """Start the session; ``notice`` is flashed in it (the pre-login session is gone)."""
     now = datetime.now(UTC)
     sessions.begin_authenticated(
         _session(), user.id, method, client_addr(), request.headers.get("User-Agent")
     )
+    if notice:
+        flash(notice, "info")
     user.last_login_at = now
     record(
         "auth.login",
@@ -87,7 +128,28 @@ def _complete_login(user: User, method: str, next_url: str | None) -> Response:
     return redirect(safe_next(next_url))
 
 
-def _login_failed(form: LoginForm, name: str, reason: str, newly_locked: list[str]) -> str:
+def _record_delays(name: str, started: list[tuple[str, timedelta]]) -> None:
+    """Audit each throttle delay that a failure has just started."""
+    for kind, delay in started:
+        record(
+            "auth.lockout",
+            outcome="failure",
+            actor=name or None,
+            summary=f"sign-in delayed for this {_DELAY_SUBJECT[kind]}",
+            details={"kind": kind, "seconds": int(delay.total_seconds())},
+        )
+
+
+_DELAY_SUBJECT = {
+    "pair": "account from this address",
+    "addr": "address",
+    "user": "account from unusual addresses",
+}
+
+
+def _login_failed(
+    form: LoginForm, name: str, reason: str, started: list[tuple[str, timedelta]]
+) -> str:
     record(
         "auth.login",
         outcome="failure",
@@ -95,14 +157,7 @@ def _login_failed(form: LoginForm, name: str, reason: str, newly_locked: list[st
         summary=f"failed sign-in for {name!r}",
         details={"reason": reason},
     )
-    for kind in newly_locked:
-        record(
-            "auth.lockout",
-            outcome="failure",
-            actor=name or None,
-            summary=f"sign-in locked for this {'account' if kind == 'user' else 'address'}",
-            details={"kind": kind, "minutes": current_app.config["OUTLINK"].lockout_minutes},
-        )
+    _record_delays(name, started)
     db.session.commit()
     return render_template(
         "auth/login.html",
@@ -134,7 +189,7 @@ def login() -> Response | str:
     name = (form.username.data or "").strip().lower()[:USERNAME_MAX]
     password = form.password.data or ""
     now, addr = datetime.now(UTC), client_addr()
-    locked = throttle.is_locked(db.session, name, addr, now)
+    locked = throttle.is_locked(db.session, name, addr, now, _policy())
     user = db.session.scalar(select(User).where(User.username == name))
     if user is None:
         passwords.dummy_verify()
@@ -147,7 +202,7 @@ def login() -> Response | str:
         reason = "unknown_user" if user is None else ("bad_password" if not matched else "disabled")
         newly = throttle.record_failure(db.session, name, addr, now, _policy())
         return _login_failed(form, name, reason, newly)
-    throttle.record_success(db.session, name)
+    throttle.record_success(db.session, name, addr, now)
     if passwords.needs_rehash(user.password_hash):
         user.password_hash = passwords.hash_password(password)
     next_url = request.form.get("next")
@@ -168,11 +223,16 @@ def _totp_step(secret: str, code: str, now: float) -> int | None:
     return None
 
 
+def _box() -> Fernet:
+    return sealing.totp_box(current_app.config["SECRET_KEY"])
+
+
 def check_totp(user: User, code: str) -> bool:
     """Verify a code and burn its step, so an observed code cannot be replayed."""
-    if not user.totp_secret:
+    secret = sealing.unseal(_box(), user.totp_secret) if user.totp_secret else None
+    if secret is None:
         return False
-    step = _totp_step(user.totp_secret, code.strip(), time.time())
+    step = _totp_step(secret, code.strip(), time.time())
     if step is None or (user.totp_last_step is not None and step <= user.totp_last_step):
         return False
     user.totp_last_step = step
@@ -194,9 +254,10 @@ def totp() -> Response | str:
     if user is None or not user.is_active:
         _session().pop("pending_2fa", None)
         return redirect(url_for("auth.login"))
-    locked = throttle.is_locked(db.session, user.username, addr, now)
-    if locked or not check_totp(user, form.code.data or ""):
-        newly = (
+    code = form.code.data or ""
+    locked = throttle.is_locked(db.session, user.username, addr, now, _policy())
+    if locked or not _second_factor(user, code, now):
+        started = (
             []
             if locked
             else throttle.record_failure(db.session, user.username, addr, now, _policy())
@@ -207,15 +268,38 @@ def totp() -> Response | str:
             actor=user.username,
             user_id=user.id,
             summary="wrong or reused authentication code",
-            details={"locked": locked, "newly_locked": newly},
+            details={"locked": locked},
         )
-        if newly:
+        _record_delays(user.username, started)
+        if started:
             _session().pop("pending_2fa", None)
         db.session.commit()
         return render_template("auth/totp.html", form=form, error="Invalid code.")
     _session().pop("pending_2fa", None)
-    throttle.record_success(db.session, user.username)
-    return _complete_login(user, "password+totp", pending.get("next"))
+    throttle.record_success(db.session, user.username, addr, now)
+    if not recovery.looks_like_code(code):
+        return _complete_login(user, "password+totp", pending.get("next"))
+    left = recovery.remaining(db.session, user.id)
+    record(
+        "auth.recovery_code_used",
+        actor=user.username,
+        user_id=user.id,
+        summary=f"{user.username} signed in with a recovery code; {left} left",
+        details={"remaining": left},
+    )
+    return _complete_login(
+        user,
+        "password+recovery_code",
+        pending.get("next"),
+        f"You signed in with a recovery code; {left} left. Each works only once.",
+    )
+
+
+def _second_factor(user: User, code: str, now: datetime) -> bool:
+    """A current TOTP code, or one of the user's unused recovery codes (spent by this)."""
+    if recovery.looks_like_code(code):
+        return recovery.spend(db.session, current_app.config["SECRET_KEY"], user.id, code, now)
+    return check_totp(user, code)
 
 
 @bp.route("/login/certificate", methods=["POST"])
@@ -337,25 +421,42 @@ def totp_setup() -> Response | str:
     row = db.session.get(User, user.id)
     assert row is not None
     if row.totp_secret:
-        return render_template("auth/totp_setup.html", enabled=True, form=TotpForm())
-    secret = _session().get("totp_enrol") or pyotp.random_base32()
-    _session()["totp_enrol"] = secret
+        return _totp_enabled_page(row, TotpForm())
+    # The secret being enrolled waits in the server-side session, sealed like the stored one.
+    pending = _session().get("totp_enrol")
+    secret = (pending and sealing.unseal(_box(), pending)) or pyotp.random_base32()
+    _session()["totp_enrol"] = sealing.seal(_box(), secret)
     form = TotpForm()
     error = None
     if form.validate_on_submit():
         step = _totp_step(secret, (form.code.data or "").strip(), time.time())
         if step is not None:
-            row.totp_secret, row.totp_last_step = secret, step
+            row.totp_secret, row.totp_last_step = sealing.seal(_box(), secret), step
             _session().pop("totp_enrol", None)
-            record("account.totp_enabled", summary=f"{row.username} enabled a second factor")
+            codes = recovery.replace_codes(db.session, current_app.config["SECRET_KEY"], row.id)
+            record(
+                "account.totp_enabled",
+                summary=f"{row.username} enabled a second factor",
+                details={"recovery_codes": len(codes)},
+            )
             db.session.commit()
-            flash("Two-step sign-in is on.", "success")
-            return redirect(url_for("auth.account"))
+            return render_template("auth/recovery_codes.html", codes=codes)
         error = "That code does not match. Check the device clock and try again."
     uri = pyotp.TOTP(secret).provisioning_uri(name=row.username, issuer_name="Outlink")
     return render_template(
-        "auth/totp_setup.html", enabled=False, form=form, secret=secret, uri=uri, error=error
+        "auth/totp_setup.html",
+        enabled=False,
+        form=form,
+        secret=secret,
+        uri=uri,
+        qr=Markup(setup_qr_svg(uri)),  # noqa: S704  (segno's SVG: the link is only path data)
+        error=error,
     )
+
+
+def setup_qr_svg(uri: str) -> str:
+    """The setup link as an inline SVG QR code (dark on white, so every app can scan it)."""
+    return str(segno.make(uri, error="m").svg_inline(scale=4, dark="#000", light="#fff"))
 
 
 @bp.route("/account/totp/disable", methods=["POST"])
@@ -367,11 +468,41 @@ def totp_disable() -> Response | str:
     form = TotpForm()
     if not (form.validate_on_submit() and check_totp(row, form.code.data or "")):
         db.session.rollback()
-        return render_template(
-            "auth/totp_setup.html", enabled=True, form=form, error="Invalid code."
-        ), 400  # type: ignore[return-value]
+        return _totp_enabled_page(row, form, "Invalid code."), 400  # type: ignore[return-value]
     row.totp_secret, row.totp_last_step = None, None
+    recovery.discard(db.session, row.id)
     record("account.totp_disabled", summary=f"{row.username} turned off the second factor")
     db.session.commit()
     flash("Two-step sign-in is off.", "info")
     return redirect(url_for("auth.account"))
+
+
+@bp.route("/account/totp/recovery-codes", methods=["POST"])
+@authenticated
+def totp_recovery_codes() -> Response | str:
+    """Ten new recovery codes for a current TOTP code; the old ones stop working."""
+    user = current_user()
+    row = db.session.get(User, user.id)
+    assert row is not None
+    form = TotpForm()
+    if not (form.validate_on_submit() and check_totp(row, form.code.data or "")):
+        db.session.rollback()
+        return _totp_enabled_page(row, form, "Invalid code."), 400  # type: ignore[return-value]
+    codes = recovery.replace_codes(db.session, current_app.config["SECRET_KEY"], row.id)
+    record(
+        "account.recovery_codes_replaced",
+        summary=f"{row.username} replaced their recovery codes",
+        details={"recovery_codes": len(codes)},
+    )
+    db.session.commit()
+    return render_template("auth/recovery_codes.html", codes=codes)
+
+
+def _totp_enabled_page(row: User, form: TotpForm, error: str | None = None) -> str:
+    return render_template(
+        "auth/totp_setup.html",
+        enabled=True,
+        form=form,
+        error=error,
+        recovery_left=recovery.remaining(db.session, row.id),
+    )

@@ -28,9 +28,9 @@ from sqlalchemy.orm import Session
 from release import VERSION
 from store.db import make_engine, session_scope, upgrade
 from store.portal import Role, User, append_audit, prune_chain, verify_chain
-from web import passwords
+from web import passwords, sealing
 from web.certauth import fingerprint
-from web.config import CONFIG_ENV, PortalConfig, load_config
+from web.config import CONFIG_ENV, PortalConfig, load_config, secret_key
 from web.staff_ca import ensure_server_cert, ensure_staff_ca, issue_staff_cert, write_pkcs12
 
 FIRST_ADMIN = "admin"
@@ -83,7 +83,8 @@ def create_admin(
             role_id=admin_role.id,
             all_scope=True,
             is_active=True,
-            must_change_password=False,
+            # The generated password has been printed: it is replaced at first sign-in.
+            must_change_password=True,
             created_at=now,
             created_by=_actor(),
             password_changed_at=now,
@@ -104,19 +105,32 @@ def init_portal(config: PortalConfig, out: Any = None) -> dict[str, Any]:
     out = out or click.echo
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     upgrade(config.database_url)
+    with _session(config) as session:  # the data step of migration 0008: needs the key
+        sealed = sealing.seal_plaintext_rows(session, sealing.totp_box(secret_key(config.data_dir)))
     assert config.staff_ca_dir and config.tls_cert and config.tls_key
     ca, ca_created = ensure_staff_ca(config.staff_ca_dir)
     cert_created = ensure_server_cert(ca, config.tls_cert, config.tls_key, config.tls_names)
     with _session(config) as session:
         password = create_admin(session, only_if_none=True)
+        initial_pending = bool(
+            session.scalar(select(User.must_change_password).where(User.username == FIRST_ADMIN))
+        )
     if ca_created:
         out(f"staff CA created: {config.staff_ca_dir}")
     if cert_created:
         out(f"portal TLS certificate issued: {config.tls_cert}")
+    if sealed:
+        out(f"second-factor secrets sealed: {sealed}")
     if password is not None:
         out(f"first administrator created -- username: {FIRST_ADMIN}  password: {password}")
-        out("(the password is shown only now)")
-    return {"staff_ca": ca_created, "server_cert": cert_created, "admin_password": password}
+        out("(the password is shown only now, and must be changed at the first sign-in)")
+    return {
+        "staff_ca": ca_created,
+        "server_cert": cert_created,
+        "admin_password": password,
+        # True until the first administrator has replaced the generated password.
+        "admin_initial_pending": initial_pending,
+    }
 
 
 def _config(path: str | None) -> PortalConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import os
 import secrets
 import tempfile
@@ -72,11 +73,20 @@ class PortalConfig:
     organisation: str = "Remote service"
     session_idle_minutes: int = 30
     session_absolute_hours: int = 12
-    #: Failed logins per account name before it is locked for ``lockout_minutes``.
+    #: Failed sign-ins from one address for one account name before delays begin; each
+    #: further failure doubles the delay, from ``login_delay_seconds`` up to
+    #: ``lockout_minutes`` (see `web.throttle`).
     login_max_failures: int = 5
-    #: Failed logins per source address before the address is locked.
+    #: Failed sign-ins from one address (any names) before that address is delayed.
     login_max_failures_per_addr: int = 20
+    #: Failed sign-ins for one name from addresses it has not signed in from, before
+    #: such addresses are delayed for it (its usual addresses are not).
+    login_max_failures_per_account: int = 10
+    login_delay_seconds: int = 30
+    #: The longest delay; failures are forgotten this long after the last one.
     lockout_minutes: int = 15
+    #: A successful sign-in makes its address usual for the account for this many days.
+    login_usual_address_days: int = 90
     #: Presence rows not refreshed for this long are shown offline (a crashed relay's rows).
     presence_stale_seconds: int = 180
     audit_retention_days: int = 365
@@ -84,16 +94,31 @@ class PortalConfig:
     workers: int = 2
     threads: int = 4
     log_level: str = "INFO"
-    #: Client address source: False = the socket peer; True = X-Forwarded-For (behind a proxy).
+    #: Client address source: False = the socket peer; True = the right-most address in
+    #: X-Forwarded-For that is not in ``trusted_proxies`` (behind a reverse proxy).
     #: Always on behind nginx (``front`` other than ``"gunicorn"``), which sets the header.
     trust_proxy: bool = False
+    #: Addresses or networks of the reverse proxies in front of the portal.
+    trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.1/8", "::1/128"])
 
 
 #: The values of ``front``.
 FRONTS = ("nginx", "system-nginx", "gunicorn")
 
 
-PORTAL_FILE = ConfigFile(PortalConfig, ENV_PREFIX, table="portal")
+def _check(config: PortalConfig) -> None:
+    if config.front not in FRONTS:
+        raise ConfigError(f"portal.front: expected one of {FRONTS}, got {config.front!r}")
+    for net in config.trusted_proxies:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"portal.trusted_proxies: {net!r} is not an address or network"
+            ) from None
+
+
+PORTAL_FILE = ConfigFile(PortalConfig, ENV_PREFIX, check=_check, table="portal")
 
 
 def load_config(
@@ -106,8 +131,6 @@ def load_config(
     Raises `tomlconfig.ConfigError`. Files left unset are placed in ``data_dir``.
     """
     config = PORTAL_FILE.load(path, environ, overrides)
-    if config.front not in FRONTS:
-        raise ConfigError(f"portal.front: expected one of {FRONTS}, got {config.front!r}")
     return dataclasses.replace(
         config,
         app_socket=config.app_socket or config.data_dir / "portal.sock",

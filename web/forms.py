@@ -39,7 +39,14 @@ class LoginForm(FlaskForm):
 class TotpForm(FlaskForm):
     code = StringField(
         "Authentication code",
-        validators=[DataRequired(), Regexp(r"^\s*\d{6}\s*$", message="Six digits")],
+        # Six digits from the app, or a recovery code (``web.recovery``: XXXXX-XXXXX).
+        validators=[
+            DataRequired(),
+            Regexp(
+                r"^\s*(\d{6}|[A-Za-z2-7]{5}[- ]?[A-Za-z2-7]{5})\s*$",
+                message="Six digits, or a recovery code",
+            ),
+        ],
     )
 
 

@@ -8,6 +8,7 @@ change and its record are stored together or not at all.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from flask import current_app, g, request
@@ -20,12 +21,29 @@ SOURCE_MAX = 100
 
 
 def client_addr() -> str:
-    """The client's address: the socket peer, or the proxy's X-Forwarded-For when trusted."""
-    if current_app.config["OUTLINK"].trust_proxy:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        if forwarded:
-            return forwarded.split(",")[0].strip()[:SOURCE_MAX]
-    return (request.remote_addr or "unknown")[:SOURCE_MAX]
+    """The client's address: the socket peer, or with ``trust_proxy`` the right-most
+    address in the chain ``X-Forwarded-For`` + peer that is not a trusted proxy.
+
+    Each proxy appends the address it was reached from, so entries right of the last
+    trusted proxy's are the truth and anything to the left is what the client claimed;
+    the first entry is the client's to forge. A peer that is not a trusted proxy went
+    around the proxy, and then its header is not believed at all.
+    """
+    peer = (request.remote_addr or "unknown")[:SOURCE_MAX]
+    config = current_app.config["OUTLINK"]
+    if not config.trust_proxy:
+        return peer
+    trusted = [ipaddress.ip_network(net, strict=False) for net in config.trusted_proxies]
+    hops = request.headers.getlist("X-Forwarded-For")
+    chain = [hop.strip() for line in hops for hop in line.split(",")] + [peer]
+    for hop in reversed(chain):
+        try:
+            address = ipaddress.ip_address(hop)
+        except ValueError:
+            return hop[:SOURCE_MAX]  # not an address: no proxy of ours wrote it
+        if not any(address in net for net in trusted):
+            return hop
+    return chain[0][:SOURCE_MAX]  # every hop a proxy of ours (a request from the proxy host)
 
 
 def record(

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import select
+
 from pki.fleet import ensure_site
 from store.db import make_engine, session_scope
 from store.models import Device, Presence
@@ -34,11 +36,14 @@ from web.passwords import hash_password
 
 REPO = Path(__file__).parents[2]
 ENGINEER_PASSWORD = "engineer passphrase 1"
+#: What the first administrator chose at the first sign-in (``init`` forces a change).
+ADMIN_PASSWORD = "administrator passphrase 1"
 
 
 @dataclass(frozen=True)
 class ServedPortal:
     base_url: str
+    #: The first administrator's password, as if already changed from the generated one.
     admin_password: str
     config: Path
     data_dir: Path
@@ -54,7 +59,8 @@ def _free_port() -> int:
 
 
 def seed_fleet(database_url: str, customers: int = 3, devices_per_site: int = 4) -> None:
-    """Customers with two sites each; every other device online. Engineer ``eng`` on the first."""
+    """Customers with two sites each; every other device online. Engineer ``eng`` on the first;
+    the first administrator's generated password already changed to ``ADMIN_PASSWORD``."""
     engine = make_engine(database_url)
     now = datetime.now(UTC)
     names = ["Acme Hospital", "Globex Imaging", "Initech Clinics", "Umbrella Health"]
@@ -94,6 +100,9 @@ def seed_fleet(database_url: str, customers: int = 3, devices_per_site: int = 4)
                                 agent_version="1.0.0",
                             )
                         )
+            admin = session.execute(select(User).where(User.username == "admin")).scalar_one()
+            admin.password_hash = hash_password(ADMIN_PASSWORD)
+            admin.must_change_password = False
             role_id = session.execute(
                 Role.__table__.select().where(Role.name == "service_engineer")
             ).first()
@@ -136,8 +145,7 @@ def serve_portal(tmp: Path, **settings: object) -> Iterator[ServedPortal]:
         cwd=REPO,
         check=True,
     )
-    match = re.search(r"password: (\S+)", init.stdout)
-    assert match, init.stdout + init.stderr
+    assert re.search(r"password: (\S+)", init.stdout), init.stdout + init.stderr
     seed_fleet(database_url)
     log = (tmp / "gunicorn.log").open("w")
     proc = subprocess.Popen(
@@ -152,7 +160,7 @@ def serve_portal(tmp: Path, **settings: object) -> Iterator[ServedPortal]:
     base_url = f"https://127.0.0.1:{port}"
     try:
         _wait_healthy(base_url, staff_ca, proc, deadline=time.monotonic() + 20 * UNIT)
-        yield ServedPortal(base_url, match.group(1), config, tmp / "data", staff_ca, database_url)
+        yield ServedPortal(base_url, ADMIN_PASSWORD, config, tmp / "data", staff_ca, database_url)
     finally:
         with contextlib.suppress(ProcessLookupError):  # a test may have killed it all
             os.killpg(proc.pid, signal.SIGTERM)

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from store.models import Device, EnrollmentToken
 from store.portal import AuditEvent
 from tests.web.conftest import Fleet, RelayCalls, csrf_token, login, new_client
-from web.cli import outlink
+from web.cli import init_portal, outlink
 from web.config import load_config, secret_key
 from web.db import db
 
@@ -232,3 +232,35 @@ def test_config_file_env_and_secret_key(tmp_path: Path) -> None:
     key = secret_key(tmp_path / "d")
     assert len(key) == 128 and secret_key(tmp_path / "d") == key
     assert stat.S_IMODE(os.stat(tmp_path / "d" / "secret_key").st_mode) == 0o600
+
+
+def test_the_first_administrator_must_replace_the_printed_password(
+    app: Flask, fleet: Fleet
+) -> None:
+    """``init`` prints a generated password: it opens nothing but the change form, and
+    once it is changed ``init`` reports that the printed one is no longer pending."""
+    config = app.config["OUTLINK"]
+    first = init_portal(config, out=lambda _line: None)
+    password = first["admin_password"]
+    assert password and first["admin_initial_pending"] is True
+    client = new_client(app)
+    assert login(client, "admin", password).headers["Location"] == "/account/password"
+    for path in ("/devices", "/admin/users", "/audit"):
+        response = client.get(path)
+        assert response.status_code == 302 and response.headers["Location"].endswith(
+            "/account/password"
+        ), path
+    new_password = "tulips under the north bridge"
+    response = client.post(
+        "/account/password",
+        data={
+            "csrf_token": csrf_token(client, "/account/password"),
+            "current": password,
+            "new": new_password,
+            "confirm": new_password,
+        },
+    )
+    assert response.status_code == 302
+    assert client.get("/admin/users").status_code == 200
+    again = init_portal(config, out=lambda _line: None)
+    assert again["admin_password"] is None and again["admin_initial_pending"] is False

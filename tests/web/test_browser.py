@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyotp
 import pytest
 
 from tests.conftest import UNIT
-from tests.web.served import ENGINEER_PASSWORD, ServedPortal, serve_portal
+from tests.web.served import ENGINEER_PASSWORD, REPO, ServedPortal, serve_portal
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
@@ -191,3 +194,47 @@ def test_admin_reads_and_filters_the_audit_trail(page: object, portal: ServedPor
         page.click("text=Export CSV")  # type: ignore[attr-defined]
     content = Path(download.value.path()).read_text()
     assert content.startswith("id,ts,kind") and content.count("auth.login") == LOCKOUT_AFTER + 1
+
+
+def test_new_administrator_replaces_the_printed_password_then_turns_on_two_step_sign_in(
+    page: object, portal: ServedPortal
+) -> None:
+    """``create-admin`` prints a password that only opens the change form; the new admin
+    then scans a QR code, gets recovery codes once, and one of them signs them in."""
+    expect = sync_api.expect
+    created = subprocess.run(
+        [sys.executable, "-m", "web", "create-admin", "--config", str(portal.config),
+         "--username", "second"],
+        capture_output=True, text=True, cwd=REPO, check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    match = re.search(r"password: (\S+)", created.stdout)
+    assert match, created.stdout
+    sign_in(page, "second", match.group(1))
+    expect(page).to_have_url(re.compile(r"/account/password$"))
+    expect(page.locator(".flash-info").first).to_be_visible()
+    page.goto("/devices")  # type: ignore[attr-defined]
+    expect(page).to_have_url(re.compile(r"/account/password$"))  # nothing else opens
+    chosen = "lanterns over a quiet harbour"
+    page.fill("#current", match.group(1))  # type: ignore[attr-defined]
+    page.fill("#new", chosen)  # type: ignore[attr-defined]
+    page.fill("#confirm", chosen)  # type: ignore[attr-defined]
+    page.click("button:has-text('Change password')")  # type: ignore[attr-defined]
+    expect(page.locator(".flash-success")).to_be_visible()
+    page.goto("/account/totp")  # type: ignore[attr-defined]
+    expect(page.locator("figure.qr svg")).to_be_visible()
+    shot(page, "13-totp-setup-qr")
+    secret = page.locator("p.secret").inner_text().strip()  # type: ignore[attr-defined]
+    page.fill("#code", pyotp.TOTP(secret).now())  # type: ignore[attr-defined]
+    page.click("button:has-text('Turn on')")  # type: ignore[attr-defined]
+    codes = page.locator("ul.recovery-codes li")  # type: ignore[attr-defined]
+    expect(codes).to_have_count(10)
+    shot(page, "14-recovery-codes")
+    first_code = codes.first.inner_text().strip()
+    page.context.clear_cookies()  # type: ignore[attr-defined]
+    sign_in(page, "second", chosen)
+    expect(page).to_have_url(re.compile(r"/login/totp$"))
+    page.fill("#code", first_code.lower())  # type: ignore[attr-defined]
+    page.click("button:has-text('Verify')")  # type: ignore[attr-defined]
+    expect(page.locator("h1")).to_have_text("Fleet overview")
+    expect(page.locator(".flash-info")).to_contain_text("9 left")

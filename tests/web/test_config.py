@@ -56,6 +56,11 @@ def test_behind_nginx_the_forwarded_address_is_the_client(
         ("[portal]\nworkers = 2.5\n", {}, "portal.workers: expected integer, got float 2.5"),
         ("[portal]\ntrust_proxy = 1\n", {}, "portal.trust_proxy: expected boolean, got integer 1"),
         ("[portal]\nrelay_timeout = true\n", {}, "portal.relay_timeout: expected float"),
+        (
+            '[portal]\ntrusted_proxies = ["10.0.0.0/8", "nginx"]\n',
+            {},
+            "portal.trusted_proxies: 'nginx' is not an address or network",
+        ),
         # Used to be ignored: the whole file fell back to defaults.
         ('[portl]\nbind = "0.0.0.0:443"\n', {}, "unknown key portl (the top level has: portal)"),
         ("[portal]\nbindd = 1\n", {}, "unknown key portal.bindd (portal has: data_dir,"),

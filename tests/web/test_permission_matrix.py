@@ -47,6 +47,7 @@ MATRIX: dict[str, str] = {
     "auth.password": AUTHENTICATED,
     "auth.totp_setup": AUTHENTICATED,
     "auth.totp_disable": AUTHENTICATED,
+    "auth.totp_recovery_codes": AUTHENTICATED,
     "api.whoami": AUTHENTICATED,
     "fleet.overview": Perm.DEVICE_VIEW,
     "fleet.customers": Perm.DEVICE_VIEW,
