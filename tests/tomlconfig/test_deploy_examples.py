@@ -96,7 +96,7 @@ def load(declaration: ConfigFile[Any], lines: list[str]) -> Any:
 
 
 def test_every_example_is_checked() -> None:
-    assert {p.name for p in DEPLOY.glob("*.toml")} == set(EXAMPLES)
+    assert {p.name for p in DEPLOY.glob("*.example.toml")} == set(EXAMPLES)
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
