@@ -18,7 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
+#: The whole fuzzing budget, split evenly between the targets in fuzz/ (one per parser).
 FUZZ_SECONDS = int(os.environ.get("OUTLINK_FUZZ_SECONDS", "30"))
+#: No target runs for less: below this, libFuzzer barely gets past its start-up.
+FUZZ_MIN_SECONDS = 3
 #: Every package of the product (what the wheel ships), type-checked on each run.
 MYPY_PACKAGES = (
     "tunnel",
@@ -127,7 +130,7 @@ def private_postgres() -> Iterator[str | None]:
 
 
 def run(pytest_args: list[str]) -> int:
-    """Lint, format check, type check, a bounded fuzzing run of the decoder, then the suite.
+    """Lint, format check, type check, a bounded fuzzing run of each parser, then the suite.
 
     The suite runs last so that its summary is the last line a reader (or CI) sees.
     """
@@ -138,9 +141,9 @@ def run(pytest_args: list[str]) -> int:
         # Strictness per package is in pyproject.toml ([tool.mypy] overrides).
         [python, "-m", "mypy", *MYPY_PACKAGES],
     ]
-    fuzz = Path("fuzz/fuzz_decoder.py")
-    if fuzz.exists():
-        steps.append([python, str(fuzz), f"-max_total_time={FUZZ_SECONDS}"])
+    targets = sorted(Path("fuzz").glob("fuzz_*.py"))
+    seconds = max(FUZZ_SECONDS // max(len(targets), 1), FUZZ_MIN_SECONDS)
+    steps.extend([python, str(target), f"-max_total_time={seconds}"] for target in targets)
     for step in steps:
         print(f"outlink test: {' '.join(step[1:])}", flush=True)
         if subprocess.run(step, check=False).returncode != 0:
