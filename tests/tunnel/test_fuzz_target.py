@@ -15,7 +15,7 @@ TARGETS = sorted(p.name for p in (ROOT / "fuzz").glob("fuzz_*.py"))
 
 
 def test_every_device_data_parser_has_a_target() -> None:
-    """Issue 14: the decoder, desktop wire and contract, telemetry codec, rules, control."""
+    """Issue 14: each parser of device data (tunnel, desktop, telemetry, rules, control, logs)."""
     assert set(TARGETS) >= {
         "fuzz_decoder.py",
         "fuzz_desktop_wire.py",
@@ -23,6 +23,7 @@ def test_every_device_data_parser_has_a_target() -> None:
         "fuzz_telemetry_codec.py",
         "fuzz_rules.py",
         "fuzz_control.py",
+        "fuzz_upload_meta.py",
     }
 
 
