@@ -22,7 +22,7 @@ from store.models import Customer
 from store.portal import AuditEvent
 from web.authz import Perm, requires
 from web.db import db
-from web.inputs import DB_ID_MAX, query_number
+from web.inputs import BIG_ID_MAX, DB_ID_MAX, query_number
 from web.recorder import record
 from web.scope import scoped
 
@@ -128,8 +128,8 @@ def search() -> str:
     filters = audit_filters()
     size = current_app.config["OUTLINK"].page_size
     stmt = filtered_events(filters)
-    before = query_number("before", 1, DB_ID_MAX)
-    after = query_number("after", 1, DB_ID_MAX)
+    before = query_number("before", 1, BIG_ID_MAX)
+    after = query_number("after", 1, BIG_ID_MAX)
     if after is not None:
         rows = list(
             reversed(

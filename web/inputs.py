@@ -1,7 +1,8 @@
 """Every number and string the portal takes from a request is checked here, once.
 
-A hostile request must end in a 4xx, never a 500: a database id at or past 2**63
-overflows both SQLite and PostgreSQL integers, ``str.isdigit()`` and ``int()`` accept
+A hostile request must end in a 4xx, never a 500: an id past its column's range
+(2**31 for PostgreSQL ``integer``, 2**63 for SQLite and ``bigint``) makes the driver
+raise, ``str.isdigit()`` and ``int()`` accept
 Unicode digits such as ``²`` or ``٣``, and PostgreSQL refuses NUL in text. So:
 
 * ``<int:...>`` in a route is :class:`IdConverter`: ASCII digits, 1..``DB_ID_MAX``
@@ -22,8 +23,11 @@ from typing import Any
 from flask import abort, request
 from werkzeug.routing import IntegerConverter, Map
 
-#: The largest id a 64-bit signed integer column holds (SQLite and PostgreSQL ``bigint``).
-DB_ID_MAX = 2**63 - 1
+#: The largest id of an ``Integer`` primary key on PostgreSQL (``integer``: 32 bits), which
+#: is every id a route or a form names.
+DB_ID_MAX = 2**31 - 1
+#: The largest ``BigInteger`` id (the audit trail's event ids).
+BIG_ID_MAX = 2**63 - 1
 #: Enough digits for any bound used here; a longer string is refused before ``int()``.
 MAX_DIGITS = 20
 #: Fraction digits kept in a query number (chart zooms send milliseconds as ``.123``).

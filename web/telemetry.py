@@ -39,7 +39,7 @@ from web.authz import Perm, requires
 from web.db import db
 from web.errors import render_error
 from web.fleet import load_device, stale_before
-from web.inputs import DB_ID_MAX, parse_number, query_number
+from web.inputs import parse_number, query_number
 from web.paging import page_number, paginate
 from web.scope import current_scope
 
@@ -209,7 +209,7 @@ def chart_window(args: Any, now: datetime) -> tuple[datetime, datetime]:
 
 
 def _points_arg() -> int:
-    points = query_number("points", 0, DB_ID_MAX)
+    points = query_number("points", 0, 99_999)
     return DEFAULT_POINTS if points is None else max(MIN_POINTS, min(points, MAX_CHART_POINTS))
 
 
