@@ -23,11 +23,11 @@ Each input is used twice:
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 import atheris
+from harness import run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -167,12 +167,5 @@ def test_one_input(data: bytes) -> None:
     check_connection(data)
 
 
-def main() -> None:
-    # Refusing garbage is the expected outcome; logging each refusal floods CI output.
-    logging.disable(logging.WARNING)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    run(test_one_input)

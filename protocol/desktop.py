@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import unicodedata
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Final, NewType
 
@@ -446,15 +446,20 @@ class StateReport:
             or not (0 <= duration <= MAX_COUNT)
         ):
             raise _bad(f"duration_s must be a number in [0, {MAX_COUNT}]")
-        return cls(
+        report = cls(
             parse_session_id(fields.get("session_id")),
             state,
             _string(fields, "by", MAX_BY, required=True),
             _string(fields, "reason", MAX_REPORT_TEXT),
             mode=None if mode is None else parse_mode(mode),
             viewer=_string(fields, "viewer", MAX_NAME),
+        )
+        if state is not State.ENDED:  # the end's fields mean nothing before it: ignored
+            return report
+        return replace(
+            report,
             end_reason=_string(fields, "end_reason", MAX_REPORT_TEXT),
-            duration_s=duration,
+            duration_s=seconds_field(duration),  # as to_json() sends it: parse is a fixpoint
             bytes_to_viewer=_count(fields, "bytes_to_viewer"),
             bytes_from_viewer=_count(fields, "bytes_from_viewer"),
             inputs_dropped=_count(fields, "inputs_dropped"),

@@ -54,8 +54,10 @@ MAX_STATE = 200_000
 Op = Literal[">", ">=", "<", "<=", "==", "!="]
 _OPS: dict[str, Op] = {">": ">", ">=": ">=", "<": "<", "<=": "<=", "==": "==", "!=": "!="}
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+# ASCII digits only: "\d", str.isdigit() and int() also take "²" or "٣" (issue 14).
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+_INTEGER = re.compile(r"[0-9]{1,18}")
 _GLOB = re.compile(r"[A-Za-z0-9_.:*?-]{1,32}")
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -439,7 +441,11 @@ class _Parser:
 
     def integer(self, what: str, low: int, high: int) -> int:
         tok = self.next(what)
-        if tok.kind != "word" or not tok.text.isdigit() or not low <= int(tok.text) <= high:
+        if (
+            tok.kind != "word"
+            or not _INTEGER.fullmatch(tok.text)
+            or not low <= int(tok.text) <= high
+        ):
             self.pos -= 1
             raise self.fail(f"expected {what} from {low} to {high}")
         return int(tok.text)

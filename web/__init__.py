@@ -32,7 +32,20 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     import web.alarms
     import web.desktop
     import web.telemetry
-    from web import admin, api, audit, auth, authz, cli, errors, fleet, relay, security, templating
+    from web import (
+        admin,
+        api,
+        audit,
+        auth,
+        authz,
+        cli,
+        errors,
+        fleet,
+        inputs,
+        relay,
+        security,
+        templating,
+    )
     from web.certauth import PeerCertMiddleware
     from web.db import db
     from web.sessions import ServerSessionInterface
@@ -59,6 +72,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.session_interface = ServerSessionInterface()
     # The guard must run before any other before_request (CSRF included): registered first.
     app.before_request_funcs.setdefault(None, []).insert(0, authz.guard)
+    # Then malformed text is refused (400) before CSRF or any view reads it.
+    app.before_request_funcs[None].insert(1, inputs.refuse_control_characters)
+    # Every <int:...> in a route is a bounded database id (before any rule is added).
+    app.url_map.converters["int"] = inputs.IdConverter
     errors.init_app(app)
     templating.init_app(app)
     relay.init_app(app, app.config.get("OUTLINK_RELAY_RPC"))

@@ -22,6 +22,7 @@ from store.models import Customer
 from store.portal import AuditEvent
 from web.authz import Perm, requires
 from web.db import db
+from web.inputs import BIG_ID_MAX, DB_ID_MAX, query_number
 from web.recorder import record
 from web.scope import scoped
 
@@ -76,13 +77,9 @@ def _parse_time(value: str) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value[:40])
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: year 9999 moved past it by its offset
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-def _int(value: str) -> int | None:
-    return int(value) if value.isdigit() and len(value) < 19 else None
 
 
 def audit_filters() -> dict[str, Any]:
@@ -93,7 +90,7 @@ def audit_filters() -> dict[str, Any]:
         "until": args.get("until", "")[:40],
         "user": args.get("user", "").strip().lower()[:FIELD_MAX],
         "device": args.get("device", "").strip().lower()[:FIELD_MAX],
-        "customer": _int(args.get("customer", "")),
+        "customer": query_number("customer", 1, DB_ID_MAX),
         "kind": args.get("kind", "").strip()[:FIELD_MAX],
         "outcome": args.get("outcome", "") if args.get("outcome") in ("success", "failure") else "",
     }
@@ -131,7 +128,8 @@ def search() -> str:
     filters = audit_filters()
     size = current_app.config["OUTLINK"].page_size
     stmt = filtered_events(filters)
-    before, after = _int(request.args.get("before", "")), _int(request.args.get("after", ""))
+    before = query_number("before", 1, BIG_ID_MAX)
+    after = query_number("after", 1, BIG_ID_MAX)
     if after is not None:
         rows = list(
             reversed(

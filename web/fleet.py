@@ -24,6 +24,7 @@ from store.portal import AuditEvent
 from web.authz import Perm, current_user, requires
 from web.db import db
 from web.forms import RevokeForm
+from web.inputs import DB_ID_MAX, query_number
 from web.paging import page_number, paginate
 from web.recorder import record
 from web.relay import relay_link
@@ -69,18 +70,13 @@ def device_rows() -> Select[Any]:
     )
 
 
-def _int_arg(name: str) -> int | None:
-    value = request.args.get(name, "")
-    return int(value) if value.isdigit() and len(value) < 10 else None
-
-
 def device_filters() -> dict[str, Any]:
     """The list's filters from the query string, normalised (bad values are dropped)."""
     status = request.args.get("status", "")
     return {
         "q": request.args.get("q", "").strip()[:MAX_QUERY_LEN],
-        "customer": _int_arg("customer"),
-        "site": _int_arg("site"),
+        "customer": query_number("customer", 1, DB_ID_MAX),
+        "site": query_number("site", 1, DB_ID_MAX),
         "status": status if status in STATUSES else "",
     }
 

@@ -17,6 +17,7 @@ from wtforms.validators import DataRequired, Length, NumberRange, Optional, Rege
 from store.portal import USERNAME_MAX
 from store.telemetry.rules import MAX_RULE_NAME
 from telemetry.rules import MAX_RULE_LENGTH
+from web.inputs import db_id
 from web.passwords import MAX_LENGTH
 
 
@@ -72,13 +73,13 @@ class UserForm(FlaskForm):
     display_name = StringField("Display name", validators=[Optional(), Length(max=200)])
     role = SelectField("Role", validators=[DataRequired()])
     all_scope = BooleanField("All customers (global scope)")
-    customers = SelectMultipleField("Customers", coerce=int, validate_choice=False)
-    sites = SelectMultipleField("Sites", coerce=int, validate_choice=False)
+    customers = SelectMultipleField("Customers", coerce=db_id, validate_choice=False)
+    sites = SelectMultipleField("Sites", coerce=db_id, validate_choice=False)
     devices = TextAreaField("Device ids (one per line)", validators=[Length(max=20000)])
 
 
 class TokenForm(FlaskForm):
-    site = SelectField("Site", coerce=int, validate_choice=False)
+    site = SelectField("Site", coerce=db_id, validate_choice=False)
     hours = IntegerField(
         "Valid for (hours)", default=1, validators=[DataRequired(), NumberRange(min=1, max=168)]
     )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from flask import request
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
+
+from web.inputs import DB_ID_MAX, query_number
 
 #: Page numbers past this are refused: deep offsets are slow and nobody reads page 5000.
 MAX_PAGE = 1000
@@ -37,11 +38,7 @@ class Page:
 
 def page_number() -> int:
     """The ``page`` query argument, clamped to 1..MAX_PAGE (garbage -> 1)."""
-    try:
-        number = int(request.args.get("page", "1"))
-    except ValueError:
-        return 1
-    return min(max(number, 1), MAX_PAGE)
+    return min(query_number("page", 1, DB_ID_MAX) or 1, MAX_PAGE)
 
 
 def paginate(session: Session, stmt: Select[Any], size: int, number: int) -> Page:

@@ -21,7 +21,6 @@ are hostile: the templates print them autoescaped, the script with ``textContent
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,6 +39,7 @@ from web.authz import Perm, requires
 from web.db import db
 from web.errors import render_error
 from web.fleet import load_device, stale_before
+from web.inputs import parse_number, query_number
 from web.paging import page_number, paginate
 from web.scope import current_scope
 
@@ -188,13 +188,13 @@ class BadWindow(ValueError):
 def chart_window(args: Any, now: datetime) -> tuple[datetime, datetime]:
     """``start``/``end`` (Unix seconds, a zoom) or ``range`` (a button), checked."""
     if "start" in args or "end" in args:
-        try:
-            start_ts, end_ts = float(args.get("start", "")), float(args.get("end", ""))
-        except ValueError:
-            raise BadWindow("start and end must be Unix times in seconds") from None
-        if not (math.isfinite(start_ts) and math.isfinite(end_ts)):
-            raise BadWindow("start and end must be Unix times in seconds")
-        if start_ts < EARLIEST_TS or end_ts > now.timestamp() + 86400:
+        # Bounded before any datetime is built: fromtimestamp() overflows on huge values.
+        latest = now.timestamp() + 86400
+        start_ts = parse_number(args.get("start"), 0, latest, fraction=True)
+        end_ts = parse_number(args.get("end"), 0, latest, fraction=True)
+        if start_ts is None or end_ts is None:
+            raise BadWindow("start and end must be Unix times in seconds, not in the future")
+        if start_ts < EARLIEST_TS:
             raise BadWindow("the range is outside the stored history")
         start, end = datetime.fromtimestamp(start_ts, UTC), datetime.fromtimestamp(end_ts, UTC)
         if end - start < MIN_SPAN:
@@ -209,10 +209,8 @@ def chart_window(args: Any, now: datetime) -> tuple[datetime, datetime]:
 
 
 def _points_arg() -> int:
-    value = request.args.get("points", "")
-    if not value.isdigit() or len(value) > 5:
-        return DEFAULT_POINTS
-    return max(MIN_POINTS, min(int(value), MAX_CHART_POINTS))
+    points = query_number("points", 0, 99_999)
+    return DEFAULT_POINTS if points is None else max(MIN_POINTS, min(points, MAX_CHART_POINTS))
 
 
 @bp.route("/api/v1/devices/<device_id>/telemetry/series")

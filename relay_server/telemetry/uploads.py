@@ -82,7 +82,7 @@ class UploadReceiver:
         """`ControlContext.channels["logs"]`."""
         device_id = link.device_id
         try:
-            meta = _parse_meta(request.meta, self._max)
+            meta = parse_upload_meta(request.meta, self._max)
         except UploadMetaError as exc:
             self.stats["bad_meta"] += 1
             request.refuse(exc.code, exc.reason)
@@ -240,7 +240,8 @@ class UploadReceiver:
         log.info("= upload %s %s", upload_id, "complete" if ok else "failed: hash mismatch")
 
 
-def _parse_meta(meta: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+def parse_upload_meta(meta: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """The checked metadata of an agent's upload OPEN; raises UploadMetaError, nothing else."""
     upload = meta.get("upload")
     try:
         if not isinstance(upload, str) or str(uuid.UUID(upload)) != upload:
@@ -261,7 +262,7 @@ def _parse_meta(meta: dict[str, Any], max_bytes: int) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise UploadMetaError(ErrorCode.BAD_REQUEST, f'"format" must be "{FORMAT}"')
     reason = meta.get("reason", "schedule")
-    if reason not in REASONS:
+    if not isinstance(reason, str) or reason not in REASONS:  # a list is not hashable
         raise UploadMetaError(ErrorCode.BAD_REQUEST, '"reason" must be request, rule or schedule')
     return {"upload": upload, "source": source, "size": size, "sha256": sha, "reason": reason}
 

@@ -60,6 +60,11 @@ def test_valid_rules_parse(text: str) -> None:
         ('when code "E1 then alarm', "at column 11: unterminated string"),
         ("when code E1 then email bob", "expected an e-mail address like service@vendor.example"),
         ("when rate code E1 >= 0 in 5m then alarm", "expected a count of events from 1 to 1000"),
+        # "²" passes str.isdigit() but not int(); Arabic-Indic digits pass both: ASCII only
+        ("when rate code E1 >= \u00b2 in 5m then alarm", "expected a count of events from 1"),
+        ("when rate code E1 >= \u0665 in 5m then alarm", "expected a count of events from 1"),
+        ("when offline > \u0665m then alarm", "expected a duration like 90s"),
+        ("when metric cpu.percent > \u0665 then alarm", "expected a number"),
         ("when code E1 then alarm " + "x" * 1000, "longer than 1000 characters"),
     ],
 )

@@ -274,3 +274,18 @@ async def test_a_refused_rule_fetch_is_audited_on_the_server(world: World, tmp_p
     assert "unknown_source" in event.summary
     row = world.db(lambda s: s.scalars(select(TelemetryLogUpload)).one())
     assert (row.state, row.error) == ("refused", "unknown_source")
+
+
+@pytest.mark.parametrize("reason", [[], {}, ["rule"], 1])
+def test_upload_meta_of_the_wrong_type_is_refused_not_a_crash(reason: object) -> None:
+    """Found by fuzz/fuzz_upload_meta.py: a list ``reason`` raised TypeError (unhashable)."""
+    meta = {
+        "upload": "00000000-0000-4000-8000-000000000000",
+        "source": "app",
+        "size": 10,
+        "sha256": "a" * 64,
+        "format": receiver_module.FORMAT,
+        "reason": reason,
+    }
+    with pytest.raises(receiver_module.UploadMetaError):
+        receiver_module.parse_upload_meta(meta, 1 << 20)

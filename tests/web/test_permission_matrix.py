@@ -134,7 +134,7 @@ def test_undeclared_route_is_refused(app: Flask, client_for: Callable[[str], Fla
     assert b"secret data" not in response.data
 
 
-def _url_args(app: Flask, fleet: Fleet, users: dict[str, int]) -> dict[str, Any]:
+def url_args_for(app: Flask, fleet: Fleet, users: dict[str, int]) -> dict[str, Any]:
     with app.app_context():
         site = db.session.get(Site, fleet.site_a1)
         assert site is not None
@@ -161,7 +161,7 @@ def _allowed(role: str | None, rule: str) -> bool | None:
     return rule == AUTHENTICATED or rule in ROLE_PERMS[role]
 
 
-def _login(app: Flask, username: str) -> FlaskClient:
+def login_as(app: Flask, username: str) -> FlaskClient:
     client = new_client(app)
     page = client.get("/login").get_data(as_text=True)
     token = CSRF_RE.search(page)
@@ -178,7 +178,7 @@ def _login(app: Flask, username: str) -> FlaskClient:
     return client
 
 
-def _post_token(client: FlaskClient) -> str:
+def post_token(client: FlaskClient) -> str:
     page = client.get("/account" if client.get_cookie("__Host-outlink-session") else "/login")
     match = CSRF_RE.search(page.get_data(as_text=True))
     if match is None:  # anonymous on /account is redirected: take the login form's token
@@ -191,9 +191,9 @@ def _post_token(client: FlaskClient) -> str:
 def test_walk_every_route_as_every_role(
     app: Flask, fleet: Fleet, users: dict[str, int], username: str | None
 ) -> None:
-    args = _url_args(app, fleet, users)
+    args = url_args_for(app, fleet, users)
     role = ROLE_OF.get(username or "")
-    shared = _login(app, username) if username else new_client(app)
+    shared = login_as(app, username) if username else new_client(app)
     checked = 0
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         url_args = {name: args[name] for name in rule.arguments}
@@ -208,10 +208,10 @@ def test_walk_every_route_as_every_role(
             if method == "GET":
                 response = shared.get(url)
             else:  # state-changing: a fresh session each time (logout must not end the walk)
-                client = _login(app, username) if username else new_client(app)
-                response = client.post(url, data={"csrf_token": _post_token(client)})
+                client = login_as(app, username) if username else new_client(app)
+                response = client.post(url, data={"csrf_token": post_token(client)})
                 if username:  # e.g. logout-everywhere ended every session of this user
-                    shared = _login(app, username)
+                    shared = login_as(app, username)
             status = response.status_code
             response.close()
             where = f"{method} {url} as {username or 'anonymous'}: {status}"

@@ -290,6 +290,9 @@ def test_a_metric_the_device_never_sent_is_an_empty_series(
         ("metric=secret.value", "metric must be"),
         ("metric=cpu.percent&range=forever", "range must be one of"),
         ("metric=cpu.percent&start=1&end=2", "outside the stored history"),
+        ("metric=cpu.percent&start=1e308&end=1700000000", "Unix times in seconds"),
+        ("metric=cpu.percent&start=99999999999999999999&end=1", "Unix times in seconds"),
+        ("metric=cpu.percent&start=%C2%B9%E2%81%B7&end=1700000000", "Unix times in seconds"),
     ],
 )
 def test_bad_series_requests_get_a_clear_400(
