@@ -292,14 +292,14 @@ def test_consent_routes_take_an_answer_only_from_a_second_person(
                 devices=(reach,) if who.scope.startswith("device") else (),
             )
     sid = _prompting_request(app, fleet, users[REQUESTER])
-    client = _login(app, username)
+    client = login_as(app, username)
     page = client.get(f"/devices/{fleet.device_a1}/desktop/consent")
     assert page.status_code == who.page
     assert (sid in page.get_data(as_text=True)) is (who.page == 200)
     calls = len(relay_calls.calls)
     response = client.post(
         f"/devices/{fleet.device_a1}/desktop/consent",
-        data={"csrf_token": _post_token(client), "session": sid, "decision": "accept"},
+        data={"csrf_token": post_token(client), "session": sid, "decision": "accept"},
     )
     assert response.status_code == who.answer
     event = _last_answer_event(app)
