@@ -25,7 +25,11 @@ SKIP_DIRS = {".git", ".venv", "var", "node_modules", "__pycache__"}
 REQ_ID = re.compile(r"\bR([1-9][0-9]?)\b")
 # A backticked token that looks like a path inside the repository: starts with one of
 # its top-level folders and is made of path characters only.
-TOP_LEVEL = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith("."))
+TOP_LEVEL = sorted(
+    p.name
+    for p in ROOT.iterdir()
+    if p.is_dir() and not p.name.startswith(".") and p.name not in SKIP_DIRS
+)
 PATH_TOKEN = re.compile(rf"`((?:{'|'.join(map(re.escape, TOP_LEVEL))})/[A-Za-z0-9_./-]*)`")
 EN_DASH = "\u2013"  # the changelog writes ranges as typeset text
 

@@ -179,7 +179,7 @@ def create_admin_command(config_path: str | None, username: str) -> None:
 @outlink.command("serve")
 @config_option
 def serve_command(config_path: str | None) -> None:
-    """Run the portal under gunicorn, behind nginx unless ``front = "gunicorn"`` (exec)."""
+    """Run the portal under gunicorn, behind nginx unless front is "gunicorn" (exec)."""
     config = _config(config_path)
     if not (config.tls_cert and config.tls_cert.exists()):
         raise click.ClickException("no TLS certificate: run `python -m web init` first")
@@ -192,7 +192,7 @@ def serve_command(config_path: str | None) -> None:
 @outlink.command("nginx-config")
 @config_option
 def nginx_config_command(config_path: str | None) -> None:
-    """Print the nginx site that fronts this portal (``front = "system-nginx"``)."""
+    """Print the nginx site that fronts this portal (for front = "system-nginx")."""
     from web.frontproxy import server_conf
 
     click.echo(server_conf(_config(config_path)), nl=False)

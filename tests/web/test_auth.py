@@ -427,7 +427,10 @@ def test_next_only_honours_local_paths(client_for: Callable[[str], FlaskClient])
     let_through = {}
     for target in REDIRECT_BYPASSES:
         response = client.get("/login", query_string={"next": target})
-        assert response.status_code == 302
+        # A control character may be refused before any view (web/inputs.py): no redirect.
+        assert response.status_code in (302, 400)
+        if response.status_code == 400:
+            continue
         if response.headers["Location"] != "/":
             let_through[target] = response.headers["Location"]
     assert let_through == {}
