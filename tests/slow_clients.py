@@ -47,6 +47,7 @@ class Attack:
     open_now: int = 0
     opened: int = 0
     _full: threading.Event = field(default_factory=threading.Event)
+    _started: threading.Event = field(default_factory=threading.Event)
     _loop: asyncio.AbstractEventLoop | None = None
     _stop: asyncio.Event | None = None
 
@@ -88,6 +89,7 @@ class Attack:
     async def _run(self) -> None:
         self._stop = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self._started.set()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE  # an attacker verifies nothing
@@ -104,8 +106,8 @@ class Attack:
         try:
             yield self
         finally:
-            while self._loop is None or self._stop is None:
-                time.sleep(0.01)  # the thread is starting its loop
+            self._started.wait()  # the thread has its loop and its stop event
+            assert self._loop is not None and self._stop is not None
             self._loop.call_soon_threadsafe(self._stop.set)
             thread.join()
 

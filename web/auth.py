@@ -462,13 +462,9 @@ def setup_qr_svg(uri: str) -> str:
 @bp.route("/account/totp/disable", methods=["POST"])
 @authenticated
 def totp_disable() -> Response | str:
-    user = current_user()
-    row = db.session.get(User, user.id)
-    assert row is not None
-    form = TotpForm()
-    if not (form.validate_on_submit() and check_totp(row, form.code.data or "")):
-        db.session.rollback()
-        return _totp_enabled_page(row, form, "Invalid code."), 400  # type: ignore[return-value]
+    row, refused = _confirmed_by_totp()
+    if refused is not None:
+        return refused  # type: ignore[return-value]
     row.totp_secret, row.totp_last_step = None, None
     recovery.discard(db.session, row.id)
     record("account.totp_disabled", summary=f"{row.username} turned off the second factor")
@@ -481,13 +477,9 @@ def totp_disable() -> Response | str:
 @authenticated
 def totp_recovery_codes() -> Response | str:
     """Ten new recovery codes for a current TOTP code; the old ones stop working."""
-    user = current_user()
-    row = db.session.get(User, user.id)
-    assert row is not None
-    form = TotpForm()
-    if not (form.validate_on_submit() and check_totp(row, form.code.data or "")):
-        db.session.rollback()
-        return _totp_enabled_page(row, form, "Invalid code."), 400  # type: ignore[return-value]
+    row, refused = _confirmed_by_totp()
+    if refused is not None:
+        return refused  # type: ignore[return-value]
     codes = recovery.replace_codes(db.session, current_app.config["SECRET_KEY"], row.id)
     record(
         "account.recovery_codes_replaced",
@@ -496,6 +488,18 @@ def totp_recovery_codes() -> Response | str:
     )
     db.session.commit()
     return render_template("auth/recovery_codes.html", codes=codes)
+
+
+def _confirmed_by_totp() -> tuple[User, tuple[str, int] | None]:
+    """The signed-in user's row, and the page to answer with unless the form carries a
+    current TOTP code (turning the factor off and new recovery codes both need one)."""
+    row = db.session.get(User, current_user().id)
+    assert row is not None
+    form = TotpForm()
+    if form.validate_on_submit() and check_totp(row, form.code.data or ""):
+        return row, None
+    db.session.rollback()
+    return row, (_totp_enabled_page(row, form, "Invalid code."), 400)
 
 
 def _totp_enabled_page(row: User, form: TotpForm, error: str | None = None) -> str:
